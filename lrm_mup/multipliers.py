@@ -1,0 +1,190 @@
+"""Matrix layers with multipliers: W = fixed_mult · s · r_i · W̃_ij · c_j (arXiv 2601.04890).
+
+`fixed_mult` is the recipe's μP forward multiplier (a plain float: it never trains and never reaches an optimizer).
+`mult_scale` (s, shape (1,)), `mult_row` (r, one per output) and `mult_col` (c, one per input) are the learnable
+multipliers (LRM); any of them may be absent. For nn.Embedding, rows are tokens and columns are width.
+
+Layers are converted in place by switching their class, so every reference a user's model holds to a layer (and
+every hook on it) stays valid, and parameters keep their names (`blocks.0.attn.q.weight`); the multipliers appear
+beside them (`blocks.0.attn.q.mult_row`) and live in `state_dict` like any parameter.
+
+Two training paths give the same updates:
+- *reparametrized*: the forward builds W from its factors and autograd differentiates through it;
+- *effective matrix* (`EffectivePath`): forward/backward use the merged W as one leaf tensor, and the gradient G of
+  W is mapped onto the factors once per optimizer step: dW̃ = a·G⊙(r cᵀ), dr = a·(G⊙W̃)c, dc = a·(G⊙W̃)ᵀr,
+  ds = fixed_mult·rᵀ(G⊙W̃)c with a = fixed_mult·s. Muon then orthogonalizes dW̃ = a·G⊙(r cᵀ), not G.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MULTIPLIERS = ("scale", "row", "col")
+MULTIPLIER_PARAMS = tuple(f"mult_{m}" for m in MULTIPLIERS)
+
+
+class _Multiplied:
+    """Shared behaviour of the two converted layer types (mixed into nn.Linear / nn.Embedding subclasses)."""
+
+    fixed_mult: float
+    _effective: torch.Tensor | None
+
+    def _attach(self, fixed_mult: float, multipliers: frozenset[str]) -> None:
+        w = self.weight
+        self.fixed_mult = float(fixed_mult)
+        self._effective = None
+        sizes = {"scale": 1, "row": w.shape[0], "col": w.shape[1]}
+        for m in MULTIPLIERS:
+            value = nn.Parameter(torch.ones(sizes[m], dtype=w.dtype, device=w.device)) if m in multipliers else None
+            self.register_parameter(f"mult_{m}", value)
+
+    def learned_multipliers(self) -> dict[str, nn.Parameter]:
+        return {m: p for m in MULTIPLIERS if (p := getattr(self, f"mult_{m}")) is not None}
+
+    def effective_weight(self) -> torch.Tensor:
+        """The matrix the layer applies: fixed_mult · s · r ⊙ W̃ ⊙ c (with autograd through the factors)."""
+        w = self.weight
+        if self.mult_row is not None:
+            w = w * self.mult_row[:, None]
+        if self.mult_col is not None:
+            w = w * self.mult_col
+        if self.mult_scale is not None:
+            w = w * (self.mult_scale * self.fixed_mult)
+        elif self.fixed_mult != 1.0:
+            w = w * self.fixed_mult
+        return w
+
+    @torch.no_grad()
+    def refresh_effective(self) -> None:
+        self._effective = self.effective_weight().detach().requires_grad_(True)
+
+    @torch.no_grad()
+    def map_effective_grad(self) -> None:
+        """Distribute the gradient of the merged matrix onto W̃ and the multipliers (formulas in the module doc)."""
+        g = self._effective.grad
+        if g is None:
+            return
+        self._effective.grad = None
+        ones = {"row": g.new_ones(g.shape[0]), "col": g.new_ones(g.shape[1])}
+        r = self.mult_row if self.mult_row is not None else ones["row"]
+        c = self.mult_col if self.mult_col is not None else ones["col"]
+        a = self.fixed_mult * (self.mult_scale if self.mult_scale is not None else 1.0)
+        grads = {"weight": g * (r[:, None] * c) * a}
+        if self.mult_row is not None or self.mult_col is not None or self.mult_scale is not None:
+            h = g * self.weight
+            hc = h @ c
+            if self.mult_row is not None:
+                grads["mult_row"] = hc * a
+            if self.mult_col is not None:
+                grads["mult_col"] = (h.T @ r) * a
+            if self.mult_scale is not None:
+                grads["mult_scale"] = (r @ hc).reshape(1) * self.fixed_mult
+        for name, grad in grads.items():
+            p = getattr(self, name)
+            p.grad = grad if p.grad is None else p.grad + grad
+
+
+class MultipliedLinear(_Multiplied, nn.Linear):
+    """nn.Linear whose weight is W = fixed_mult · s · r ⊙ W̃ ⊙ c."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self._effective if self._effective is not None else self.effective_weight()
+        return F.linear(x, w, self.bias)
+
+
+class MultipliedEmbedding(_Multiplied, nn.Embedding):
+    """nn.Embedding whose table is E = fixed_mult · s · r ⊙ Ẽ ⊙ c, applied after the lookup (the table is never
+    materialized: vocabularies are large)."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if self._effective is not None:
+            return self._lookup(idx, self._effective)
+        out = self._lookup(idx, self.weight)
+        if self.mult_row is not None:
+            out = out * F.embedding(idx, self.mult_row[:, None])
+        if self.mult_col is not None:
+            out = out * self.mult_col
+        if self.mult_scale is not None:
+            return out * (self.mult_scale * self.fixed_mult)
+        return out * self.fixed_mult if self.fixed_mult != 1.0 else out
+
+    def _lookup(self, idx: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return F.embedding(idx, table, self.padding_idx, None, 2.0, self.scale_grad_by_freq, False)
+
+
+_CONVERTED = {nn.Linear: MultipliedLinear, nn.Embedding: MultipliedEmbedding}
+_PLAIN = {v: k for k, v in _CONVERTED.items()}
+
+
+def convert(module: nn.Module, fixed_mult: float, multipliers: frozenset[str]) -> None:
+    """Turn an exact nn.Linear / nn.Embedding into its multiplied version, in place."""
+    module.__class__ = _CONVERTED[type(module)]
+    module._attach(fixed_mult, multipliers)
+
+
+def multiplied_modules(model: nn.Module) -> list[tuple[str, _Multiplied]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _Multiplied)]
+
+
+def multiplier_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of every learnable multiplier."""
+    return [
+        (f"{n}.mult_{k}" if n else f"mult_{k}", p)
+        for n, m in multiplied_modules(model)
+        for k, p in m.learned_multipliers().items()
+    ]
+
+
+@torch.no_grad()
+def merge(model: nn.Module) -> nn.Module:
+    """A copy of `model` made of plain nn.Linear / nn.Embedding with the multipliers folded into the weights.
+
+    Same outputs, no multiplier parameters, no extra cost at inference. Tied weights whose layers carry different
+    multipliers are untied (each layer gets its own merged matrix).
+    """
+    out = copy.deepcopy(model)
+    layers = multiplied_modules(out)
+    merged = [m.effective_weight().detach().clone() for _, m in layers]  # before any weight is replaced
+    for (_, m), w in zip(layers, merged):
+        for name in MULTIPLIER_PARAMS:
+            delattr(m, name)
+        for attr in ("fixed_mult", "lrm_info", "_effective"):
+            m.__dict__.pop(attr, None)
+        m.__class__ = _PLAIN[type(m)]
+        m.weight = nn.Parameter(w, requires_grad=m.weight.requires_grad)
+    for sub in out.modules():
+        sub.__dict__.pop("lrm_spec", None)
+    return out
+
+
+class EffectivePath:
+    """Train through merged matrices: the forward/backward see one plain W per layer, and `map_grads()` turns its
+    gradient into gradients of W̃ and the multipliers once per optimizer step (after gradient accumulation).
+
+        path = EffectivePath(model)
+        loss.backward(); path.map_grads(); clip_grad_norm_(model, 1.0); opt.step(); path.refresh()
+
+    `close()` returns the model to the reparametrized forward.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for _, m in multiplied_modules(model)]
+        if not self.layers:
+            raise ValueError("EffectivePath needs a model converted by lrm_mup.parametrize")
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild the merged matrices from the current parameters (after every optimizer step)."""
+        for m in self.layers:
+            m.refresh_effective()
+
+    def map_grads(self) -> None:
+        for m in self.layers:
+            m.map_effective_grad()
+
+    def close(self) -> None:
+        for m in self.layers:
+            m._effective = None

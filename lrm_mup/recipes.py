@@ -1,0 +1,224 @@
+"""The four parametrizations of one model definition, and `parametrize`, which applies one of them.
+
+Every recipe is derived from the model's own SP initialisation (matrices ~ 1/fan_in variance) and from the width
+multiplier m = fan_in / base fan_in of each matrix (mup shape inference). For a matrix of kind:
+
+| kind (example)            | recipe  | forward multiplier          | stored weight × | Adam LR × | WD × |
+|---------------------------|---------|-----------------------------|-----------------|-----------|------|
+| input (embedding)         | all     | α                           | 1               | 1         | 1    |
+| hidden (QKV, O, MLP)      | sp      | α                           | 1               | 1         | 1    |
+|                           | lr-only | α                           | 1               | 1/m       | 1    |
+|                           | lr-wd   | α                           | 1               | 1/m       | m    |
+|                           | mup/lrm | α/m                         | m               | 1         | 1    |
+| readout (LM head)         | sp      | α                           | 1               | 1         | 1    |
+|                           | others  | α/m                         | √m              | 1         | 1    |
+
+so the three μP recipes have the same effective weights at init (readout variance ∝ 1/fan_in², the μP readout),
+and every recipe is exactly the SP model at the base width (m = 1, α = 1). The query of μP recipes also carries
+√(d_head,base / d_head): SDPA's 1/√d_head becomes μP's α/d_head (α = √d_head,base) when the head dim grows.
+Biases of nn.Linear are multiplied by √m under μP so their init does not shrink with fan-in.
+
+Muon (torch.optim.Muon, adjust_lr_fn="original") scales each update to a width-independent spectral norm, which is
+already μP's condition for hidden matrices; so under Muon hidden matrices get no width factor in any recipe
+(multiplier α, LR × 1, WD × 1) and the recipes differ only in the readout and attention scaling.
+
+`lrm` starts as `mup` and adds learnable multipliers (scalar/row/column, init 1) on top of the fixed μP factor, so
+the learned part is width-independent and a width-independent LR transfers.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .multipliers import MULTIPLIERS, convert, multiplied_modules
+from .roles import FINITE, HIDDEN, INPUT, READOUT, ROLE_KIND, Matrix, RoleError, find_matrices, match_pattern
+from .shapes import BaseShapes, ShapeError, base_shapes, head_dim_of, infshapes
+
+OPTIMIZERS = ("adamw", "muon")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    hidden_lr_exp: int     # Adam LR of hidden matrices × m**exp
+    hidden_wd_exp: int     # their weight decay × m**exp
+    hidden_mult: bool      # forward multiplier 1/m on hidden matrices (Adam)
+    mup_readout: bool      # forward multiplier 1/m and μP init on the readout; μP attention and biases
+    learnable: bool
+
+
+RECIPES = {
+    r.name: r
+    for r in (
+        Recipe("sp", 0, 0, hidden_mult=False, mup_readout=False, learnable=False),
+        Recipe("lr-only", -1, 0, hidden_mult=False, mup_readout=True, learnable=False),
+        Recipe("lr-wd", -1, 1, hidden_mult=False, mup_readout=True, learnable=False),
+        Recipe("mup", 0, 0, hidden_mult=True, mup_readout=True, learnable=False),
+        Recipe("lrm", 0, 0, hidden_mult=True, mup_readout=True, learnable=True),
+    )
+}
+
+# learnable multipliers per role; "all" is the paper's default, "symmetry-free" its appendix C
+_ALL = frozenset({"row", "col"})
+_NONE: frozenset[str] = frozenset()
+PLACEMENTS: dict[str, dict[str, frozenset[str]]] = {
+    "all": {role: (_NONE if kind in (READOUT, FINITE) else _ALL) for role, kind in ROLE_KIND.items()},
+    "symmetry-free": {
+        "embedding": _ALL, "input": _ALL,  # the paper is silent on the embedding: kept as in "all"
+        "query": frozenset({"row"}), "key": _NONE, "value": _NONE, "attn_out": _ALL,
+        "mlp_gate": frozenset({"row"}), "mlp_up": _NONE, "mlp_down": _ALL,
+        "readout": _NONE, "finite": _NONE,
+    },
+    "scalar": {role: (_NONE if kind == FINITE else frozenset({"scale"})) for role, kind in ROLE_KIND.items()},
+}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What the optimizer and the reports need to know about one converted layer."""
+
+    role: str
+    kind: str
+    fan_in_mult: float
+    lr_scale: float
+    wd_scale: float
+    tied: bool
+
+
+def parse_multipliers(text: str) -> frozenset[str]:
+    """'row,col' / 'scale' / 'none' -> the set of learnable multipliers."""
+    parts = frozenset(p.strip() for p in text.split(",") if p.strip()) - {"none"}
+    bad = sorted(parts - set(MULTIPLIERS))
+    if bad:
+        raise ValueError(f"multipliers {text!r}: {bad[0]!r} is not one of scale, row, col, none")
+    return parts
+
+
+def parametrize(
+    model: nn.Module,
+    base: nn.Module | BaseShapes | str | os.PathLike,
+    delta: nn.Module | None = None,
+    recipe: str = "mup",
+    *,
+    optimizer: str = "adamw",
+    placement: str | None = None,
+    multipliers: dict[str, str] | None = None,
+    roles: dict[str, str] | None = None,
+    alphas: dict[str, float] | None = None,
+) -> nn.Module:
+    """Parametrize `model` (in place; returned for chaining) under `recipe`.
+
+    base/delta: smaller copies of the same definition (widths differ where width dims are), or saved `BaseShapes`
+      (`lrm_mup.base_shapes(base, delta)`, or a path written by `.save`).
+    optimizer: "adamw" or "muon": μP's width rules depend on it.
+    placement: learnable multipliers of `lrm`: "all" (default), "symmetry-free" or "scalar".
+    multipliers: per-module overrides of the placement, {fnmatch pattern: "row,col" | "scale" | "none" | ...}.
+    roles: per-module role overrides {pattern: role}; else the model's `lrm_roles()`, else names and shapes.
+    alphas: tuned forward multipliers α by role or kind ({"embedding": 2.0, "readout": 0.5, "hidden": 1.0}).
+    """
+    spec = _check_args(recipe, optimizer, placement, multipliers, alphas)
+    rec = RECIPES[recipe]
+    if multiplied_modules(model):
+        raise ValueError("model is already parametrized: build a fresh model to parametrize it again")
+    if isinstance(base, nn.Module):
+        if delta is None:
+            raise ShapeError("a delta model is needed with a base model (mup infers width dims from the two)")
+        shapes = base_shapes(base, delta)
+    else:
+        shapes = base if isinstance(base, BaseShapes) else BaseShapes.load(base)
+    inf = infshapes(model, shapes)
+    attn = _attention_factor(model, shapes, rec)
+    layers = find_matrices(model, inf, roles)
+    place = PLACEMENTS[spec["placement"]] if rec.learnable else None
+    for layer in layers:
+        mults = _learned(layer, place, multipliers) if rec.learnable else _NONE
+        _apply(layer, rec, optimizer, mults, _alpha(layer, alphas) * (attn if layer.role == "query" else 1.0))
+    model.lrm_spec = {**spec, "base_shapes": {k: v.base_shape() for k, v in shapes.items()},
+                      "base_head_dim": shapes.head_dim}
+    return model
+
+
+def _check_args(recipe, optimizer, placement, multipliers, alphas) -> dict:
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; allowed: {', '.join(RECIPES)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+    if (placement is not None or multipliers) and not RECIPES[recipe].learnable:
+        raise ValueError(f"placement/multipliers apply to recipe 'lrm' only, not {recipe!r}")
+    placement = placement or "all"
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; allowed: {', '.join(PLACEMENTS)}")
+    for pattern, text in (multipliers or {}).items():
+        parse_multipliers(text)
+    for key, value in (alphas or {}).items():
+        if key not in ROLE_KIND and key not in (INPUT, HIDDEN, READOUT):
+            raise ValueError(f"alpha for {key!r}: not a role or kind; allowed: {', '.join(ROLE_KIND)}")
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"alpha for {key!r} is {value!r}; it must be a positive finite number")
+    return {"recipe": recipe, "optimizer": optimizer, "placement": placement if RECIPES[recipe].learnable else None,
+            "multipliers": dict(multipliers or {}), "alphas": dict(alphas or {})}
+
+
+def _attention_factor(model: nn.Module, shapes: BaseShapes, rec: Recipe) -> float:
+    head_dim = head_dim_of(model)
+    if not rec.mup_readout or head_dim is None or shapes.head_dim is None:
+        return 1.0
+    return math.sqrt(shapes.head_dim / head_dim)
+
+
+def _alpha(layer: Matrix, alphas: dict[str, float] | None) -> float:
+    alphas = alphas or {}
+    return float(alphas.get(layer.role, alphas.get(layer.kind, 1.0)))
+
+
+def _learned(layer: Matrix, place: dict[str, frozenset[str]], overrides: dict[str, str] | None) -> frozenset[str]:
+    text = match_pattern(layer.name, overrides)
+    if text is not None:
+        return parse_multipliers(text)
+    if layer.role == "hidden" and place is PLACEMENTS["symmetry-free"]:
+        raise RoleError(
+            f"placement 'symmetry-free' needs the role of {layer.name!r} (query, key, value, attn_out, mlp_gate, "
+            "mlp_up, mlp_down): declare it with roles={...} or lrm_roles()"
+        )
+    return place[layer.role]
+
+
+@torch.no_grad()
+def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], alpha: float) -> None:
+    m = layer.fan_in_mult
+    width_factor, init_gain, lr_scale, wd_scale = 1.0, 1.0, 1.0, 1.0
+    if layer.kind == HIDDEN and optimizer == "adamw":
+        lr_scale, wd_scale = m ** rec.hidden_lr_exp, m ** rec.hidden_wd_exp
+        width_factor = 1.0 / m if rec.hidden_mult else 1.0
+    elif layer.kind == READOUT and rec.mup_readout:
+        width_factor, init_gain = 1.0 / m, 1.0 / math.sqrt(m)
+    module = layer.module
+    if not layer.tied:
+        module.weight.mul_(init_gain / width_factor)
+    if rec.mup_readout and getattr(module, "bias", None) is not None:
+        module.bias.mul_(math.sqrt(m))
+    convert(module, alpha * width_factor, mults)
+    module.lrm_info = LayerInfo(layer.role, layer.kind, m, lr_scale, wd_scale, layer.tied)
+
+
+def describe(model: nn.Module) -> list[dict]:
+    """One row per converted layer: role, kind, width multiplier, forward multiplier, learnable multipliers, LR and
+    WD scales. What `lrm-mup describe` prints; handy for checking a foreign model's roles."""
+    return [
+        {
+            "module": name,
+            "role": m.lrm_info.role,
+            "kind": m.lrm_info.kind,
+            "fan_in_mult": m.lrm_info.fan_in_mult,
+            "fixed_mult": m.fixed_mult,
+            "learned": ",".join(m.learned_multipliers()) or "-",
+            "lr_scale": m.lrm_info.lr_scale,
+            "wd_scale": m.lrm_info.wd_scale,
+            "tied": m.lrm_info.tied,
+        }
+        for name, m in multiplied_modules(model)
+    ]

@@ -1,0 +1,91 @@
+"""Width dimensions, from mup's base/delta shape inference.
+
+A dimension is a *width* dimension iff it differs between the base model and the delta model (mup's rule). We keep
+mup's `InfShape` objects in a plain dict keyed by parameter name instead of attaching them to parameters
+(`p.infshape` is lost by `copy.deepcopy`, `load_state_dict(assign=True)`, DDP/FSDP wrappers); the numbers that matter
+are copied onto the modules as plain attributes when a model is parametrized.
+
+Base shapes are saved as JSON together with the base head dimension, so a proxy run and a target run parametrized
+months apart share one base (mup issue #25) without re-building the base model.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mup import InfShape, make_base_shapes, zip_infshapes
+from torch import nn
+
+
+class ShapeError(ValueError):
+    """Base/delta/target models that do not fit together (one-line message)."""
+
+
+def head_dim_of(model: nn.Module) -> int | None:
+    """The attention head dimension a model declares (`model.head_dim`), if any."""
+    value = getattr(model, "head_dim", None)
+    return int(value) if value is not None else None
+
+
+class BaseShapes(dict):
+    """Parameter name -> `InfShape` of the base model (`None` dims of the target filled in later).
+
+    Also carries `head_dim`, the base model's attention head dimension, so that μP's 1/d_head attention scaling can
+    be applied when the head dimension grows with width.
+    """
+
+    head_dim: int | None = None
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write as JSON (atomically)."""
+        payload = {"head_dim": self.head_dim, "shapes": {k: v.base_shape() for k, v in self.items()}}
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BaseShapes:
+        try:
+            payload = json.loads(Path(path).read_text())
+            shapes = payload["shapes"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ShapeError(f"cannot read base shapes from {str(path)!r}: {e}") from None
+        out = cls({k: InfShape.from_base_shape(v) for k, v in shapes.items()})
+        out.head_dim = payload.get("head_dim")
+        return out
+
+
+def _param_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+def base_shapes(base: nn.Module, delta: nn.Module) -> BaseShapes:
+    """Infer width dimensions from a base model and a wider delta model (same architecture)."""
+    b, d = _param_shapes(base), _param_shapes(delta)
+    _check_same_names(b, d, "base", "delta")
+    if all(b[k] == d[k] for k in b):
+        raise ShapeError("base and delta models have identical parameter shapes: build delta wider than base")
+    out = BaseShapes(make_base_shapes(b, d))
+    out.head_dim = head_dim_of(base)
+    return out
+
+
+def infshapes(model: nn.Module, base: BaseShapes) -> dict[str, InfShape]:
+    """Parameter name -> `InfShape` of `model` against `base` (width multipliers = dim / base dim)."""
+    shapes = _param_shapes(model)
+    _check_same_names(dict(base), shapes, "base", "model")
+    for name, inf in base.items():
+        if len(inf) != len(shapes[name]):
+            raise ShapeError(f"parameter {name!r} has {len(shapes[name])} dims in the model but {len(inf)} in the base")
+    return zip_infshapes(dict(base), shapes)
+
+
+def _check_same_names(a: dict, b: dict, a_name: str, b_name: str) -> None:
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    if only_a or only_b:
+        raise ShapeError(
+            f"{a_name} and {b_name} differ in parameter names (only in {a_name}: {only_a[:3]}, "
+            f"only in {b_name}: {only_b[:3]}): build them from the same definition, before parametrizing"
+        )
