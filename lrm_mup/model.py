@@ -211,3 +211,12 @@ class GPT(nn.Module):
         c = self.config
         n_matmul = c.depth * (4 * c.width**2 + 3 * c.width * c.mlp_hidden) + c.width * c.vocab
         return float(6 * n_matmul + 12 * c.depth * c.width * c.context)
+
+
+def proxy(width: int, **fields) -> GPT:
+    """The proxy model at `width`, other GPTConfig fields as given."""
+    return GPT(GPTConfig(width=width, **fields))
+
+
+# models chosen by name (`--model`): constructors taking the width first, so base/delta/target share one definition
+MODELS = {"proxy": proxy}
