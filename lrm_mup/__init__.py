@@ -7,12 +7,13 @@
 """
 from .multipliers import EffectivePath, merge, multiplier_parameters
 from .optim import build_optimizer, clip_grad_norm_, param_groups
-from .recipes import PLACEMENTS, RECIPES, describe, parametrize
+from .recipes import PLACEMENTS, RECIPES, RecipeError, describe, parametrize
 from .roles import ROLES, RoleError
 from .shapes import BaseShapes, ShapeError, base_shapes
 
 __all__ = [
     "parametrize", "build_optimizer", "clip_grad_norm_", "merge", "EffectivePath", "base_shapes", "BaseShapes",
-    "describe", "param_groups", "multiplier_parameters", "RECIPES", "PLACEMENTS", "ROLES", "RoleError", "ShapeError",
+    "describe", "param_groups", "multiplier_parameters", "RECIPES", "PLACEMENTS", "ROLES", "RecipeError", "RoleError",
+    "ShapeError",
 ]
 __version__ = "0.1.0"

@@ -41,6 +41,10 @@ from .shapes import BaseShapes, ShapeError, base_shapes, head_dim_of, infshapes
 OPTIMIZERS = ("adamw", "muon")
 
 
+class RecipeError(ValueError):
+    """Arguments of `parametrize` outside what is allowed (one-line message)."""
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -94,7 +98,7 @@ def parse_multipliers(text: str) -> frozenset[str]:
     parts = frozenset(p.strip() for p in text.split(",") if p.strip()) - {"none"}
     bad = sorted(parts - set(MULTIPLIERS))
     if bad:
-        raise ValueError(f"multipliers {text!r}: {bad[0]!r} is not one of scale, row, col, none")
+        raise RecipeError(f"multipliers {text!r}: {bad[0]!r} is not one of scale, row, col, none")
     return parts
 
 
@@ -123,7 +127,7 @@ def parametrize(
     spec = _check_args(recipe, optimizer, placement, multipliers, alphas)
     rec = RECIPES[recipe]
     if multiplied_modules(model):
-        raise ValueError("model is already parametrized: build a fresh model to parametrize it again")
+        raise RecipeError("model is already parametrized: build a fresh model to parametrize it again")
     if isinstance(base, nn.Module):
         if delta is None:
             raise ShapeError("a delta model is needed with a base model (mup infers width dims from the two)")
@@ -144,21 +148,21 @@ def parametrize(
 
 def _check_args(recipe, optimizer, placement, multipliers, alphas) -> dict:
     if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; allowed: {', '.join(RECIPES)}")
+        raise RecipeError(f"unknown recipe {recipe!r}; allowed: {', '.join(RECIPES)}")
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+        raise RecipeError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
     if (placement is not None or multipliers) and not RECIPES[recipe].learnable:
-        raise ValueError(f"placement/multipliers apply to recipe 'lrm' only, not {recipe!r}")
+        raise RecipeError(f"placement/multipliers apply to recipe 'lrm' only, not {recipe!r}")
     placement = placement or "all"
     if placement not in PLACEMENTS:
-        raise ValueError(f"unknown placement {placement!r}; allowed: {', '.join(PLACEMENTS)}")
+        raise RecipeError(f"unknown placement {placement!r}; allowed: {', '.join(PLACEMENTS)}")
     for pattern, text in (multipliers or {}).items():
         parse_multipliers(text)
     for key, value in (alphas or {}).items():
         if key not in ROLE_KIND and key not in (INPUT, HIDDEN, READOUT):
-            raise ValueError(f"alpha for {key!r}: not a role or kind; allowed: {', '.join(ROLE_KIND)}")
+            raise RecipeError(f"alpha for {key!r}: not a role or kind; allowed: {', '.join(ROLE_KIND)}")
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"alpha for {key!r} is {value!r}; it must be a positive finite number")
+            raise RecipeError(f"alpha for {key!r} is {value!r}; it must be a positive finite number")
     return {"recipe": recipe, "optimizer": optimizer, "placement": placement if RECIPES[recipe].learnable else None,
             "multipliers": dict(multipliers or {}), "alphas": dict(alphas or {})}
 

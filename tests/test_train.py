@@ -1,0 +1,105 @@
+"""`lrm-mup train` end to end on the committed slice of the real corpus: files, resume, divergence, bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lrm_mup.cli import main
+from lrm_mup.train import TrainConfig, train
+
+SLICE = "tests/data/shakespeare"
+TINY = dict(width=32, base_width=16, depth=1, head_dim=8, context=32, batch=4, eval_every=5, eval_batches=2,
+            data=SLICE)
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cli_train_writes_a_complete_run_and_learns(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--recipe", "lrm", "--width", "32", "--base-width", "16", "--depth", "1", "--head-dim",
+                 "8", "--context", "32", "--batch", "8", "--steps", "40", "--lr", "1e-2", "--data", SLICE,
+                 "--eval-every", "20", "--quiet", "--out", str(out)])
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.jsonl", "checkpoint.pt", "base_shapes.json"}
+    assert "ok: step 40" in capsys.readouterr().out
+    metrics = rows(out)
+    train_rows = [r for r in metrics if "loss" in r]
+    assert len(train_rows) == 40 and metrics[-1]["status"] == "ok"
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"] - 1.5  # it learns
+    assert metrics[-1]["val_bpb"] < 5.0  # well under the 8 bits of a uniform byte model
+    assert train_rows[-1]["flops"] > 0 and train_rows[-1]["tokens"] == 40 * 8 * 32
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 40 and "blocks.0.attn.q.mult_row" in state["model"]
+    assert json.loads((out / "config.json").read_text())["recipe"] == "lrm"
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, schedule):
+    cfg = TrainConfig(recipe="lrm", steps=12, schedule=schedule, warmup=2, **TINY)
+    straight = train(cfg, tmp_path / "a", progress=False)
+    first = train(cfg, tmp_path / "b", until=7, progress=False)
+    assert first.status == "stopped" and first.step == 7
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    assert resumed.status == "ok" and resumed.train_loss == straight.train_loss
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "seconds")} for r in rs]  # noqa
+    assert strip(rows(tmp_path / "a")) == strip(rows(tmp_path / "b"))
+
+
+def test_effective_path_trains_like_autograd(tmp_path):
+    base = dict(recipe="lrm", steps=5, **TINY)
+    a = train(TrainConfig(**base), progress=False)
+    b = train(TrainConfig(path="effective", **base), progress=False)
+    assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4)
+
+
+def test_divergence_stops_with_a_status_not_a_traceback(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--recipe", "sp", "--lr", "1e4", "--clip", "0", "--steps", "30", "--quiet", "--out", str(out)]
+    for key, value in TINY.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    assert main(args) == 1
+    final = rows(out)[-1]
+    assert final["status"] == "diverged" and final["step"] < 30
+    assert not (out / "checkpoint.pt").exists()
+    assert "diverged: step" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--width", "30"], "GPTConfig.head_dim=8 is invalid: must divide width=30"),
+    (["--recipe", "xl"], "argument --recipe: invalid choice: 'xl'"),
+    (["--lr", "-1"], "lr=-1.0 is invalid: must be a finite number >= 0"),
+    (["--placement", "scalar", "--recipe", "mup"], "placement applies to recipe 'lrm' only"),
+    (["--alpha", "readout=-2"], "alpha for 'readout' is -2.0"),
+    (["--data", "no/such/corpus"], "no/such/corpus"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--steps", "0"], "is invalid"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "run"
+    base = ["-m", "lrm_mup.cli", "train", "--width", "32", "--base-width", "16", "--head-dim", "8",
+            "--data", SLICE, "--steps", "2", "--quiet", "--out", str(out)]
+    proc = subprocess.run([sys.executable, *base, *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_overwrite_a_run_and_resume_needs_a_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["train", "--data", SLICE, "--quiet", "--out", str(out)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert main(["train", "--resume", "--quiet", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_describe_prints_the_role_table(capsys):
+    assert main(["describe", "--recipe", "lrm", "--width", "256", "--base-width", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "blocks.0.attn.q" in out and "query" in out and "row,col" in out and "0.25" in out
