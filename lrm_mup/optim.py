@@ -65,8 +65,9 @@ def param_groups(
     for _, m in multiplied_modules(model):
         info = m.lrm_info
         muon = optimizer == "muon" and isinstance(m, nn.Linear) and info.kind in (HIDDEN, FINITE)
-        add(m.weight, "muon" if muon else "adamw", info.kind, lr if muon else adam_lr, info.lr_scale,
-            weight_decay, info.wd_scale)
+        if not info.tied:  # a tied weight is updated under its owner's rules
+            add(m.weight, "muon" if muon else "adamw", info.kind, lr if muon else adam_lr, info.lr_scale,
+                weight_decay, info.wd_scale)
         if getattr(m, "bias", None) is not None:
             add(m.bias, "adamw", "vector", adam_lr, 1.0, 0.0, 1.0)
     for _, p in multiplier_parameters(model):

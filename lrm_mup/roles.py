@@ -97,8 +97,7 @@ def find_matrices(model: nn.Module, shapes: dict[str, InfShape], overrides: dict
         if role not in ROLE_KIND:
             raise RoleError(f"role override {pattern!r}: {role!r} is not a role; allowed: {', '.join(ROLES)}")
     param_names = {id(p): n for n, p in model.named_parameters()}
-    owned: set[int] = set()
-    out = []
+    found = []
     for name, module in model.named_modules():
         matrix_params = [(n, p) for n, p in module.named_parameters(recurse=False) if p.ndim >= 2]
         if type(module) not in (nn.Linear, nn.Embedding):
@@ -123,6 +122,11 @@ def find_matrices(model: nn.Module, shapes: dict[str, InfShape], overrides: dict
                 "or the base/delta models"
             )
         fan_in_mult = 1.0 if isinstance(module, nn.Embedding) else float(infshape[1].width_mult())
-        out.append(Matrix(name, module, role, kind, fan_in_mult, tied=id(module.weight) in owned))
-        owned.add(id(module.weight))
-    return out
+        found.append((name, module, role, kind, fan_in_mult))
+    # a weight shared by several layers (tied embedding/readout) is owned, for init and optimizer, by its input
+    # layer if it has one, else by the first layer holding it; the others only apply their forward multiplier
+    owner: dict[int, str] = {}
+    for name, module, _, kind, _ in sorted(found, key=lambda f: f[3] != INPUT):
+        owner.setdefault(id(module.weight), name)
+    return [Matrix(name, module, role, kind, m, tied=owner[id(module.weight)] != name)
+            for name, module, role, kind, m in found]

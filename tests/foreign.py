@@ -58,3 +58,17 @@ class WithMHA(nn.Module):
     def forward(self, idx):
         x = self.emb(idx)
         return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+
+class HeadFirst(nn.Module):
+    """A tied model that defines its readout before its embedding: the embedding must still own the weight."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.out = nn.Linear(width, 32, bias=False)
+        self.mix = nn.Linear(width, width)
+        self.tok = nn.Embedding(32, width)
+        self.out.weight = self.tok.weight
+
+    def forward(self, idx):
+        return self.out(torch.relu(self.mix(self.tok(idx))))

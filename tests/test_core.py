@@ -10,7 +10,7 @@ from torch import nn
 import lrm_mup
 from lrm_mup.model import GPT, GPTConfig
 from lrm_mup.multipliers import MultipliedEmbedding, MultipliedLinear, multiplied_modules
-from tests.foreign import GPT2Style, WithMHA
+from tests.foreign import GPT2Style, HeadFirst, WithMHA
 
 RECIPES = ["sp", "lr-only", "lr-wd", "mup", "lrm"]
 MU_RECIPES = ["lr-only", "lr-wd", "mup", "lrm"]
@@ -352,6 +352,21 @@ def test_foreign_model_roles_and_tying():
     assert rows["h.0.c_attn"]["role"] == "hidden" and rows["h.0.c_fc"]["role"] == "mlp_up"
     assert model.lm_head.weight is model.wte.weight
     assert isinstance(model.wte, MultipliedEmbedding) and isinstance(model.lm_head, MultipliedLinear)
+
+
+def test_tied_weight_is_owned_by_the_embedding_whatever_the_module_order():
+    torch.manual_seed(0)
+    model = lrm_mup.parametrize(HeadFirst(128).double(), HeadFirst(32), HeadFirst(64), "mup")
+    torch.manual_seed(0)
+    sp = HeadFirst(128).double()
+    rows = {r["module"]: r for r in lrm_mup.describe(model)}
+    assert rows["out"]["tied"] and not rows["tok"]["tied"]
+    torch.testing.assert_close(model.tok.weight, sp.tok.weight, rtol=0, atol=0)  # embedding init untouched
+    x = tokens(vocab=32)
+    torch.testing.assert_close(model.tok(x), sp.tok(x), rtol=0, atol=0)
+    torch.testing.assert_close(model.out.effective_weight(), sp.out.weight / 4, rtol=1e-15, atol=0)
+    groups = lrm_mup.build_optimizer(model, "adamw").param_groups
+    assert [g["name"] for g in groups if any(p is model.tok.weight for p in g["params"])] == ["adamw/input"]
 
 
 def test_symmetry_free_needs_declared_roles_on_foreign_models():
