@@ -133,6 +133,100 @@ def cmd_describe(args) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def cmd_transfer(args) -> int:
+    from .transfer import format_summary, run_transfer
+
+    overrides = {k: v for k, v in (("device", args.device), ("compile", args.compile), ("steps", args.steps))
+                 if v is not None}
+    out = args.out or f"runs/transfer-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = run_transfer(args.source, out, widths=args.widths, lr_offsets=args.lr_offsets,
+                           lr_sweep_widths=args.lr_sweep_widths, seeds=args.seeds, overrides=overrides or None,
+                           workers=args.workers, log=None if args.quiet else print)
+    print(format_summary(summary))
+    print(f"[{out}/transfer.json]")
+    return 0
+
+
+def _name_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def cmd_coord_check(args) -> int:
+    import torch
+
+    from . import coord_check as cc
+    from .model import MODELS, GPTConfig
+    from .recipes import RECIPES
+    from .report import write_coord_check_report
+
+    bad = [r for r in args.recipes if r not in RECIPES]
+    if bad:
+        raise ConfigError(f"--recipes: {bad[0]!r} is not a recipe; allowed: {', '.join(RECIPES)}")
+    if len(set(args.widths)) < 2 or min(args.widths) <= 0:
+        raise ConfigError(f"--widths {args.widths} is invalid: give at least two distinct positive widths")
+    for name in ("steps", "seeds", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ConfigError(f"--{name} {getattr(args, name)} is invalid: must be at least 1")
+    if not (args.lr > 0 and args.threshold > 0):
+        raise ConfigError(f"--lr {args.lr} / --threshold {args.threshold}: both must be > 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fields = {**cc.DEFAULT_PROXY, "context": args.context}
+    build = lambda width: MODELS[args.model](width, **fields)  # noqa: E731
+    for width in (*args.widths, args.base_width, args.delta_width):
+        GPTConfig(width=width, **fields)  # a width the model cannot take: one line, before any work
+    corpus = data_mod.load_corpus(args.data)
+    result = cc.coord_check(build, args.widths, base_width=args.base_width, delta_width=args.delta_width,
+                            recipes=args.recipes, steps=args.steps, seeds=args.seeds, lr=args.lr,
+                            optimizer=args.optimizer, corpus=corpus, context=args.context,
+                            fresh_batches=args.fresh_batches, threshold=args.threshold,
+                            last_steps=max(1, min(5, args.steps // 2)), progress=not args.quiet)
+    out = args.out or f"runs/coord-check-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = write_coord_check_report(result, out)
+    print(result.summary())
+    print(f"report: {paths['html']}  numbers: {paths['json']}")
+    return 1 if args.strict and not all(result.passed(r) for r in args.recipes) else 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import JOURNAL, load_sweep, run_sweep, summary_lines
+
+    spec = load_sweep(args.config)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, not {args.workers}")
+    out = args.out or f"runs/{spec.name}"
+    run_sweep(spec, out, storage=args.storage, workers=args.workers, progress=not args.quiet)
+    where = args.storage or f"{out}/{JOURNAL}"
+    print(f"sweep {spec.name!r} done: results in {out} (storage {where}; lrm_mup.sweep.records({out!r}))")
+    for line in summary_lines(args.storage or out, spec):
+        print("  " + line)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from .report import write_tuning_report
+
+    out = args.out or f"reports/{Path(args.sweep).resolve().name}"
+    path = write_tuning_report(args.sweep, args.transfer, out, plotlyjs=args.plotlyjs)
+    print(f"tuning report: {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import main_demo
+
+    return main_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="lrm-mup", description="μP and learnable multipliers for hyperparameter transfer")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -152,6 +246,69 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("describe", help="print each matrix's role, multipliers and LR/WD scales under a recipe")
     add_train_args(p)
     p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("coord-check", help="coordinate check across widths with numeric verdicts and a report")
+    p.add_argument("--recipes", type=_name_list, default=["sp", "lr-only", "mup", "lrm"],
+                   help="comma-separated recipes (default sp,lr-only,mup,lrm)")
+    p.add_argument("--widths", type=_int_list, default=[64, 128, 256, 512], help="default 64,128,256,512")
+    p.add_argument("--base-width", dest="base_width", type=int, default=64, help="μP base width (default 64)")
+    p.add_argument("--delta-width", dest="delta_width", type=int, default=128, help="μP delta width (default 128)")
+    p.add_argument("--steps", type=int, default=10, help="optimizer steps per run (default 10)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds averaged per width (default 3)")
+    p.add_argument("--lr", type=float, default=1e-2, help="learning rate (default 1e-2)")
+    p.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw")
+    p.add_argument("--model", choices=["proxy"], default="proxy")
+    p.add_argument("--context", type=int, default=32, help="sequence length of the measurement batch (default 32)")
+    p.add_argument("--threshold", type=float, default=0.2, help="|slope| allowed per series (default 0.2)")
+    p.add_argument("--fresh-batches", dest="fresh_batches", action="store_true", help="a new batch every step")
+    p.add_argument("--data", help="UTF-8 text file or folder (default: the Shakespeare corpus)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a recipe's verdict fails (for CI)")
+    p.add_argument("--out", help="report folder (default runs/coord-check-TIME)")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(func=cmd_coord_check)
+
+    p = sub.add_parser("sweep", help="tune the recipes on a proxy from a sweep file (grid/TPE, Optuna storage)")
+    p.add_argument("config", help="sweep file (TOML), e.g. sweeps/demo.toml")
+    p.add_argument("--out", help="run folder (default runs/<sweep name>); re-running resumes it")
+    p.add_argument("--storage", help="database URL shared by workers on many machines, e.g. "
+                   "postgresql://user@host/db (default: <out>/optuna.journal)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no line per finished trial")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("transfer", help="train the proxy's best settings at target widths, with a direct LR sweep there")
+    p.add_argument("source", help="sweep run folder (runs/NAME with optuna.journal) or JSON {recipe: config}")
+    p.add_argument("--out", help="transfer folder (default runs/transfer-TIME); a finished run in it is not redone")
+    p.add_argument("--widths", type=_int_list, help="target widths, e.g. 256,512 (default: 4x,8x the proxy on "
+                   "CPU; 1024,2048,4096 on CUDA)")
+    p.add_argument("--lr-offsets", dest="lr_offsets", type=_int_list, default=[-2, -1, 1, 2],
+                   help="log2 LR offsets of the direct sweep at the target; write --lr-offsets=-2,-1,1,2")
+    p.add_argument("--lr-sweep-widths", dest="lr_sweep_widths", type=_int_list,
+                   help="widths that get the direct LR sweep (default: the largest target)")
+    p.add_argument("--seeds", type=_int_list, help="seeds of every run (default: the proxy's)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every run (default: the proxy's)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: CUDA only)")
+    p.add_argument("--steps", type=int, help="override the steps (breaks the comparison with the proxy: smoke tests)")
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once, one process each (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no line per run")
+    p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser("report", help="tuning report (HTML + JSON) of an LR-transfer sweep and its transfer")
+    p.add_argument("sweep", help="sweep run folder (runs/NAME)")
+    p.add_argument("transfer", nargs="?", help="transfer folder (lrm-mup transfer --out); leave out for the sweep alone")
+    p.add_argument("--out", help="report folder (default reports/NAME, NAME the sweep folder's name)")
+    p.add_argument("--plotlyjs", choices=["inline", "directory"], default="inline",
+                   help="plotly.js inside the page, or one plotly.min.js beside it (never a CDN)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="coordinate check -> LR-transfer sweep -> transfer -> report, at CPU scale")
+    p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo); re-running resumes it")
+    p.add_argument("--quick", action="store_true", help="tiny widths and few steps (under a minute): a smoke test")
+    p.add_argument("--data", help="UTF-8 text file or folder instead of the Shakespeare corpus")
+    p.add_argument("--sweep", help="sweep file (default sweeps/demo.toml)")
+    p.add_argument("--workers", type=int, help="processes of the sweep and the transfer (default 2; 1 with --quick)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

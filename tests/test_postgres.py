@@ -1,0 +1,184 @@
+"""Sweeps over a REAL local PostgreSQL server (started by the fixture): workers sharing one study, and a worker
+killed with SIGKILL mid-trial whose trial the heartbeat fails and the surviving worker retries with the same params."""
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from itertools import product
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+from optuna.trial import TrialState
+
+from lrm_mup.sweep import parse_sweep, records, run_sweep
+
+SLICE = str(Path(__file__).parent / "data" / "shakespeare")
+REPO = Path(__file__).resolve().parent.parent
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: threads only fight over a busy machine's cores
+MODEL = {"depth": 1, "context": 32, "batch": 4, "head_dim": 8, "base_width": 16, "eval_batches": 2, "data": SLICE}
+
+
+def _server_binary(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) + [f"/usr/local/pgsql/bin/{name}"]
+    return next((c for c in reversed(candidates) if os.access(c, os.X_OK)), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """postgresql:// URL of a fresh database on a throwaway server: initdb into a temporary folder, pg_ctl start on a
+    free localhost port, stopped and deleted afterwards. PostgreSQL refuses to run as root, so under root the server
+    runs as the `postgres` OS user (runuser), in a folder it owns."""
+    initdb, pg_ctl = _server_binary("initdb"), _server_binary("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql")
+    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is not installed: pip install psycopg2-binary")
+    as_user = []
+    root = Path(tempfile.mkdtemp(prefix="lrm_mup_pg-"))
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(root)
+            pytest.skip("running as root, and there is no 'postgres' OS user to run the server as")
+        if not shutil.which("runuser"):
+            shutil.rmtree(root)
+            pytest.skip("running as root, and there is no runuser to start the server as 'postgres'")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, log, port = root / "data", root / "server.log", _free_port()
+
+    def run(*cmd):
+        proc = subprocess.run(as_user + list(cmd), capture_output=True, text=True, timeout=120, check=False)
+        if proc.returncode != 0:
+            tail = (log.read_text()[-2000:] if log.exists() else "") + proc.stdout[-1000:] + proc.stderr[-1000:]
+            raise RuntimeError(f"{' '.join(cmd[:2])} failed ({proc.returncode}): {tail}")
+
+    started = False
+    try:
+        run(initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
+        run(pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
+        started = True
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        conn.autocommit = True
+        conn.cursor().execute("CREATE DATABASE sweeps")
+        conn.close()
+        yield f"postgresql://postgres@127.0.0.1:{port}/sweeps"
+    finally:
+        if started:
+            run(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def spec_dict(name: str, steps: int, log2_lrs: list) -> dict:
+    return {"name": name, "recipes": ["mup"], "widths": [16], "seeds": [0, 1] if steps < 100 else [0], "steps": steps,
+            "model": dict(MODEL), "search": {"log2_lr": log2_lrs}, "sampler": {"type": "grid"},
+            "trial": {"report_every": 5}, "heartbeat": {"interval": 1, "grace": 3, "max_retry": 2}}
+
+
+def write(tmp_path: Path, d: dict) -> Path:
+    def value(v):
+        return "[" + ", ".join(value(x) for x in v) + "]" if isinstance(v, list) else json.dumps(v)
+
+    lines = [f"{k} = {value(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines += [f"[{k}]"] + [f"{kk} = {value(vv)}" for kk, vv in v.items()]
+    path = tmp_path / f"{d['name']}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def rdb(url: str) -> str:
+    """The URL for optuna's own RDBStorage: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, absent here
+    (the sweep code maps it to psycopg2 itself)."""
+    return url.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+def point(t):
+    return t.params["width"], t.params["seed"], float(t.params["log2_lr"])
+
+
+def test_two_workers_share_one_study_over_postgres(postgres, tmp_path):
+    d = spec_dict("pg-share", 10, [-9, -8, -7, -6, 14])
+    spec = parse_sweep(d)
+    run_sweep(spec, tmp_path / "out", storage=postgres, workers=2, progress=False)
+    trials = optuna.load_study(study_name="pg-share/mup", storage=rdb(postgres)).get_trials()
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    expected = set(product([16], [0, 1], [-9.0, -8.0, -7.0, -6.0, 14.0]))
+    assert sorted(map(point, trials)) == sorted(expected)  # every grid point exactly once
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes took trials
+    rows = records(postgres, spec)
+    assert len(rows) == 10 and {r["status"] for r in rows} == {"ok", "diverged"}
+    assert all(r["tokens"] > 0 and r["flops"] > 0 and r["seconds"] > 0 for r in rows)
+    assert len(records(tmp_path / "out", spec)) == 10  # the folder's manifest names the (password-free) URL
+
+
+def test_a_worker_killed_mid_trial_is_retried_by_the_other(postgres, tmp_path):
+    d = spec_dict("pg-kill", 250, [-9, -8, -7, -6])
+    path = write(tmp_path, d)
+    storage = optuna.storages.RDBStorage(rdb(postgres))
+
+    def start(name):
+        return subprocess.Popen([sys.executable, "-m", "lrm_mup.cli", "sweep", str(path), "--storage", postgres,
+                                 "--out", str(tmp_path / name), "--quiet"], cwd=REPO, env=ONE_THREAD,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def trials():
+        try:
+            return optuna.load_study(study_name="pg-kill/mup", storage=storage).get_trials()
+        except KeyError:  # not created yet
+            return []
+
+    a, b = start("a"), start("b")  # two "machines": separate processes and folders, one study
+    try:
+        deadline, victim = time.time() + 90, None
+        while time.time() < deadline and victim is None:
+            now = trials()
+            if any(t.state == TrialState.COMPLETE for t in now):
+                victim = next((t for t in now if t.state == TrialState.RUNNING and "config" in t.user_attrs
+                               and t.user_attrs.get("worker", "").endswith(f":{a.pid}")), None)
+            if a.poll() is not None or b.poll() is not None:
+                ended = a if a.poll() is not None else b
+                pytest.fail(f"a worker ended early: {ended.stderr.read().decode()[-2000:]}")
+            time.sleep(0.05)
+        assert victim is not None, "worker a never ran a trial after the first one completed"
+        os.kill(a.pid, signal.SIGKILL)  # mid-trial: its heartbeat stops, its trial stays RUNNING
+        a.wait()
+        complete_before = {t.number: point(t) for t in trials() if t.state == TrialState.COMPLETE}
+        assert b.wait(timeout=120) == 0, b.stderr.read().decode()[-2000:]
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    final = trials()
+    dead = final[victim.number]
+    assert dead.state == TrialState.FAIL  # failed by the heartbeat check, not by its (dead) worker
+    retries = [t for t in final if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == victim.params  # the same params
+    assert retries[0].user_attrs["worker"].endswith(f":{b.pid}")  # run by the surviving worker
+    complete = [t for t in final if t.state == TrialState.COMPLETE]
+    assert sorted(map(point, complete)) == sorted(product([16], [0], [-9.0, -8.0, -7.0, -6.0]))  # each point once
+    assert {n: point(final[n]) for n in complete_before} == complete_before  # no COMPLETE trial lost
+    assert all(final[n].state == TrialState.COMPLETE for n in complete_before)

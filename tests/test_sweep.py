@@ -1,0 +1,269 @@
+"""Sweeps end to end on real Optuna journal storage and the committed corpus slice: validation, a grid over two real
+worker processes, resume after a killed run, divergence, TPE budgets and pruning, the records() rows, the CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from itertools import product
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from lrm_mup.cli import main
+from lrm_mup.sweep import JOURNAL, SweepError, best_params, load_sweep, parse_sweep, records, run_sweep
+
+SLICE = str(Path(__file__).parent / "data" / "shakespeare")
+REPO = Path(__file__).resolve().parent.parent
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: threads only fight over a busy machine's cores
+MODEL = {"depth": 1, "context": 32, "batch": 4, "head_dim": 8, "base_width": 16, "eval_batches": 2, "data": SLICE}
+KEYS = {"study", "trial", "state", "recipe", "width", "seed", "log2_lr", "val_bpb", "train_loss", "status", "tokens",
+        "flops", "seconds", "config"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process sweeps train tiny models: one thread, so that a busy machine cannot stall torch's thread pool."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def grid_spec(**over) -> dict:
+    spec = {"name": "g", "recipes": ["sp", "lrm"], "widths": [16, 32], "seeds": [0], "steps": 10,
+            "model": dict(MODEL), "search": {"log2_lr": [-8, -6, 14]}, "sampler": {"type": "grid"},
+            "trial": {"report_every": 2}}
+    spec.update(over)
+    return spec
+
+
+def toml(d: dict) -> str:
+    """A minimal TOML writer for the test specs: top-level values, then one [table] per dict."""
+    def value(v):
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v)
+
+    top = [f"{k} = {value(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    tables = [f"[{k}]\n" + "\n".join(f"{kk} = {value(vv)}" for kk, vv in v.items())
+              for k, v in d.items() if isinstance(v, dict)]
+    return "\n".join(top + tables) + "\n"
+
+
+def write(tmp_path, d: dict, name="s.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(toml(d))
+    return path
+
+
+def study(out, name):
+    """The study read straight from the journal file with optuna's own classes."""
+    return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(Path(out) / JOURNAL))))
+
+
+def grid_points(spec):
+    return set(product(spec["widths"], spec["seeds"], [float(v) for v in spec["search"]["log2_lr"]]))
+
+
+def point(t):
+    return t.params["width"], t.params["seed"], float(t.params["log2_lr"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation
+
+
+BAD = [
+    ({"widht": [16]}, "widht is not a known key"),
+    ({"recipes": ["sp", "nope"]}, "recipes has 'nope'"),
+    ({"widths": [16, 0]}, "widths has 0"),
+    ({"seeds": []}, "seeds must be a non-empty list"),
+    ({"steps": 0}, "steps must be a positive integer"),
+    ({"name": "a b"}, "name must be"),
+    ({"model": {**MODEL, "foo": 1}}, "model.foo is not a TrainConfig field"),
+    ({"model": {**MODEL, "width": 32}}, "model.width is set by the sweep"),
+    ({"model": {**MODEL, "batch": 0}}, "batch=0 is invalid"),
+    ({"model": {**MODEL, "head_dim": 7}}, "model (recipe 'sp', width 16) is invalid"),
+    ({"model": {**MODEL, "lr": 0.01}}, "model.lr is also searched by search.log2_lr"),
+    ({"search": {"log2_lr": {"low": -8, "high": -4}}}, "search.log2_lr must be a list of values for sampler 'grid'"),
+    ({"search": {"log2_lr": [-8], "bogus": [1]}}, "search.bogus is not a searchable key"),
+    ({"search": {"log2_lr": [-8], "lr": [0.1]}}, "search.lr sets the same value as search.log2_lr"),
+    ({"search": {"log2_lr": [-8, -8]}}, "search.log2_lr has duplicate values"),
+    ({"search": {"log2_lr": [-8], "log2_mult_lr": [-6]}, "recipes": ["sp"]}, "search.log2_mult_lr applies to"),
+    ({"search": {"log2_lr": [-8], "init_std": {"values": [1.0], "recipes": ["mup"]}}}, "search.init_std.recipes"),
+    ({"sampler": {"type": "tpx"}}, "sampler.type must be one of grid, tpe, random"),
+    ({"sampler": {"type": "grid", "trials": 3}}, "sampler.trials is not a known key"),
+    ({"sampler": {"type": "tpe"}, "search": {"log2_lr": {"low": -8, "high": -4}}}, "sampler.trials must be"),
+    ({"sampler": {"type": "tpe", "trials": 4}, "search": {"log2_lr": {"low": -8, "high": -4}}}, "widths must list one"),
+    ({"pruner": {"type": "median"}}, "pruner.type must be 'none' with sampler 'grid'"),
+    ({"trial": {"cap": -1}}, "trial.cap must be a positive number"),
+    ({"trial": {"every": 2}}, "trial.every is not a known key"),
+    ({"heartbeat": {"interval": 5, "grace": 2}}, "heartbeat.grace must be"),
+]
+
+
+@pytest.mark.parametrize("over,message", BAD, ids=[m.split()[0] for _, m in BAD])
+def test_bad_sweep_files_name_the_key_in_one_line(tmp_path, over, message):
+    with pytest.raises(SweepError) as err:
+        load_sweep(write(tmp_path, grid_spec(**over)))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith(str(tmp_path / "s.toml"))
+
+
+def test_unreadable_files_and_round_trip(tmp_path):
+    with pytest.raises(SweepError, match="does not exist"):
+        load_sweep(tmp_path / "missing.toml")
+    (tmp_path / "broken.toml").write_text("name = \n")
+    with pytest.raises(SweepError, match="not valid TOML"):
+        load_sweep(tmp_path / "broken.toml")
+    spec = load_sweep(write(tmp_path, grid_spec()))
+    assert parse_sweep(spec.to_dict()).to_dict() == spec.to_dict()  # the manifest is a valid sweep again
+    for shipped in sorted((REPO / "sweeps").glob("*.toml")):
+        assert load_sweep(shipped).recipes == ("sp", "lr-only", "mup", "lrm")
+
+
+def test_cli_exits_2_on_a_bad_file_and_writes_nothing(tmp_path, capsys):
+    bad = write(tmp_path, grid_spec(sampler={"type": "grid", "seed": -1}))
+    out = tmp_path / "out"
+    assert main(["sweep", str(bad), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lrm-mup sweep: error:") and "sampler.seed" in err and "\n" not in err
+    assert not out.exists()
+    good = write(tmp_path, grid_spec(), "good.toml")
+    assert main(["sweep", str(good), "--out", str(out), "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err and not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# grid: two worker processes, divergence, records, resume
+
+
+def test_grid_with_two_workers_runs_every_point_once_and_records_divergence(tmp_path, capfd):
+    d = grid_spec()
+    path = write(tmp_path, d)
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--workers", "2"]) == 0
+    printed = capfd.readouterr().out  # the workers' lines come from their own processes
+    assert f"results in {out}" in printed and printed.count("] trial ") == 12  # one line per finished trial
+    assert "diverged" in printed and "w16: log2_lr=" in printed  # the per-recipe summary
+
+    workers = set()
+    for recipe in d["recipes"]:
+        trials = study(out, f"g/{recipe}").get_trials()
+        assert all(t.state == TrialState.COMPLETE for t in trials)
+        assert sorted(map(point, trials)) == sorted(grid_points(d))  # every point, exactly once
+        workers |= {t.user_attrs["worker"] for t in trials}
+        for t in trials:
+            if t.params["log2_lr"] == 14:  # LR 2^14 blows up: recorded, capped, and the sweep went on
+                assert t.value == 8.0 and t.user_attrs["status"] == "diverged" and "step" in t.user_attrs["reason"]
+            else:
+                assert t.user_attrs["status"] == "ok" and 0 < t.value < 8.5
+    assert len(workers) == 2 and all(int(w.rsplit(":", 1)[1]) != os.getpid() for w in workers)
+
+    spec = load_sweep(path)
+    rows = records(out, spec)
+    assert len(rows) == 12 and all(KEYS <= set(r) for r in rows)
+    for r in rows:
+        assert r["tokens"] > 0 and r["flops"] > 0 and r["seconds"] > 0
+        assert r["config"]["width"] == r["width"] and r["config"]["lr"] == 2.0 ** r["log2_lr"]
+        assert r["state"] == "COMPLETE" and r["status"] == ("diverged" if r["log2_lr"] == 14 else "ok")
+        if r["status"] == "diverged":
+            assert r["val_bpb"] == 8.0 and r["train_loss"] != r["train_loss"]  # NaN: no finite train loss
+    assert [r["trial"] for r in records(str(out))] == [r["trial"] for r in rows]  # a folder path as a string
+    best = best_params(out, spec, width=32)
+    assert set(best) == {"sp", "lrm"} and all(cfg["width"] == 32 and cfg["lr"] < 1 for cfg in best.values())
+
+    # re-running the same command resumes: nothing is left to run, nothing is re-run
+    before = {r: len(study(out, f"g/{r}").trials) for r in d["recipes"]}
+    t0 = time.perf_counter()
+    run_sweep(spec, out, workers=2, progress=False)
+    assert time.perf_counter() - t0 < 10  # no worker was even started
+    assert {r: len(study(out, f"g/{r}").trials) for r in d["recipes"]} == before
+    # another sweep file in the same folder is refused, nothing changes
+    with pytest.raises(SweepError, match="other settings"):
+        run_sweep(load_sweep(write(tmp_path, grid_spec(steps=11), "other.toml")), out)
+
+
+def test_a_killed_run_resumes_without_rerunning_finished_points(tmp_path):
+    d = grid_spec(name="k", recipes=["mup"], widths=[16], seeds=[0, 1], steps=100,
+                  search={"log2_lr": [-9, -8, -7, -6]})
+    path = write(tmp_path, d)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "lrm_mup.cli", "sweep", str(path), "--out", str(out), "--quiet"],
+                            cwd=REPO, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:  # kill it once it has finished a trial and is training the next one
+            try:
+                trials = study(out, "k/mup").get_trials(deepcopy=False)
+            except (KeyError, FileNotFoundError):  # not created yet
+                trials = []
+            if any(t.state == TrialState.COMPLETE for t in trials) and trials[-1].state == TrialState.RUNNING \
+                    and "config" in trials[-1].user_attrs:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the sweep ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.02)
+        else:
+            pytest.fail("the sweep never got going")
+    finally:
+        proc.kill()
+        proc.wait()
+    killed = study(out, "k/mup").get_trials()
+    finished = {t.number: point(t) for t in killed if t.state == TrialState.COMPLETE}
+    running = [t for t in killed if t.state == TrialState.RUNNING]
+    assert finished and len(running) == 1
+
+    run_sweep(load_sweep(path), out, progress=False)
+    trials = study(out, "k/mup").get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(map(point, complete)) == sorted(grid_points(d))  # every point once
+    assert {t.number: point(t) for t in complete if t.number in finished} == finished  # none re-run, none lost
+    dead = trials[running[0].number]
+    assert dead.state == TrialState.FAIL
+    retry = [t for t in complete if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retry) == 1 and point(retry[0]) == point(dead)  # retried with the same params
+
+
+# ----------------------------------------------------------------------------------------------------------
+# TPE: equal budgets per recipe, pruning after warmup with a reason, divergence as a pruned trial
+
+
+def test_tpe_sweep_has_equal_budgets_and_pruned_trials_carry_a_reason(tmp_path):
+    d = {"name": "t", "recipes": ["sp", "lrm"], "widths": [16], "seeds": [0, 1], "steps": 12, "model": dict(MODEL),
+         "search": {"log2_lr": {"low": -16, "high": 13}, "log2_mult_lr": {"low": -10, "high": -4}},
+         "sampler": {"type": "tpe", "trials": 7, "startup_trials": 3, "seed": 1},
+         "pruner": {"type": "median", "warmup_steps": 4, "startup_trials": 1, "interval": 2},
+         "trial": {"report_every": 2}}
+    spec = load_sweep(write(tmp_path, d))
+    out = tmp_path / "out"
+    run_sweep(spec, out, workers=2, progress=False)  # two processes share each recipe's budget
+    run_sweep(spec, out, progress=False)  # resuming a finished sweep adds nothing
+    rows = records(out, spec)
+    assert {r: sum(x["recipe"] == r for x in rows) for r in d["recipes"]} == {"sp": 7, "lrm": 7}
+    for recipe in d["recipes"]:
+        assert len(study(out, f"t/{recipe}").trials) == 7
+    statuses = {r["status"] for r in rows}
+    assert {"ok", "pruned"} <= statuses
+    for r in rows:
+        assert KEYS | {"log2_mult_lr"} <= set(r) and r["seed"] is None and r["seeds"] == [0, 1]
+        assert r["tokens"] > 0 and r["flops"] > 0 and r["seconds"] > 0
+        assert (r["log2_mult_lr"] is None) == (r["recipe"] == "sp")  # the multiplier LR is searched for lrm only
+        if r["status"] == "pruned":
+            assert r["state"] == "PRUNED" and "MedianPruner at step" in r["reason"] and r["val_bpb"] is None
+            assert int(r["reason"].split("step ")[1].split(":")[0]) >= 4  # never before the warmup
+        elif r["status"] == "diverged":
+            assert r["state"] == "PRUNED" and r["val_bpb"] == 8.0 and r["reason"]
+        else:
+            assert r["state"] == "COMPLETE" and r["reason"] is None and r["val_bpb"] < 8.5
+    best = best_params(out, spec)
+    assert set(best) == {"sp", "lrm"} and best["lrm"]["mult_lr"] is not None and best["sp"]["mult_lr"] is None
