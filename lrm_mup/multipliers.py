@@ -168,6 +168,11 @@ class EffectivePath:
         loss.backward(); path.map_grads(); clip_grad_norm_(model, 1.0); opt.step(); path.refresh()
 
     `close()` returns the model to the reparametrized forward.
+
+    Not for DistributedDataParallel: the merged matrices are not parameters, so DDP neither averages their gradients
+    nor sees the multipliers used (tests/test_distributed.py pins both failures). Under DDP train the reparametrized
+    path; with the effective path, average every gradient over the ranks yourself after `map_grads()` (exact: the
+    mapping is linear in G and the factors are equal on every rank).
     """
 
     def __init__(self, model: nn.Module):
