@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta
 from itertools import product
 from pathlib import Path
 
@@ -153,9 +154,11 @@ def test_a_worker_killed_mid_trial_is_retried_by_the_other(postgres, tmp_path):
         deadline, victim = time.time() + 90, None
         while time.time() < deadline and victim is None:
             now = trials()
+            # the victim: a RUNNING trial of a's that started < 0.5 s ago (trials take seconds): killed mid-trial
             if any(t.state == TrialState.COMPLETE for t in now):
                 victim = next((t for t in now if t.state == TrialState.RUNNING and "config" in t.user_attrs
-                               and t.user_attrs.get("worker", "").endswith(f":{a.pid}")), None)
+                               and t.user_attrs.get("worker", "").endswith(f":{a.pid}")
+                               and datetime.now() - t.datetime_start < timedelta(seconds=0.5)), None)
             if a.poll() is not None or b.poll() is not None:
                 ended = a if a.poll() is not None else b
                 pytest.fail(f"a worker ended early: {ended.stderr.read().decode()[-2000:]}")
