@@ -1,0 +1,206 @@
+"""`lrm-mup demo`: the whole story at CPU scale on the real corpus, one stage after the other.
+
+1. coordinate check of every recipe of the sweep (`lrm_mup.coord_check`), report in OUT/coord_check/
+2. the LR-transfer sweep of `sweeps/demo.toml` (`lrm_mup.sweep`), run folder OUT/sweep/
+3. transfer of each recipe's best proxy settings to a wider target, with a direct LR sweep there, OUT/transfer/
+4. the tuning report, OUT/report/index.html (+ tuning.json)
+
+`quick=True` runs the same code path on tiny widths (16/32, target 64), depth 1, context 32 and a few steps: under a
+minute, for tests. Every stage resumes: the sweep keeps its finished trials, the transfer its finished runs and the
+coordinate check its saved result, so re-running an interrupted demo continues it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+DEMO_TOML = Path(__file__).resolve().parents[1] / "sweeps" / "demo.toml"
+
+# what --quick changes in the sweep file (everything else, the recipes and the sampler included, stays)
+QUICK_SWEEP = {"widths": [16, 32], "seeds": [0], "steps": 12}
+QUICK_MODEL = {"base_width": 16, "delta_width": None, "depth": 1, "head_dim": 8, "heads": None, "context": 32,
+               "batch": 4, "eval_batches": 2, "eval_every": 1000}
+QUICK_LR = [-8.0, -6.0, -4.0]
+COORD = {"steps": 10, "seeds": 2, "last_steps": 5, "batch_size": 8, "context": 32, "factors": (1, 2, 4)}
+QUICK_COORD = {"steps": 3, "seeds": 1, "last_steps": 2, "batch_size": 4, "context": 16, "factors": (1, 2, 4)}
+LR_OFFSETS = (-1, 1)
+
+
+def demo_spec(raw: dict, *, quick: bool = False, data: str | None = None) -> dict:
+    """The demo's sweep file (parsed TOML) -> what the demo runs: --quick shrinks it, --data points it elsewhere."""
+    raw = {**raw, "model": dict(raw.get("model", {})), "search": dict(raw.get("search", {})),
+           "sampler": dict(raw.get("sampler", {}))}
+    if quick:
+        raw.update(QUICK_SWEEP)
+        raw["name"] = f"{raw.get('name', 'demo')}-quick"
+        for k, v in QUICK_MODEL.items():
+            if v is None:
+                raw["model"].pop(k, None)
+            else:
+                raw["model"][k] = v
+        raw["search"] = {"log2_lr": QUICK_LR}  # tiny models want larger LRs than the demo's grid
+        raw.pop("pruner", None)
+        raw.pop("trial", None)
+        if raw["sampler"].get("type", "grid") != "grid":
+            raw["sampler"]["trials"] = 3
+            raw["sampler"].pop("startup_trials", None)
+            raw["widths"] = raw["widths"][:1]
+    if data is not None:
+        raw["model"]["data"] = str(data)
+    return raw
+
+
+TRANSFER_BUDGET_S = 360  # the transfer stage's share of the demo's ~15 minutes (2 CPU cores)
+
+
+def target_width(spec, records: list[dict], workers: int = 1,
+                 budget_s: float = TRANSFER_BUDGET_S) -> tuple[int, float | None]:
+    """One target width, wider than anything the sweep saw: the widest of 4 × proxy, 2 × and 1.5 × the widest sweep
+    width (multiples of the proxy width) whose transfer stage (per recipe: the proxy run and 1 + len(LR_OFFSETS)
+    target runs, over `workers`) fits in `budget_s` at the speed (seconds per FLOP) the sweep measured at its widest
+    width; the narrowest candidate if none fits. Returns (width, estimated seconds of the stage or None)."""
+    from .model import ConfigError
+    from .train import TrainConfig
+
+    widths = sorted(spec.widths)
+    proxy, widest = widths[0], widths[-1]
+    raw = {4 * proxy, 2 * widest, proxy * round(1.5 * widest / proxy)}
+    candidates = []
+    for w in sorted((w for w in raw if w > widest), reverse=True):
+        try:
+            candidates.append((w, TrainConfig(**spec.config(spec.recipes[0], w, spec.seeds[0]))))
+        except ConfigError:
+            continue
+    if not candidates:
+        return 2 * widest, None
+    measured = [r for r in records if r.get("width") == widest and r.get("status") == "ok" and r.get("flops")]
+    if not measured:
+        return candidates[0][0], None
+    s_per_flop = sum(r["seconds"] for r in measured) / sum(r["flops"] for r in measured)
+
+    def run_flops(cfg) -> float:
+        with torch.device("meta"):
+            per_token = cfg.build(cfg.width).flops_per_token()
+        return per_token * cfg.steps * cfg.batch * cfg.context
+
+    proxy_cfg = TrainConfig(**spec.config(spec.recipes[0], proxy, spec.seeds[0]))
+    estimate = 0.0
+    for w, cfg in candidates:
+        per_recipe = s_per_flop * (run_flops(proxy_cfg) + (1 + len(LR_OFFSETS)) * run_flops(cfg))
+        estimate = len(spec.recipes) * per_recipe / min(workers, len(spec.recipes) * (2 + len(LR_OFFSETS)))
+        if estimate <= budget_s:
+            return w, estimate
+    return candidates[-1][0], estimate
+
+
+def _previous_target(transfer_dir: Path) -> int | None:
+    """The target width of an earlier (maybe interrupted) transfer in this folder: where its LR sweep runs are."""
+    found = [re.search(r"-w(\d+)-lr[+-][1-9]", p.name) for p in (transfer_dir / "runs").glob("*")]
+    widths = [int(m[1]) for m in found if m]
+    return max(widths) if widths else None
+
+
+def run_demo(out: str | os.PathLike = "runs/demo", *, quick: bool = False, data: str | None = None,
+             sweep_file: str | os.PathLike | None = None, workers: int | None = None,
+             log: Callable[[str], None] = print) -> Path:
+    """Run the four stages (module doc) under `out`; returns the report's index.html. `workers`: processes of the
+    sweep and of the transfer (default: 2 cores' worth, one thread each; 1 with `quick`)."""
+    from . import sweep as sweep_mod
+    from .coord_check import CoordCheckResult, coord_check
+    from .data import load_corpus
+    from .model import MODELS
+    from .report import write_coord_check_report, write_tuning_report
+    from .transfer import format_summary, run_transfer
+
+    out = Path(out)
+    sweep_file = Path(sweep_file) if sweep_file is not None else DEMO_TOML
+    if not sweep_file.is_file():
+        raise FileNotFoundError(f"sweep file {str(sweep_file)!r} does not exist: pass --sweep FILE")
+    try:
+        raw = tomllib.loads(sweep_file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise sweep_mod.SweepError(f"{sweep_file}: not valid TOML: {e}") from None
+    spec = sweep_mod.parse_sweep(demo_spec(raw, quick=quick, data=data), source=str(sweep_file))
+    if workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = 1 if quick else max(1, min(2, cores))
+    threads = torch.get_num_threads()
+    if quick:
+        torch.set_num_threads(1)  # tiny models: one thread is fastest and leaves the other cores alone
+    start = time.perf_counter()
+
+    def stage(i: int, what: str) -> float:
+        log(f"[demo {i}/4] {what} ({time.perf_counter() - start:.0f} s so far)")
+        return time.perf_counter()
+
+    try:
+        # 1. coordinate check of the sweep's model and recipes
+        t = stage(1, "coordinate check")
+        cc = QUICK_COORD if quick else COORD
+        model = spec.model
+        base = int(model.get("base_width", 64))
+        delta = int(model.get("delta_width") or 2 * base)
+        dims = {k: model[k] for k in ("depth", "head_dim", "heads") if model.get(k) is not None}
+        if "heads" in dims:
+            dims.setdefault("head_dim", None)
+        def build(width: int):
+            return MODELS[model.get("model", "proxy")](width, context=cc["context"], **dims)
+
+        saved = out / "coord_check" / "coord_check.json"
+        if saved.exists():
+            result = CoordCheckResult.from_json(saved)
+            log("  (done before: re-using its saved result)")
+        else:
+            result = coord_check(build, [base * f for f in cc["factors"]], base_width=base, delta_width=delta,
+                                 recipes=list(spec.recipes), steps=cc["steps"], seeds=cc["seeds"],
+                                 last_steps=cc["last_steps"], batch_size=cc["batch_size"], context=cc["context"],
+                                 corpus=load_corpus(model.get("data"), progress=True), progress=True)
+        paths = write_coord_check_report(result, out / "coord_check")
+        log(result.summary(worst=3))
+        log(f"  coordinate check report: {paths['html']} ({time.perf_counter() - t:.0f} s)")
+
+        # 2. the LR-transfer sweep
+        t = stage(2, f"sweep {spec.name!r}: recipes {', '.join(spec.recipes)}, widths {list(spec.widths)}, "
+                     f"{sum(spec.budget(r) for r in spec.recipes)} trials")
+        sweep_mod.run_sweep(spec, out / "sweep", workers=workers, progress=True)
+        for line in sweep_mod.summary_lines(out / "sweep", spec):
+            log("  " + line)
+        log(f"  sweep done ({time.perf_counter() - t:.0f} s)")
+
+        # 3. transfer to the target width
+        width, estimate = target_width(spec, sweep_mod.records(out / "sweep", spec), workers)
+        width = _previous_target(out / "transfer") or width  # a resumed demo keeps the width it started with
+        t = stage(3, f"transfer to width {width} with a direct LR sweep ({', '.join(f'{o:+d}' for o in LR_OFFSETS)}"
+                     " in log2)" + (f", about {estimate:.0f} s at the sweep's speed" if estimate else ""))
+        summary = run_transfer(out / "sweep", out / "transfer", widths=[width], lr_offsets=LR_OFFSETS, workers=workers,
+                               log=lambda line: log("  " + line))
+        log(format_summary(summary))
+        log(f"  transfer done ({time.perf_counter() - t:.0f} s)")
+
+        # 4. the report
+        stage(4, "tuning report")
+        path = write_tuning_report(out / "sweep", out / "transfer", out / "report")
+    finally:
+        torch.set_num_threads(threads)
+    log(f"demo done in {time.perf_counter() - start:.0f} s. Reports:\n  {path}\n  {paths['html']}")
+    return path
+
+
+def main_demo(args) -> int:
+    """The `lrm-mup demo` command."""
+    run_demo(args.out, quick=args.quick, data=args.data, sweep_file=args.sweep, workers=args.workers,
+             log=lambda line: print(line, flush=True))
+    return 0
+
+
+if __name__ == "__main__":  # python -m lrm_mup.demo [--quick]
+    from .cli import main
+
+    sys.exit(main(["demo", *sys.argv[1:]]))
