@@ -333,15 +333,6 @@ def _qk_pair_rms(mult_wd, steps=3000):
     return sizes
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest, and reproducibly, on one thread (two stall whenever another process holds a core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_multiplier_weight_decay_bounds_the_qk_pair(one_thread):
     free = _qk_pair_rms(0.0)
     pinned = _qk_pair_rms(2e-3)

@@ -4,7 +4,6 @@ import json
 import re
 
 import pytest
-import torch
 
 from lrm_mup import sweep
 from lrm_mup.cli import main
@@ -36,13 +35,7 @@ type = "grid"
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not fight over the cores with whatever else runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

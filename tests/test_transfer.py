@@ -28,13 +28,7 @@ TINY = {"base_width": 16, "depth": 1, "head_dim": 8, "context": 32, "batch": 4, 
         "eval_batches": 2, "data": SLICE}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not fight over the cores with whatever else runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def record(cfg: TrainConfig, trial: int) -> dict:
