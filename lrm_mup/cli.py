@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="coordinate check -> LR-transfer sweep -> transfer -> report, at CPU scale")
-    p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo); re-running resumes it")
+    p.add_argument("--out", default="runs/lrm-mup-demo",
+                   help="demo folder (default runs/lrm-mup-demo); re-running resumes it")
     p.add_argument("--quick", action="store_true", help="tiny widths and few steps (under a minute): a smoke test")
     p.add_argument("--data", help="UTF-8 text file or folder instead of the Shakespeare corpus")
     p.add_argument("--sweep", help="sweep file (default sweeps/demo.toml)")

@@ -107,7 +107,7 @@ def _previous_target(transfer_dir: Path) -> int | None:
     return max(widths) if widths else None
 
 
-def run_demo(out: str | os.PathLike = "runs/demo", *, quick: bool = False, data: str | None = None,
+def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = False, data: str | None = None,
              sweep_file: str | os.PathLike | None = None, workers: int | None = None,
              log: Callable[[str], None] = print) -> Path:
     """Run the four stages (module doc) under `out`; returns the report's index.html. `workers`: processes of the

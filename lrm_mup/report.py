@@ -169,7 +169,7 @@ def write_tuning_report(sweep_dir, transfer_dir, out_dir, *, plotlyjs: str = "in
     numbers["notes"] = notes
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tuning.json").write_text(json.dumps(numbers, indent=1, default=_json_safe, allow_nan=False) + "\n",
+    (out / "tuning.json").write_text(json.dumps(numbers, indent=1, allow_nan=False) + "\n",
                                      encoding="utf-8")
     parts = [tuning_verdict(numbers), _cost_text(numbers), *figures.values()]
     if notes:
@@ -177,10 +177,6 @@ def write_tuning_report(sweep_dir, transfer_dir, out_dir, *, plotlyjs: str = "in
     parts += optuna_figures
     title = f"Tuning report: {numbers['sweep']['name'] or pathlib.Path(sweep_dir).name}"
     return write_html(out / "index.html", title, parts, plotlyjs=plotlyjs)
-
-
-def _json_safe(x):
-    return None
 
 
 def _clean(x):
@@ -244,7 +240,13 @@ def _verdict_numbers(numbers: dict) -> dict:
                          "transfers": s.get("transfers") if mu_p else None,
                          "target_val_bpb": scores.get(r, (None,))[0], "lr_gap_log2": t.get("lr_gap_log2"),
                          "loss_gap_bpb": t.get("loss_gap_bpb"), "optimum_at_edge": t.get("optimum_at_edge")}
+    if target:
+        seeds = min((s.get("target_cost") or {}).get("runs") or 1 for s in target.values())
+    else:
+        seeds = min((n for by_width in numbers["sweep"]["curves"].values() for c in by_width.values()
+                     for n in c["seeds"]), default=1)
     verdict = {"where": where, "threshold": SPREAD_OK, "ranking": [r for _, r in ranked], "recipes": per_recipe,
+               "seeds": seeds,
                "winner": None, "margin_bpb": None, "runner_up": None, "target_width": None}
     if ranked:
         best_v, best = ranked[0]
@@ -263,6 +265,10 @@ def tuning_verdict(numbers: dict) -> str:
     lines = [f"Winner at width {v['target_width']} ({v['where']}): {w}, val {v['winner_val_bpb']:.4f} bits/byte"
              + (f", {v['margin_bpb']:.4f} bits/byte ({100 * v['margin_bpb'] / (v['winner_val_bpb'] + v['margin_bpb']):.1f}%)"
                 f" better than {v['runner_up']}." if v["runner_up"] else ".")]
+    seeds = v.get("seeds")
+    if seeds == 1 and v["runner_up"]:
+        lines.append("One seed per run: the margin is only as solid as the seed-to-seed spread, which one seed does "
+                     "not measure.")
     lines.append(_transfer_sentence(w, v["recipes"][w], v["threshold"]))
     lines.append("")
     lines.append(f"Per recipe (ranked at the {v['where']}; optimum log2 LR spread over the sweep's widths; μP recipes "
