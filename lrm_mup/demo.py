@@ -119,6 +119,8 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
     from .report import write_coord_check_report, write_tuning_report
     from .transfer import format_summary, run_transfer
 
+    if workers is not None and not (isinstance(workers, int) and workers >= 1):
+        raise sweep_mod.SweepError(f"workers must be a positive integer, not {workers!r}")
     out = Path(out)
     sweep_file = Path(sweep_file) if sweep_file is not None else DEMO_TOML
     if not sweep_file.is_file():
