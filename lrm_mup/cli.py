@@ -71,10 +71,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a("--path", choices=PATHS, help="autograd through multipliers, or the effective-matrix path")
 
 
-def train_config(args: argparse.Namespace, exclude: set[str] = frozenset()):
+def train_config(args: argparse.Namespace):
     from .train import TrainConfig
 
-    names = {f.name for f in fields(TrainConfig)} - set(exclude)
+    names = {f.name for f in fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "alphas" in given:
         bad = [k for k, v in given["alphas"] if v != v]

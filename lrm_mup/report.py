@@ -494,7 +494,7 @@ def _optuna_figures(sweep_dir, spec) -> tuple[list[go.Figure], list[str]]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     figures, notes = [], []
     try:
-        storage = sweep._read_storage(sweep_dir)
+        storage = sweep.read_storage(sweep_dir)
         names = [spec.study_name(r) for r in spec.recipes] if spec is not None else \
             sorted(optuna.get_all_study_names(storage))
     except Exception as e:  # noqa: BLE001 - the rest of the report does not depend on it

@@ -930,7 +930,7 @@ def _progress_line(spec: SweepSpec, recipe: str, trial, attrs: dict, done: int) 
 # Results
 
 
-def _read_storage(where):
+def read_storage(where):
     """A storage from a run folder, a storage URL, or an optuna storage object."""
     if _is_url(where):
         return _open_storage(None, None, where)
@@ -961,7 +961,7 @@ def records(out_dir_or_storage, spec: SweepSpec | None = None, *, unfinished: bo
     optuna = _optuna()
     from optuna.trial import TrialState
 
-    storage = _read_storage(out_dir_or_storage)
+    storage = read_storage(out_dir_or_storage)
     rows = []
     keep = (TrialState.COMPLETE, TrialState.PRUNED) if not unfinished else tuple(TrialState)
     for summary in sorted(optuna.get_all_study_summaries(storage, include_best_trial=False),
