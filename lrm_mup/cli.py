@@ -1,7 +1,12 @@
-"""`lrm-mup` command line: a thin layer over the Python API. Bad input: one line on stderr, exit status 2."""
+"""`lrm-mup` command line: a thin layer over the Python API. Bad input: one line on stderr, exit status 2.
+
+`train` and `transfer` also run under torchrun (`torchrun --nproc_per_node N -m lrm_mup train ...`): every rank runs
+the command, rank 0 alone prints and writes (lrm_mup.distributed)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from dataclasses import fields
@@ -12,6 +17,7 @@ from .recipes import RecipeError
 from .roles import RoleError
 from .shapes import ShapeError
 
+DATA_PARALLEL = ("train", "transfer")  # the commands that run under torchrun
 USER_ERRORS = (ConfigError, data_mod.DataError, RecipeError, RoleError, ShapeError, FileExistsError, FileNotFoundError)
 
 
@@ -84,6 +90,13 @@ def train_config(args: argparse.Namespace):
     return TrainConfig(**given)
 
 
+def _timestamped(prefix: str) -> str:
+    """PREFIX-TIME: a default output folder, the same on every rank under torchrun (rank 0's clock)."""
+    from . import distributed
+
+    return distributed.on_main(lambda: f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}", distributed.setup())
+
+
 def cmd_train(args) -> int:
     import json
     from pathlib import Path
@@ -96,7 +109,7 @@ def cmd_train(args) -> int:
         cfg = TrainConfig.from_dict(json.loads((Path(args.out) / "config.json").read_text()))
     else:
         cfg = train_config(args)
-    out = args.out or f"runs/train-{cfg.recipe}-w{cfg.width}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or _timestamped(f"runs/train-{cfg.recipe}-w{cfg.width}")
     result = train(cfg, out, resume=args.resume, until=args.stop_after, progress=not args.quiet)
     print(f"{result.summary()}  [{out}]")
     return 1 if result.status == "diverged" else 0
@@ -145,7 +158,7 @@ def cmd_transfer(args) -> int:
 
     overrides = {k: v for k, v in (("device", args.device), ("compile", args.compile), ("steps", args.steps))
                  if v is not None}
-    out = args.out or f"runs/transfer-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or _timestamped("runs/transfer")
     summary = run_transfer(args.source, out, widths=args.widths, lr_offsets=args.lr_offsets,
                            lr_sweep_widths=args.lr_sweep_widths, seeds=args.seeds, overrides=overrides or None,
                            workers=args.workers, log=None if args.quiet else print)
@@ -188,7 +201,7 @@ def cmd_coord_check(args) -> int:
                             optimizer=args.optimizer, corpus=corpus, context=args.context,
                             fresh_batches=args.fresh_batches, threshold=args.threshold,
                             last_steps=max(1, min(5, args.steps // 2)), progress=not args.quiet)
-    out = args.out or f"runs/coord-check-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or _timestamped("runs/coord-check")
     paths = write_coord_check_report(result, out)
     print(result.summary())
     print(f"report: {paths['html']}  numbers: {paths['json']}")
@@ -314,11 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import distributed
+
     args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
     try:
-        return args.func(args)
-    except USER_ERRORS as e:
-        print(f"lrm-mup {args.command}: error: {e}", file=sys.stderr)
+        if distributed.launched() and args.command not in DATA_PARALLEL:
+            raise ConfigError(f"{args.command!r} does not run under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}); "
+                              f"only {' and '.join(DATA_PARALLEL)} do: run it as one process")
+        # every rank computes the same summary lines; rank 0 prints them
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink if rank else sys.stdout):
+            return args.func(args)
+    except USER_ERRORS as e:  # the same error on every rank (lrm_mup.distributed): said once
+        if rank == 0:
+            print(f"lrm-mup {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lrm-mup: interrupted", file=sys.stderr)

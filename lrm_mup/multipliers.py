@@ -171,8 +171,8 @@ class EffectivePath:
 
     Not for DistributedDataParallel: the merged matrices are not parameters, so DDP neither averages their gradients
     nor sees the multipliers used (tests/test_distributed.py pins both failures). Under DDP train the reparametrized
-    path; with the effective path, average every gradient over the ranks yourself after `map_grads()` (exact: the
-    mapping is linear in G and the factors are equal on every rank).
+    path; with the effective path, average every gradient over the ranks after `map_grads()` (exact: the mapping is
+    linear in G and the factors are equal on every rank): `lrm_mup.distributed.average_gradients`, as `train` does.
     """
 
     def __init__(self, model: nn.Module):

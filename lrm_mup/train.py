@@ -5,6 +5,11 @@ One loop, readable top to bottom. Everything a run needs is in `TrainConfig`; a 
 `checkpoint.pt` (loadable with `weights_only=True`). Resuming from the checkpoint continues exactly where the run
 stopped: model, optimizer, LR schedule, data order and RNG all come back, so on CPU a resumed run is bit-identical
 to an uninterrupted one.
+
+Under `torchrun` the same loop is data-parallel (`lrm_mup.distributed`): `batch` stays the global batch, the model is
+wrapped in DDP (the effective path averages its mapped gradients itself), rank 0 writes the run folder, and logged
+losses and validation are averages over all ranks. The result equals the single-process run up to float reduction
+order, and a checkpoint resumes at any world size.
 """
 from __future__ import annotations
 
@@ -18,9 +23,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from . import data as data_mod
+from . import distributed
 from .model import MODELS, ConfigError, GPTConfig
 from .multipliers import EffectivePath
 from .optim import build_optimizer, clip_grad_norm_
@@ -140,7 +147,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+    return distributed.SINGLE.device(name)
 
 
 @dataclass
@@ -156,11 +163,16 @@ class Run:
     device: torch.device
     step: int = 0
     path: EffectivePath | None = None
+    world: distributed.World = distributed.SINGLE
+    wrapped: torch.nn.Module | None = None  # what the training forward runs through: DDP(model), or the model
 
     @classmethod
-    def create(cls, cfg: TrainConfig, corpus: data_mod.Corpus | None = None, progress: bool = True) -> Run:
-        corpus = corpus if corpus is not None else data_mod.load_corpus(cfg.data, progress=progress)
-        device = resolve_device(cfg.device)
+    def create(cls, cfg: TrainConfig, corpus: data_mod.Corpus | None = None, progress: bool = True,
+               world: distributed.World = distributed.SINGLE) -> Run:
+        if corpus is None:
+            corpus = distributed.main_first(lambda: data_mod.load_corpus(cfg.data, progress=progress and world.main),
+                                            world)
+        device = world.device(cfg.device)
         torch.manual_seed(cfg.seed)
         model = cfg.build(cfg.width)
         with torch.device("meta"):  # base and delta only lend their shapes
@@ -172,40 +184,54 @@ class Run:
                               mult_lr=cfg.mult_lr, mult_wd=cfg.mult_wd)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
         gen = torch.Generator().manual_seed(cfg.seed)
+        wrapped = model
+        if world.size > 1 and cfg.path == "autograd":
+            # buffers (rotary tables) are computed alike on every rank: no broadcast before each forward
+            wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                          forward_sync_buffers=False, gradient_as_bucket_view=True)
+        else:
+            distributed.broadcast_parameters(model, world)
         path = EffectivePath(model) if cfg.path == "effective" else None
-        return cls(cfg, model, opt, sched, corpus, gen, device, 0, path)
+        return cls(cfg, model, opt, sched, corpus, gen, device, 0, path, world, wrapped)
 
     @property
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def train_step(self, forward) -> tuple[float, float]:
-        """One optimizer step; returns (loss, gradient norm without multipliers)."""
+        """One optimizer step; returns (loss averaged over the ranks, gradient norm without multipliers)."""
         x, y = self.corpus.batch("train", self.cfg.batch, self.cfg.context, self.generator)
-        x, y = x.to(self.device), y.to(self.device)
+        rows = self.world.rows(self.cfg.batch)  # every rank draws the global batch and keeps its own rows
+        x, y = x[rows].to(self.device), y[rows].to(self.device)
         with self.autocast:
             _, loss = forward(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.path is not None:
             self.path.map_grads()
+            distributed.average_gradients(self.model, self.world)
         norm = clip_grad_norm_(self.model, self.cfg.clip) if self.cfg.clip > 0 else torch.tensor(float("nan"))
         self.optimizer.step()
         self.scheduler.step()
         if self.path is not None:
             self.path.refresh()
         self.step += 1
-        return loss.item(), norm.item()
+        (loss_sum,) = distributed.sum_floats([loss.item()], self.world, self.device)
+        return loss_sum / self.world.size, norm.item()
 
     @torch.no_grad()
     def evaluate(self, forward) -> float:
-        """Validation bits per byte (tokens are bytes) on a fixed set of validation windows."""
+        """Validation bits per byte (tokens are bytes) on a fixed set of validation windows (split over the ranks)."""
         total, count = 0.0, 0
         for x, y in self.corpus.val_batches(self.cfg.batch, self.cfg.context, self.cfg.eval_batches):
-            with self.autocast:
-                _, loss = forward(x.to(self.device), y.to(self.device))
-            total += loss.item() * x.numel()
-            count += x.numel()
+            rows = self.world.rows(len(x))
+            x, y = x[rows], y[rows]
+            if len(x):
+                with self.autocast:
+                    _, loss = forward(x.to(self.device), y.to(self.device))
+                total += loss.item() * x.numel()
+                count += x.numel()
+        total, count = distributed.sum_floats([total, count], self.world, self.device)
         return total / count / math.log(2)
 
     def state_dict(self) -> dict:
@@ -248,40 +274,49 @@ def _write_atomic(path: Path, write) -> None:
 def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: bool = False, until: int | None = None,
           progress: bool = True, corpus: data_mod.Corpus | None = None) -> TrainResult:
     """Train under `cfg`, writing the run folder `out` (if given). `resume` continues from `out/checkpoint.pt`;
-    `until` stops after that step with a checkpoint (a time-sliced job resumes later)."""
+    `until` stops after that step with a checkpoint (a time-sliced job resumes later). Under torchrun every rank calls
+    this with the same arguments (see the module doc); each gets the same result."""
     out = Path(out) if out is not None else None
-    state = _load_resume_state(cfg, out) if resume else None
-    run = Run.create(cfg, corpus, progress=progress)
-    if out is not None and not resume:
-        _prepare_out(out, cfg, run)
-    if state is not None:
-        run.load_state_dict(state)
-    forward = torch.compile(run.model) if (cfg.compile if cfg.compile is not None else run.device.type == "cuda") \
-        else run.model
+    world = distributed.setup()
+    if cfg.batch % world.size:
+        raise ConfigError(f"batch={cfg.batch} is invalid: the global batch must split evenly over the "
+                          f"{world.size} processes")
+    if resume:
+        distributed.on_main(lambda: _check_resume(cfg, out), world)
+    run = Run.create(cfg, corpus, progress=progress, world=world)
+    if resume:  # on the CPU first: a CUDA checkpoint would otherwise land on GPU 0 of every rank
+        run.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=True, map_location="cpu", mmap=True))
+    elif out is not None:
+        distributed.on_main(lambda: _prepare_out(out, cfg, run), world)
+    compile_ = cfg.compile if cfg.compile is not None else run.device.type == "cuda"
+    forward = torch.compile(run.wrapped) if compile_ else run.wrapped
+    evaluate_forward = forward if run.wrapped is run.model else (torch.compile(run.model) if compile_ else run.model)
     tokens_per_step = cfg.batch * cfg.context
     flops_per_token = run.model.flops_per_token() if hasattr(run.model, "flops_per_token") else 0.0
     last = until if until is not None else cfg.steps
-    metrics = open(out / "metrics.jsonl", "a") if out is not None else None
+    writes = out is not None and world.main
+    metrics = open(out / "metrics.jsonl", "a") if writes else None
     start, loss, val, status = time.perf_counter(), float("nan"), float("nan"), "ok"
-    bar = tqdm(total=last, initial=run.step, disable=not progress, desc=f"{cfg.recipe} w{cfg.width}", unit="step")
+    first_step = run.step
+    bar = tqdm(total=last, initial=run.step, disable=not (progress and world.main), desc=f"{cfg.recipe} w{cfg.width}",
+               unit="step")
     try:
         while run.step < last:
             loss, norm = run.train_step(forward)
             tokens = run.step * tokens_per_step
             row = {"step": run.step, "loss": loss, "grad_norm": norm, "lr": run.optimizer.param_groups[0]["lr"],
                    "tokens": tokens, "flops": tokens * flops_per_token,
-                   "tokens_per_s": tokens_per_step * (run.step - (state or {}).get("step", 0))
-                   / (time.perf_counter() - start)}
+                   "tokens_per_s": tokens_per_step * (run.step - first_step) / (time.perf_counter() - start)}
             if not math.isfinite(loss):
                 status = "diverged"
                 _log(metrics, row)
                 break
             evaluate = run.step % cfg.eval_every == 0 or run.step == cfg.steps
             if evaluate:
-                val = run.evaluate(forward)
+                val = run.evaluate(evaluate_forward)
                 row["val_bpb"] = val
             _log(metrics, row)
-            if evaluate and out is not None and run.step < last:
+            if evaluate and writes and run.step < last:
                 _write_atomic(out / "checkpoint.pt", lambda p: torch.save(run.state_dict(), p))
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}")
@@ -290,7 +325,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
     if status == "ok" and run.step < cfg.steps:
         status = "stopped"
     if status != "diverged" and not math.isfinite(val):
-        val = run.evaluate(forward)
+        val = run.evaluate(evaluate_forward)
     result = TrainResult(status, run.step, loss, val, run.step * tokens_per_step,
                          run.step * tokens_per_step * flops_per_token, time.perf_counter() - start)
     if metrics is not None:
@@ -298,6 +333,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
         metrics.close()
         if status != "diverged":
             _write_atomic(out / "checkpoint.pt", lambda p: torch.save(run.state_dict(), p))
+    distributed.barrier(world)  # every rank returns with the run folder complete
     return result
 
 
@@ -327,10 +363,11 @@ def _prepare_out(out: Path, cfg: TrainConfig, run: Run) -> None:
         raise
 
 
-def _load_resume_state(cfg: TrainConfig, out: Path | None) -> dict:
+def _check_resume(cfg: TrainConfig, out: Path | None) -> None:
+    """The checkpoint exists and holds `cfg`; metrics rows after it are dropped."""
     if out is None or not (out / "checkpoint.pt").exists():
         raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {str(out)!r}")
-    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state = torch.load(out / "checkpoint.pt", weights_only=True, mmap=True)  # the config only: nothing is read in
     saved = TrainConfig.from_dict(state["config"])
     if asdict(saved) != asdict(cfg):
         diff = sorted(k for k, v in asdict(cfg).items() if asdict(saved)[k] != v)
@@ -339,4 +376,3 @@ def _load_resume_state(cfg: TrainConfig, out: Path | None) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     kept = [r for r in rows if "status" not in r and r["step"] <= state["step"]]
     _write_atomic(out / "metrics.jsonl", lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in kept)))
-    return state

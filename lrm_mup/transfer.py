@@ -15,8 +15,9 @@ transferred − optimum) and what that costs (`loss_gap_bpb`, ≥ 0). An optimum
 bound (`optimum_at_edge`).
 
 Every run is exactly one `train(cfg, out)` call in its own folder under `out_dir/runs/`; `workers=N` hands these calls
-to N processes (one CPU share each), and a later multi-GPU version hands them to torchrun workers the same way:
-nothing else needs to change. A run folder that is already complete is read, not retrained, so an interrupted
+to N processes (one CPU share each). Under torchrun (`torchrun --nproc_per_node 8 -m lrm_mup transfer ...`, or across
+machines) every rank walks the same plan and each run is data-parallel over all of them (lrm_mup.distributed); rank 0
+writes the files. A run folder that is already complete is read, not retrained, so an interrupted
 transfer continues where it stopped. `out_dir/transfer.json` holds the summary, `out_dir/best.json` the proxy configs.
 
 `multiplier_scaling(run_dirs)` is the width-scaling analysis of the learned multipliers (paper Fig. 5): for `lrm` runs
@@ -42,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .model import ConfigError
 from .train import TrainConfig, TrainResult, resolve_device, train
 
@@ -354,7 +356,7 @@ def run_one(planned: PlannedRun, run_dir: Path, corpus=None, progress: bool = Fa
                                                      "seconds")})
     if (run_dir / "checkpoint.pt").exists():
         return train(cfg, run_dir, resume=True, progress=progress, corpus=corpus)
-    if run_dir.exists():
+    if run_dir.exists() and distributed.setup().main:
         shutil.rmtree(run_dir)  # our own folder, started and killed before its first checkpoint
     return train(cfg, run_dir, progress=progress, corpus=corpus)
 
@@ -368,13 +370,22 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
     the cores (1: in this process). `log`: receives one line per run (None: silent)."""
     if not (isinstance(workers, int) and workers >= 1):
         raise TransferError(f"workers must be a positive integer, not {workers!r}")
+    world = distributed.setup()
+    if world.size > 1 and workers > 1:
+        raise TransferError(f"workers={workers} under torchrun: the {world.size} processes already share every run; "
+                            "leave workers at 1")
     source = str(best) if not isinstance(best, dict) else "dict"
-    best = load_best(best)
+    best = distributed.on_main(lambda: load_best(best), world)  # a sweep's journal is read once
     plan = plan_runs(best, widths, lr_offsets=lr_offsets, lr_sweep_widths=lr_sweep_widths, seeds=seeds,
                      overrides=overrides, include_proxy=include_proxy)
     out = Path(out_dir)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / BEST).write_text(json.dumps(best, indent=1))
+    log = log if world.main else None
+
+    def write_best():
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        (out / BEST).write_text(json.dumps(best, indent=1))
+
+    distributed.on_main(write_best, world)
     start = time.perf_counter()
     results: dict[str, TrainResult] = {}
 
@@ -414,7 +425,8 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
     summary = summarize(best, [(p, results[p.name]) for p in plan], out, source=source, lr_offsets=lr_offsets)
     summary["seconds"] = time.perf_counter() - start
     summary = _json_clean(summary)
-    (out / SUMMARY).write_text(json.dumps(summary, indent=1, allow_nan=False))
+    if world.main:
+        (out / SUMMARY).write_text(json.dumps(summary, indent=1, allow_nan=False))
     return summary
 
 
@@ -427,7 +439,9 @@ def _train_one(planned: PlannedRun, run_dir: str, progress: bool = False, verbos
 
     key = planned.config["data"]
     if key not in _CORPORA:
-        _CORPORA[key] = data_mod.load_corpus(key, progress=verbose)
+        world = distributed.setup()
+        _CORPORA[key] = distributed.main_first(lambda: data_mod.load_corpus(key, progress=verbose and world.main),
+                                               world)
     return run_one(planned, Path(run_dir), _CORPORA[key], progress=progress)
 
 

@@ -7,6 +7,8 @@ Findings pinned here:
 - the reparametrized (autograd) path is DDP-compatible: the multipliers are ordinary parameters, DDP broadcasts them
   at wrap time and all-reduces their gradients, and `build_optimizer` / `clip_grad_norm_` find the metadata through
   the wrapper; 3 AdamW steps on two half batches equal 3 steps on the full batch;
+- `lrm_mup.train.Run` under a process group: each rank trains on its own rows of the global batch and evaluates its
+  own rows of the validation windows (tests/test_torchrun.py checks the whole loop against one process);
 - `EffectivePath` is NOT DDP-compatible: the forward/backward run through `_effective`, a detached leaf tensor per
   layer that is not a parameter, so autograd never reaches `weight` / `mult_*` and DDP's reducer (which hooks
   parameters only) never sees those gradients. Without `find_unused_parameters` the second step raises; with it,
@@ -23,7 +25,10 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import lrm_mup
+from lrm_mup import distributed
+from lrm_mup.data import load_corpus
 from lrm_mup.model import proxy
+from lrm_mup.train import Run, TrainConfig
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
@@ -141,6 +146,28 @@ def _effective_manual_all_reduce(x):
     return {"final": snapshot(model)}
 
 
+RUN = dict(recipe="lrm", width=32, base_width=16, depth=1, head_dim=8, context=16, batch=6, eval_batches=2,
+           data=os.path.abspath("tests/data/shakespeare"), device="cpu")
+
+
+def _run_shards():
+    """What one training step and one evaluation of `Run` feed the model on this rank."""
+    world = distributed.setup()  # the group opened by the test: this rank's place in it
+    cfg = TrainConfig(**RUN)
+    run = Run.create(cfg, load_corpus(cfg.data), progress=False, world=world)
+    seen = {"train": [], "val": []}
+
+    def recording(split, forward):
+        def fwd(x, y):
+            seen[split].append(x.clone())
+            return forward(x, y)
+        return fwd
+
+    run.train_step(recording("train", run.wrapped))
+    run.evaluate(recording("val", run.model))
+    return {"world": world, "seen": seen, "ddp": type(run.wrapped).__name__}
+
+
 def _worker(rank, store, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
@@ -149,6 +176,7 @@ def _worker(rank, store, out_dir):
         results = {
             "ddp": _ddp_reparametrized(rank, x),
             "manual": _effective_manual_all_reduce(x),
+            "run": _run_shards(),
             "eff_unused": _ddp_effective(rank, x, find_unused=True),
             "eff_strict": _ddp_effective(rank, x, find_unused=False),  # last: its reducer is left mid-iteration
         }
@@ -233,6 +261,20 @@ def test_build_optimizer_and_clipping_work_on_the_ddp_wrapper(ranks, reference):
     assert r["norms"] == pytest.approx(reference["norms"], rel=1e-9)
     assert ranks[1]["ddp"]["norms"] == r["norms"]
     assert r["norms"][0] > CLIP
+
+
+def test_run_trains_and_evaluates_each_rank_on_its_own_rows(ranks):
+    assert [r["run"]["world"] for r in ranks] == [distributed.World(0, 0, 2), distributed.World(1, 1, 2)]
+    assert {r["run"]["ddp"] for r in ranks} == {"DistributedDataParallel"}
+    cfg = TrainConfig(**RUN)
+    corpus = load_corpus(cfg.data)
+    x, _ = corpus.batch("train", cfg.batch, cfg.context, torch.Generator().manual_seed(cfg.seed))
+    shards = [r["run"]["seen"]["train"][0] for r in ranks]
+    assert [len(s) for s in shards] == [3, 3] and torch.equal(torch.cat(shards), x)
+    val = [x for x, _ in corpus.val_batches(cfg.batch, cfg.context, cfg.eval_batches)]
+    assert [len(s) for s in ranks[0]["run"]["seen"]["val"]] == [3, 3]
+    for i, batch in enumerate(val):
+        assert torch.equal(torch.cat([r["run"]["seen"]["val"][i] for r in ranks]), batch)
 
 
 def test_effective_path_is_not_ddp_compatible(ranks):
