@@ -55,7 +55,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a("--base-width", dest="base_width", type=int, help="μP base width (default 64)")
     a("--delta-width", dest="delta_width", type=int, help="μP delta width (default 2× base)")
     a("--steps", type=int, help="optimizer steps (default 200)")
-    a("--batch", type=int, help="sequences per step (default 16)")
+    a("--batch", type=int, help="sequences per step over all processes (default 16)")
+    a("--micro-batch", dest="micro_batch", type=int,
+      help="sequences per forward in each process: gradient accumulation to save memory (default: all)")
     a("--lr", type=float, help="matrix LR (Muon's under --optimizer muon; default 3e-3)")
     a("--adam-lr", dest="adam_lr", type=float, help="AdamW groups' LR under muon (default --lr)")
     a("--weight-decay", dest="weight_decay", type=float, help="matrix weight decay (default 0.1)")
@@ -101,12 +103,18 @@ def cmd_train(args) -> int:
     import json
     from pathlib import Path
 
-    from .train import TrainConfig, train
+    from .train import EXECUTION, TrainConfig, train
 
     if args.resume:
         if args.out is None:
             raise ConfigError("--resume needs --out DIR, the run folder to continue")
-        cfg = TrainConfig.from_dict(json.loads((Path(args.out) / "config.json").read_text()))
+        given = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(TrainConfig)} and v is not None}
+        fixed = sorted(set(given) - set(EXECUTION))
+        if fixed:
+            allowed = ", ".join("--" + k.replace("_", "-") for k in EXECUTION)
+            raise ConfigError(f"--{fixed[0].replace('_', '-')} cannot change when resuming (the run's settings are in "
+                              f"{args.out}/config.json); only {allowed} can")
+        cfg = TrainConfig.from_dict({**json.loads((Path(args.out) / "config.json").read_text()), **given})
     else:
         cfg = train_config(args)
     out = args.out or _timestamped(f"runs/train-{cfg.recipe}-w{cfg.width}")

@@ -13,6 +13,7 @@ order, and a checkpoint resumes at any world size.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,6 +38,8 @@ from .shapes import base_shapes
 SCHEDULES = ("constant", "cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda")
 PATHS = ("autograd", "effective")
+# how a step is computed, not what it computes: a run may resume with other values (another machine, less memory)
+EXECUTION = ("micro_batch", "device", "compile")
 
 
 @dataclass
@@ -52,7 +55,8 @@ class TrainConfig:
     base_width: int = 64            # the μP base; delta is 2× base unless given
     delta_width: int | None = None
     steps: int = 200
-    batch: int = 16
+    batch: int = 16                 # sequences per optimizer step, over all processes
+    micro_batch: int | None = None  # sequences per forward in each process (gradient accumulation; default: all)
     lr: float = 3e-3                # matrices (Muon's LR under "muon")
     adam_lr: float | None = None    # AdamW groups under "muon" (default: lr)
     weight_decay: float = 0.1
@@ -90,6 +94,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
                 bad(name, "must be a positive integer")
+        if self.micro_batch is not None and not (isinstance(self.micro_batch, int) and 0 < self.micro_batch
+                                                 and self.batch % self.micro_batch == 0):
+            bad("micro_batch", f"must be a positive integer dividing batch={self.batch}")
         if self.delta_width is not None and self.delta_width == self.base_width:
             bad("delta_width", "must differ from base_width")
         for name in ("lr", "weight_decay", "mult_wd", "clip", "adam_lr", "mult_lr", "init_std"):
@@ -121,6 +128,11 @@ class TrainConfig:
 
     def build(self, width: int) -> torch.nn.Module:
         return MODELS[self.model](width, **self.model_config(width))
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """The fields, execution settings aside, in which two configs differ: what makes them different runs."""
+        a, b = asdict(self), asdict(other)
+        return sorted(k for k in a if a[k] != b[k] and k not in EXECUTION)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -202,11 +214,19 @@ class Run:
         """One optimizer step; returns (loss averaged over the ranks, gradient norm without multipliers)."""
         x, y = self.corpus.batch("train", self.cfg.batch, self.cfg.context, self.generator)
         rows = self.world.rows(self.cfg.batch)  # every rank draws the global batch and keeps its own rows
-        x, y = x[rows].to(self.device), y[rows].to(self.device)
-        with self.autocast:
-            _, loss = forward(x, y)
+        x, y = x[rows], y[rows]
+        micro = self.cfg.micro_batch or len(x)
+        starts = range(0, len(x), micro)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros((), device=self.device)
+        for start in starts:
+            # DDP all-reduces once, after the last micro-batch; every micro-batch's loss is its mean over equal rows
+            last = start == starts[-1]
+            with self.wrapped.no_sync() if isinstance(self.wrapped, DDP) and not last else contextlib.nullcontext():
+                with self.autocast:
+                    _, part = forward(x[start:start + micro].to(self.device), y[start:start + micro].to(self.device))
+                (part / len(starts)).backward()
+            loss += part.detach() / len(starts)
         if self.path is not None:
             self.path.map_grads()
             distributed.average_gradients(self.model, self.world)
@@ -281,6 +301,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
     if cfg.batch % world.size:
         raise ConfigError(f"batch={cfg.batch} is invalid: the global batch must split evenly over the "
                           f"{world.size} processes")
+    if cfg.micro_batch and (cfg.batch // world.size) % cfg.micro_batch:
+        raise ConfigError(f"micro_batch={cfg.micro_batch} is invalid: it must divide the {cfg.batch // world.size} "
+                          f"sequences each of the {world.size} processes gets of batch={cfg.batch}")
     if resume:
         distributed.on_main(lambda: _check_resume(cfg, out), world)
     run = Run.create(cfg, corpus, progress=progress, world=world)
@@ -368,10 +391,10 @@ def _check_resume(cfg: TrainConfig, out: Path | None) -> None:
     if out is None or not (out / "checkpoint.pt").exists():
         raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {str(out)!r}")
     state = torch.load(out / "checkpoint.pt", weights_only=True, mmap=True)  # the config only: nothing is read in
-    saved = TrainConfig.from_dict(state["config"])
-    if asdict(saved) != asdict(cfg):
-        diff = sorted(k for k, v in asdict(cfg).items() if asdict(saved)[k] != v)
-        raise ConfigError(f"config differs from the checkpoint's in {', '.join(diff)}; resume with the same config")
+    diff = TrainConfig.from_dict(state["config"]).differences(cfg)
+    if diff:
+        raise ConfigError(f"config differs from the checkpoint's in {', '.join(diff)}; resume with the same config "
+                          f"(only {', '.join(EXECUTION)} may change)")
     # metrics written after the checkpoint (a crash between checkpoints) are replayed by the resumed run
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     kept = [r for r in rows if "status" not in r and r["step"] <= state["step"]]

@@ -349,9 +349,10 @@ def run_one(planned: PlannedRun, run_dir: Path, corpus=None, progress: bool = Fa
     cfg = TrainConfig.from_dict(planned.config)
     final = _finished(run_dir)
     if final is not None:
-        saved = json.loads((run_dir / "config.json").read_text())
-        if saved != planned.config:
-            raise TransferError(f"run folder {str(run_dir)!r} holds a different config: use another --out")
+        diff = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())).differences(cfg)
+        if diff:
+            raise TransferError(f"run folder {str(run_dir)!r} holds a different config ({', '.join(diff)}): "
+                                "use another --out")
         return TrainResult(**{k: final[k] for k in ("status", "step", "train_loss", "val_bpb", "tokens", "flops",
                                                      "seconds")})
     if (run_dir / "checkpoint.pt").exists():

@@ -88,10 +88,13 @@ def test_train_under_torchrun_equals_one_process(tmp_path, reference):
 
 
 def test_torchrun_checkpoint_resumes_in_one_process(tmp_path, reference):
-    """Stopped at step 4 by 2 processes, finished by one: the data order and optimizer state carry over."""
-    done = torchrun("train", *flags(TINY), "--quiet", "--stop-after", "4", "--out", "run", cwd=tmp_path)
+    """Stopped at step 4 by 2 processes accumulating micro-batches of one sequence (DDP all-reduces after the last
+    only), finished by one process on whole batches: data order and optimizer state carry over."""
+    micro = {**TINY, "micro_batch": 1}
+    done = torchrun("train", *flags(micro), "--quiet", "--stop-after", "4", "--out", "run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert rows(tmp_path / "run")[-1]["status"] == "stopped"
+    # micro_batch is an execution setting (how a step is computed, not what it is): it may change on resume
     assert train(TrainConfig(**TINY), tmp_path / "run", resume=True, progress=False).status == "ok"
     assert_same_run(tmp_path / "run", reference)
 
@@ -117,6 +120,7 @@ def test_effective_path_under_torchrun_averages_its_mapped_gradients(tmp_path, r
     ({"batch": 3}, "batch=3 is invalid: the global batch must split evenly over the 2 processes"),
     ({"data": "missing.txt"}, "data path missing.txt does not exist"),  # raised by the rank that fetches the corpus
     ({"out": "taken"}, "run folder 'taken' is not empty"),              # raised by rank 0, which writes the folder
+    ({"micro_batch": 4}, "micro_batch=4 is invalid: it must divide the 2 sequences each of the 2 processes gets"),
 ])
 def test_bad_input_under_torchrun_is_said_once_and_writes_nothing(bad, message, tmp_path):
     (tmp_path / "taken").mkdir()

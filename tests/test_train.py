@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lrm_mup.cli import main
+from lrm_mup.model import ConfigError
 from lrm_mup.train import TrainConfig, train
 
 SLICE = "tests/data/shakespeare"
@@ -59,6 +60,22 @@ def test_effective_path_trains_like_autograd(tmp_path):
     assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4)
 
 
+@pytest.mark.parametrize("path", ["autograd", "effective"])
+def test_micro_batches_accumulate_to_the_full_batch_step(tmp_path, path):
+    """Gradient accumulation is a memory knob, not a hyperparameter: 4 micro-batches of 1 sequence take the same steps
+    as one batch of 4 (up to float summation order)."""
+    base = dict(recipe="lrm", steps=6, lr=1e-2, path=path, **TINY)
+    whole = train(TrainConfig(**base), tmp_path / "whole", progress=False)
+    micro = train(TrainConfig(micro_batch=1, **base), tmp_path / "micro", progress=False)
+    assert micro.val_bpb == pytest.approx(whole.val_bpb, rel=1e-5)
+    for a, b in zip(rows(tmp_path / "micro"), rows(tmp_path / "whole")):
+        assert a.get("loss") == pytest.approx(b.get("loss"), rel=1e-5)
+        assert a.get("grad_norm") == pytest.approx(b.get("grad_norm"), rel=1e-4)
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("micro", "whole"))
+    for name in b:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_divergence_stops_with_a_status_not_a_traceback(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--recipe", "sp", "--lr", "1e4", "--clip", "0", "--steps", "30", "--quiet", "--out", str(out)]
@@ -77,6 +94,7 @@ def test_divergence_stops_with_a_status_not_a_traceback(tmp_path, capsys):
     (["--lr", "-1"], "lr=-1.0 is invalid: must be a finite number >= 0"),
     (["--placement", "scalar", "--recipe", "mup"], "placement applies to recipe 'lrm' only"),
     (["--alpha", "readout=-2"], "alpha for 'readout' is -2.0"),
+    (["--batch", "4", "--micro-batch", "3"], "micro_batch=3 is invalid: must be a positive integer dividing batch=4"),
     (["--data", "no/such/corpus"], "no/such/corpus"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--steps", "0"], "is invalid"),
 ])
@@ -88,6 +106,23 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_resume_takes_only_execution_settings_from_the_command_line(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = ["train", "--quiet", "--out", out]
+    for key, value in {**TINY, "steps": 4}.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    assert main([*args, "--stop-after", "2"]) == 0
+    assert main(["train", "--resume", "--out", out, "--lr", "1e-2"]) == 2
+    assert ("--lr cannot change when resuming (the run's settings are in " + out + "/config.json); only "
+            "--micro-batch, --device, --compile can") in capsys.readouterr().err
+    assert main(["train", "--resume", "--quiet", "--out", out, "--micro-batch", "2", "--device", "cpu"]) == 0
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4 and state["config"]["micro_batch"] == 2
+    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in lr; resume with the same config \(only "
+                                          r"micro_batch, device, compile may change\)"):
+        train(TrainConfig(**{**TINY, "steps": 4, "lr": 1.0}), tmp_path / "run", resume=True, progress=False)
 
 
 def test_refuses_to_overwrite_a_run_and_resume_needs_a_checkpoint(tmp_path, capsys):
