@@ -7,10 +7,12 @@ Steppers, each one `Run.train_step` on the global batch `--batch` (each rank kee
 - mup        recipe mup, DDP
 - lrm        recipe lrm, DDP (the learnable multipliers are extra small parameters in DDP's buckets)
 - lrm-eff    recipe lrm on the effective path: no DDP, one flat all-reduce after `map_grads()`
+- lrm-fsdp   recipe lrm sharded by FSDP2 (all-gather before each block, reduce-scatter after)
 - lrm-1proc  recipe lrm in one process on the whole global batch (what a rank would do alone)
 - plain      the un-parametrized proxy in plain DDP with torch.optim.AdamW and the same sharding: the baseline
 Ratios (median over rounds of the per-round ratio; every rank steps every model in the same rotated order, and the
-slowest rank's time counts): lrm / mup, lrm-eff / mup, mup / plain, and lrm / lrm-1proc (ideal 1 / world size).
+slowest rank's time counts): lrm / mup, lrm-eff / mup, lrm-fsdp / lrm, mup / plain, and lrm / lrm-1proc (ideal
+1 / world size).
 """
 from __future__ import annotations
 
@@ -47,11 +49,12 @@ def parse_args(argv=None):
 def steppers(args, world: distributed.World, corpus) -> dict:
     cfg = lambda **kw: TrainConfig(width=args.width, depth=args.depth, context=args.context,  # noqa: E731
                                    batch=args.batch, device=args.device, steps=10_000, **kw)
-    runs = {"mup": (Run.create(cfg(recipe="mup"), corpus, world=world), True),
-            "lrm": (Run.create(cfg(recipe="lrm"), corpus, world=world), True),
-            "lrm-eff": (Run.create(cfg(recipe="lrm", path="effective"), corpus, world=world), True),
-            "lrm-1proc": (Run.create(cfg(recipe="lrm"), corpus, world=distributed.SINGLE), False)}
-    out = {name: (lambda run=run: run.train_step(run.wrapped)) for name, (run, _) in runs.items()}
+    runs = {"mup": Run.create(cfg(recipe="mup"), corpus, world=world),
+            "lrm": Run.create(cfg(recipe="lrm"), corpus, world=world),
+            "lrm-eff": Run.create(cfg(recipe="lrm", path="effective"), corpus, world=world),
+            "lrm-fsdp": Run.create(cfg(recipe="lrm", parallel="fsdp"), corpus, world=world),
+            "lrm-1proc": Run.create(cfg(recipe="lrm"), corpus, world=distributed.SINGLE)}
+    out = {name: (lambda run=run: run.train_step(run.wrapped)) for name, run in runs.items()}
 
     device = world.device(args.device)
     torch.manual_seed(0)
@@ -108,7 +111,7 @@ def main(argv=None) -> None:
     for name in names:
         print(f"{name:10s} median {1e3 * statistics.median(times[name]):8.2f} ms   "
               f"min {1e3 * min(times[name]):8.2f} ms")
-    for a, b in (("lrm", "mup"), ("lrm-eff", "mup"), ("mup", "plain"), ("lrm", "lrm-1proc")):
+    for a, b in (("lrm", "mup"), ("lrm-eff", "mup"), ("lrm-fsdp", "lrm"), ("mup", "plain"), ("lrm", "lrm-1proc")):
         ratio = statistics.median(x / y for x, y in zip(times[a], times[b]))
         print(f"{a} / {b}: {ratio:.3f} (min/min {min(times[a]) / min(times[b]):.3f})")
 

@@ -38,6 +38,7 @@ def _alpha(text: str) -> tuple[str, float]:
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """Flags for every TrainConfig field; only flags given on the command line reach the config."""
+    from .distributed import PARALLEL
     from .train import DEVICES, PATHS, SCHEDULES
     from .model import MODELS
     from .optim import OPTIMIZERS
@@ -77,6 +78,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a("--device", choices=DEVICES, help="auto (CUDA if present), cpu or cuda")
     a("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on CUDA only)")
     a("--path", choices=PATHS, help="autograd through multipliers, or the effective-matrix path")
+    a("--parallel", choices=PARALLEL, help="under torchrun: ddp (a replica per process, default) or fsdp "
+      "(parameters, gradients and optimizer state sharded over the processes)")
 
 
 def train_config(args: argparse.Namespace):
@@ -164,8 +167,8 @@ def _int_list(text: str) -> list[int]:
 def cmd_transfer(args) -> int:
     from .transfer import format_summary, run_transfer
 
-    overrides = {k: v for k, v in (("device", args.device), ("compile", args.compile), ("steps", args.steps))
-                 if v is not None}
+    overrides = {k: getattr(args, k) for k in ("device", "compile", "parallel", "micro_batch", "steps")
+                 if getattr(args, k) is not None}
     out = args.out or _timestamped("runs/transfer")
     summary = run_transfer(args.source, out, widths=args.widths, lr_offsets=args.lr_offsets,
                            lr_sweep_widths=args.lr_sweep_widths, seeds=args.seeds, overrides=overrides or None,
@@ -310,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_int_list, help="seeds of every run (default: the proxy's)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every run (default: the proxy's)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: CUDA only)")
+    p.add_argument("--parallel", choices=["ddp", "fsdp"], help="under torchrun: ddp (default) or fsdp")
+    p.add_argument("--micro-batch", dest="micro_batch", type=int,
+                   help="sequences per forward in each process (gradient accumulation; default: all)")
     p.add_argument("--steps", type=int, help="override the steps (breaks the comparison with the proxy: smoke tests)")
     p.add_argument("--workers", type=int, default=1, help="runs trained at once, one process each (default 1)")
     p.add_argument("--quiet", action="store_true", help="no line per run")

@@ -139,6 +139,37 @@ def sum_floats(values: Iterable[float], world: World, device: torch.device) -> l
     return t.tolist()
 
 
+PARALLEL = ("ddp", "fsdp")
+
+
+def wrap(model: torch.nn.Module, world: World, parallel: str, device: torch.device, ddp: bool = True
+         ) -> torch.nn.Module:
+    """What the training forward runs through. One process: the model. "ddp": DDP(model), a replica per rank
+    (`ddp=False`: rank 0's parameters only, for a path that averages its own gradients). "fsdp": the model sharded in
+    place by FSDP2's `fully_shard`, each element of every ModuleList (the blocks) a unit, then the rest; parameters,
+    gradients and optimizer state are split over the ranks (build the optimizer after this)."""
+    if world.size == 1:
+        return model
+    broadcast_parameters(model, world)
+    if parallel == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(device.type, (world.size,))
+        for blocks in [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]:
+            for block in blocks:
+                fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model
+    if not ddp:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    # buffers (rotary tables) are computed alike on every rank: no broadcast before each forward
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False,
+               gradient_as_bucket_view=True)
+
+
 def broadcast_parameters(module: torch.nn.Module, world: World) -> None:
     """Every rank starts from rank 0's parameters (what DDP does at wrap time, for the paths that do without DDP)."""
     if world.size > 1:

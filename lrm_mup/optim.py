@@ -82,7 +82,8 @@ def param_groups(
 
 class MuonAdamW(torch.optim.Optimizer):
     """torch.optim.Muon for hidden matrices and torch.optim.AdamW for the rest, behind one optimizer object (one
-    LR scheduler, one state_dict). The param-group dicts are shared with the two inner optimizers."""
+    LR scheduler, one state_dict). The inner optimizers see this object's group dicts and state, so its state_dict
+    has the standard format (the one torch.distributed.checkpoint reads)."""
 
     def __init__(self, groups: list[dict], betas=(0.9, 0.95), eps=1e-8, momentum=0.95):
         muon = [g for g in groups if g["algo"] == "muon"]
@@ -93,6 +94,14 @@ class MuonAdamW(torch.optim.Optimizer):
         if adamw:
             self.inner.append(torch.optim.AdamW(adamw, betas=betas, eps=eps))
         super().__init__([g for opt in self.inner for g in opt.param_groups], {})
+        self._link()
+
+    def _link(self) -> None:
+        start = 0
+        for opt in self.inner:
+            n = len(opt.param_groups)
+            opt.param_groups, opt.state = self.param_groups[start:start + n], self.state
+            start += n
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -104,12 +113,9 @@ class MuonAdamW(torch.optim.Optimizer):
             opt.step()
         return loss
 
-    def state_dict(self):
-        return {"inner": [opt.state_dict() for opt in self.inner]}
-
     def load_state_dict(self, state_dict):
-        for opt, sd in zip(self.inner, state_dict["inner"], strict=True):
-            opt.load_state_dict(sd)
+        super().load_state_dict(state_dict)  # new group dicts and a new state: shared with the inner optimizers again
+        self._link()
 
 
 def build_optimizer(

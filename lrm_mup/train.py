@@ -7,9 +7,10 @@ stopped: model, optimizer, LR schedule, data order and RNG all come back, so on 
 to an uninterrupted one.
 
 Under `torchrun` the same loop is data-parallel (`lrm_mup.distributed`): `batch` stays the global batch, the model is
-wrapped in DDP (the effective path averages its mapped gradients itself), rank 0 writes the run folder, and logged
-losses and validation are averages over all ranks. The result equals the single-process run up to float reduction
-order, and a checkpoint resumes at any world size.
+wrapped in DDP (the effective path averages its mapped gradients itself) or sharded by FSDP (`parallel="fsdp"`),
+rank 0 writes the run folder, and logged losses and validation are averages over all ranks. The result equals the
+single-process run up to float reduction order. Checkpoints hold whole tensors keyed by parameter name, so they
+resume at any world size and under either parallelism.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -39,7 +41,8 @@ SCHEDULES = ("constant", "cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda")
 PATHS = ("autograd", "effective")
 # how a step is computed, not what it computes: a run may resume with other values (another machine, less memory)
-EXECUTION = ("micro_batch", "device", "compile")
+EXECUTION = ("micro_batch", "device", "compile", "parallel")
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 @dataclass
@@ -75,13 +78,14 @@ class TrainConfig:
     device: str = "auto"
     compile: bool | None = None     # default: on CUDA only
     path: str = "autograd"          # or "effective": train through merged matrices
+    parallel: str = "ddp"           # under torchrun: DDP replicas, or "fsdp" shards
 
     def __post_init__(self):
         def bad(name, allowed):
             raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: {allowed}")
 
         choices = {"recipe": RECIPES, "optimizer": OPTIMIZERS, "model": MODELS, "schedule": SCHEDULES,
-                   "device": DEVICES, "path": PATHS}
+                   "device": DEVICES, "path": PATHS, "parallel": distributed.PARALLEL}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 bad(name, "allowed: " + ", ".join(allowed))
@@ -97,6 +101,10 @@ class TrainConfig:
         if self.micro_batch is not None and not (isinstance(self.micro_batch, int) and 0 < self.micro_batch
                                                  and self.batch % self.micro_batch == 0):
             bad("micro_batch", f"must be a positive integer dividing batch={self.batch}")
+        if self.parallel == "fsdp" and self.path == "effective":
+            bad("path", "the effective path's merged matrices cannot be FSDP-sharded; use path autograd, or parallel ddp")
+        if self.parallel == "fsdp" and self.optimizer == "muon":
+            bad("optimizer", "Muon's Newton-Schulz needs whole matrices, not FSDP shards; use parallel ddp")
         if self.delta_width is not None and self.delta_width == self.base_width:
             bad("delta_width", "must differ from base_width")
         for name in ("lr", "weight_decay", "mult_wd", "clip", "adam_lr", "mult_lr", "init_std"):
@@ -192,17 +200,11 @@ class Run:
         parametrize(model, shapes, recipe=cfg.recipe, optimizer=cfg.optimizer, placement=cfg.placement,
                     alphas=cfg.alphas or None)
         model.to(device)
+        wrapped = distributed.wrap(model, world, cfg.parallel, device, ddp=cfg.path == "autograd")
         opt = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, adam_lr=cfg.adam_lr,
                               mult_lr=cfg.mult_lr, mult_wd=cfg.mult_wd)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
         gen = torch.Generator().manual_seed(cfg.seed)
-        wrapped = model
-        if world.size > 1 and cfg.path == "autograd":
-            # buffers (rotary tables) are computed alike on every rank: no broadcast before each forward
-            wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                          forward_sync_buffers=False, gradient_as_bucket_view=True)
-        else:
-            distributed.broadcast_parameters(model, world)
         path = EffectivePath(model) if cfg.path == "effective" else None
         return cls(cfg, model, opt, sched, corpus, gen, device, 0, path, world, wrapped)
 
@@ -245,23 +247,25 @@ class Run:
         total, count = 0.0, 0
         for x, y in self.corpus.val_batches(self.cfg.batch, self.cfg.context, self.cfg.eval_batches):
             rows = self.world.rows(len(x))
-            x, y = x[rows], y[rows]
-            if len(x):
-                with self.autocast:
-                    _, loss = forward(x.to(self.device), y.to(self.device))
-                total += loss.item() * x.numel()
-                count += x.numel()
+            mine = rows.stop > rows.start
+            x, y = (x[rows], y[rows]) if mine else (x[:1], y[:1])  # every rank runs every forward (FSDP gathers)
+            with self.autocast:
+                _, loss = forward(x.to(self.device), y.to(self.device))
+            total += loss.item() * x.numel() * mine
+            count += x.numel() * mine
         total, count = distributed.sum_floats([total, count], self.world, self.device)
         return total / count / math.log(2)
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "step": self.step, "data_rng": self.generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "config": asdict(self.cfg)}
+        """Whole tensors on the CPU, model and optimizer state keyed by parameter name: one format for one process,
+        DDP and FSDP at any world size. Every rank calls it (FSDP gathers the shards); rank 0 holds the result."""
+        model, optimizer = get_state_dict(self.model, self.optimizer, options=FULL_STATE)
+        return {"model": model, "optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "step": self.step,
+                "data_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "config": asdict(self.cfg)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(full_state_dict=True))
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -317,8 +321,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
     tokens_per_step = cfg.batch * cfg.context
     flops_per_token = run.model.flops_per_token() if hasattr(run.model, "flops_per_token") else 0.0
     last = until if until is not None else cfg.steps
-    writes = out is not None and world.main
-    metrics = open(out / "metrics.jsonl", "a") if writes else None
+    metrics = open(out / "metrics.jsonl", "a") if out is not None and world.main else None
     start, loss, val, status = time.perf_counter(), float("nan"), float("nan"), "ok"
     first_step = run.step
     bar = tqdm(total=last, initial=run.step, disable=not (progress and world.main), desc=f"{cfg.recipe} w{cfg.width}",
@@ -339,8 +342,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
                 val = run.evaluate(evaluate_forward)
                 row["val_bpb"] = val
             _log(metrics, row)
-            if evaluate and writes and run.step < last:
-                _write_atomic(out / "checkpoint.pt", lambda p: torch.save(run.state_dict(), p))
+            if evaluate and out is not None and run.step < last:
+                _save(run, out / "checkpoint.pt")
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}")
     finally:
@@ -354,10 +357,17 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
     if metrics is not None:
         _log(metrics, {"status": status, **asdict(result)})
         metrics.close()
-        if status != "diverged":
-            _write_atomic(out / "checkpoint.pt", lambda p: torch.save(run.state_dict(), p))
+    if out is not None and status != "diverged":
+        _save(run, out / "checkpoint.pt")
     distributed.barrier(world)  # every rank returns with the run folder complete
     return result
+
+
+def _save(run: Run, path: Path) -> None:
+    """Every rank gathers the state (a collective under FSDP); rank 0 writes it."""
+    state = run.state_dict()
+    if run.world.main:
+        _write_atomic(path, lambda p: torch.save(state, p))
 
 
 def _log(metrics, row: dict) -> None:

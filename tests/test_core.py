@@ -275,11 +275,15 @@ def test_muon_groups_hidden_to_muon_rest_to_adamw(width):
     loss_of(model, x).backward()
     opt.step()
     sched.step()
-    state = opt.state_dict()
+    state = opt.state_dict()  # the standard format: state by parameter index, one list of groups
+    assert len(state["param_groups"]) == 5 and len(state["state"]) == sum(len(g["params"]) for g in opt.param_groups)
     opt2 = lrm_mup.build_optimizer(model, "muon", lr=0.02, adam_lr=3e-3)
     opt2.load_state_dict(state)
-    assert torch.equal(opt2.inner[0].state_dict()["state"][0]["momentum_buffer"],
-                       opt.inner[0].state_dict()["state"][0]["momentum_buffer"])
+    hidden = by_name["muon/hidden"]["params"][0]
+    assert torch.equal(opt2.inner[0].state[hidden]["momentum_buffer"], opt.inner[0].state[hidden]["momentum_buffer"])
+    # after loading, the inner optimizers still share the groups a scheduler changes
+    assert [g["lr"] for g in opt2.param_groups] == [g["lr"] for g in opt.param_groups]
+    assert all(g is h for g, h in zip(opt2.param_groups, [g for o in opt2.inner for g in o.param_groups]))
 
 
 def test_clipping_norm_excludes_multipliers():

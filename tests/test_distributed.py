@@ -165,7 +165,13 @@ def _run_shards():
 
     run.train_step(recording("train", run.wrapped))
     run.evaluate(recording("val", run.model))
-    return {"world": world, "seen": seen, "ddp": type(run.wrapped).__name__}
+    fsdp = Run.create(TrainConfig(**RUN, parallel="fsdp"), run.corpus, progress=False, world=world)
+    q = fsdp.model.blocks[0].attn.q
+    sharded = {name: (type(p).__name__, tuple(p.to_local().shape), tuple(p.shape)) for name, p in
+               (("weight", q.weight), ("mult_row", q.mult_row))}
+    opt_params = {id(p) for g in fsdp.optimizer.param_groups for p in g["params"]}
+    return {"world": world, "seen": seen, "ddp": type(run.wrapped).__name__, "fsdp": sharded,
+            "fsdp_optimizer_has_sharded_params": opt_params == {id(p) for p in fsdp.model.parameters()}}
 
 
 def _worker(rank, store, out_dir):
@@ -275,6 +281,12 @@ def test_run_trains_and_evaluates_each_rank_on_its_own_rows(ranks):
     assert [len(s) for s in ranks[0]["run"]["seen"]["val"]] == [3, 3]
     for i, batch in enumerate(val):
         assert torch.equal(torch.cat([r["run"]["seen"]["val"][i] for r in ranks]), batch)
+
+
+def test_fsdp_run_shards_matrices_and_multipliers_and_optimizes_the_shards(ranks):
+    for r in ranks:
+        assert r["run"]["fsdp"] == {"weight": ("DTensor", (16, 32), (32, 32)), "mult_row": ("DTensor", (16,), (32,))}
+        assert r["run"]["fsdp_optimizer_has_sharded_params"]
 
 
 def test_effective_path_is_not_ddp_compatible(ranks):

@@ -1,4 +1,5 @@
-"""`lrm-mup train` and `transfer` launched by real torchrun (2 CPU processes over gloo), against single-process runs.
+"""`lrm-mup train` and `transfer` launched by real torchrun (2 CPU processes over gloo, DDP and FSDP), against
+single-process runs.
 
 A config means the same at every world size (`batch` is the global batch), so a torchrun run must equal the
 single-process run up to float reduction order: losses, gradient norms, validation, final weights and multipliers.
@@ -56,7 +57,8 @@ def assert_same_run(actual, expected):
         assert {k: ra[k] for k in ("step", "tokens", "lr") if k in ra} == {k: re[k] for k in ("step", "tokens", "lr")
                                                                            if k in re}
     sa, se = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (actual, expected))
-    assert sa["step"] == se["step"] and sa["config"] == se["config"]
+    execution = {"parallel": "ddp", "micro_batch": None}  # how the step was computed, not what it computed
+    assert sa["step"] == se["step"] and {**sa["config"], **execution} == {**se["config"], **execution}
     assert sa["model"].keys() == se["model"].keys()
     for name, tensor in se["model"].items():
         torch.testing.assert_close(sa["model"][name], tensor, **TOL, msg=name)
@@ -99,6 +101,40 @@ def test_torchrun_checkpoint_resumes_in_one_process(tmp_path, reference):
     assert_same_run(tmp_path / "run", reference)
 
 
+def test_fsdp_trains_like_one_process_and_checkpoints_whole_tensors(tmp_path, reference):
+    """FSDP2 shards parameters, gradients and optimizer state; its checkpoint is gathered into the one format (whole
+    tensors keyed by name) and loads back into the shards. Stopped at step 4 with micro-batches of one sequence
+    (a reduce-scatter after each), resumed by FSDP on whole batches."""
+    fsdp = {**TINY, "parallel": "fsdp"}
+    done = torchrun("train", *flags(fsdp), "--micro-batch", "1", "--quiet", "--stop-after", "4", "--out", "run",
+                    cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = train(TrainConfig(**TINY), tmp_path / "single", until=4, progress=False)
+    assert single.status == "stopped"
+    sharded, whole = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("run", "single"))
+    assert sharded["step"] == whole["step"] == 4
+    for part in ("model", "optimizer"):
+        flat_s, flat_w = flatten(sharded[part]), flatten(whole[part])
+        assert flat_s.keys() == flat_w.keys()
+        for key, value in flat_w.items():
+            if isinstance(value, torch.Tensor):
+                assert flat_s[key].shape == value.shape, key
+                torch.testing.assert_close(flat_s[key], value, **TOL, msg=key)
+            elif key[-1] not in ("micro_batch", "parallel"):
+                assert flat_s[key] == value, key
+    done = torchrun("train", "--resume", "--parallel", "fsdp", "--quiet", "--out", "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_run(tmp_path / "run", reference)
+
+
+def flatten(tree, prefix=()):
+    """{path tuple: leaf} of nested dicts and lists."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else None
+    if items is None:
+        return {prefix: tree}
+    return {k: v for key, sub in items for k, v in flatten(sub, (*prefix, key)).items()}
+
+
 def test_effective_path_under_torchrun_averages_its_mapped_gradients(tmp_path, reference):
     """The effective path cannot use DDP (its merged matrices are not parameters); train averages the gradients
     after `map_grads()` instead, and the run equals the single-process autograd run."""
@@ -135,12 +171,14 @@ def test_bad_input_under_torchrun_is_said_once_and_writes_nothing(bad, message, 
 
 
 def test_transfer_under_torchrun_equals_one_process(tmp_path):
+    """Every run of the plan trained by both processes (here sharded by FSDP, in micro-batches of one sequence)."""
     best = tmp_path / "best.json"
     best.write_text(json.dumps({"lrm": {**TINY, "width": 16, "steps": 6}, "mup": {**TINY, "recipe": "mup",
                                                                                    "width": 16, "steps": 6}}))
     args = dict(widths=[32], lr_offsets=[1])
     single = run_transfer(str(best), tmp_path / "single", **args, log=None)
-    done = torchrun("transfer", str(best), "--out", "multi", "--widths", "32", "--lr-offsets=1", cwd=tmp_path)
+    done = torchrun("transfer", str(best), "--out", "multi", "--widths", "32", "--lr-offsets=1", "--parallel", "fsdp",
+                    "--micro-batch", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("[6/6]") == 1
     multi = json.loads((tmp_path / "multi" / "transfer.json").read_text())

@@ -38,9 +38,9 @@ def test_cli_train_writes_a_complete_run_and_learns(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["recipe"] == "lrm"
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, schedule):
-    cfg = TrainConfig(recipe="lrm", steps=12, schedule=schedule, warmup=2, **TINY)
+@pytest.mark.parametrize("schedule, optimizer", [("cosine", "adamw"), ("wsd", "adamw"), ("cosine", "muon")])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, schedule, optimizer):
+    cfg = TrainConfig(recipe="lrm", steps=12, schedule=schedule, warmup=2, optimizer=optimizer, **TINY)
     straight = train(cfg, tmp_path / "a", progress=False)
     first = train(cfg, tmp_path / "b", until=7, progress=False)
     assert first.status == "stopped" and first.step == 7
@@ -95,6 +95,8 @@ def test_divergence_stops_with_a_status_not_a_traceback(tmp_path, capsys):
     (["--placement", "scalar", "--recipe", "mup"], "placement applies to recipe 'lrm' only"),
     (["--alpha", "readout=-2"], "alpha for 'readout' is -2.0"),
     (["--batch", "4", "--micro-batch", "3"], "micro_batch=3 is invalid: must be a positive integer dividing batch=4"),
+    (["--parallel", "fsdp", "--path", "effective"], "path='effective' is invalid: the effective path's merged"),
+    (["--parallel", "fsdp", "--optimizer", "muon"], "optimizer='muon' is invalid: Muon's Newton-Schulz needs whole"),
     (["--data", "no/such/corpus"], "no/such/corpus"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--steps", "0"], "is invalid"),
 ])
@@ -116,12 +118,12 @@ def test_resume_takes_only_execution_settings_from_the_command_line(tmp_path, ca
     assert main([*args, "--stop-after", "2"]) == 0
     assert main(["train", "--resume", "--out", out, "--lr", "1e-2"]) == 2
     assert ("--lr cannot change when resuming (the run's settings are in " + out + "/config.json); only "
-            "--micro-batch, --device, --compile can") in capsys.readouterr().err
+            "--micro-batch, --device, --compile, --parallel can") in capsys.readouterr().err
     assert main(["train", "--resume", "--quiet", "--out", out, "--micro-batch", "2", "--device", "cpu"]) == 0
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["step"] == 4 and state["config"]["micro_batch"] == 2
     with pytest.raises(ConfigError, match=r"differs from the checkpoint's in lr; resume with the same config \(only "
-                                          r"micro_batch, device, compile may change\)"):
+                                          r"micro_batch, device, compile, parallel may change\)"):
         train(TrainConfig(**{**TINY, "steps": 4, "lr": 1.0}), tmp_path / "run", resume=True, progress=False)
 
 
