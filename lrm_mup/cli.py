@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no line per finished trial")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("transfer", help="train the proxy's best settings at target widths, with a direct LR sweep there")
+    p = sub.add_parser("transfer",
+                       help="train the proxy's best settings at target widths, with a direct LR sweep there")
     p.add_argument("source", help="sweep run folder (runs/NAME with optuna.journal) or JSON {recipe: config}")
     p.add_argument("--out", help="transfer folder (default runs/transfer-TIME); a finished run in it is not redone")
     p.add_argument("--widths", type=_int_list, help="target widths, e.g. 256,512 (default: 4x,8x the proxy on "
@@ -323,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="tuning report (HTML + JSON) of an LR-transfer sweep and its transfer")
     p.add_argument("sweep", help="sweep run folder (runs/NAME)")
-    p.add_argument("transfer", nargs="?", help="transfer folder (lrm-mup transfer --out); leave out for the sweep alone")
+    p.add_argument("transfer", nargs="?",
+                   help="transfer folder (lrm-mup transfer --out); leave out for the sweep alone")
     p.add_argument("--out", help="report folder (default reports/NAME, NAME the sweep folder's name)")
     p.add_argument("--plotlyjs", choices=["inline", "directory"], default="inline",
                    help="plotly.js inside the page, or one plotly.min.js beside it (never a CDN)")

@@ -262,9 +262,13 @@ def tuning_verdict(numbers: dict) -> str:
     if v["winner"] is None:
         return "No recipe finished with a finite loss: no verdict."
     w = v["winner"]
+    if v["runner_up"]:
+        percent = 100 * v["margin_bpb"] / (v["winner_val_bpb"] + v["margin_bpb"])
+        margin = f", {v['margin_bpb']:.4f} bits/byte ({percent:.1f}%) better than {v['runner_up']}."
+    else:
+        margin = "."
     lines = [f"Winner at width {v['target_width']} ({v['where']}): {w}, val {v['winner_val_bpb']:.4f} bits/byte"
-             + (f", {v['margin_bpb']:.4f} bits/byte ({100 * v['margin_bpb'] / (v['winner_val_bpb'] + v['margin_bpb']):.1f}%)"
-                f" better than {v['runner_up']}." if v["runner_up"] else ".")]
+             + margin]
     seeds = v.get("seeds")
     if seeds == 1 and v["runner_up"]:
         lines.append("One seed per run: the margin is only as solid as the seed-to-seed spread, which one seed does "
@@ -308,7 +312,8 @@ def _cost_text(numbers: dict) -> str:
         p, a, t = c["proxy"], c["all"], c.get("target") or {}
         lines.append(f"  {r:8s} {p['trials']:>4d} [{a['trials']:>4d}] {p['tokens']:>9.3g} [{a['tokens']:>9.3g}] "
                      f"{p['flops']:>9.3g} [{a['flops']:>9.3g}] {p['seconds']:>7.1f} [{a['seconds']:>7.1f}] | "
-                     f"{t.get('flops') or 0:>12.3g} {t.get('seconds') or 0:>9.1f} | {frac(c, 'flops')}, {frac(c, 'seconds')}")
+                     f"{t.get('flops') or 0:>12.3g} {t.get('seconds') or 0:>9.1f} | "
+                     f"{frac(c, 'flops')}, {frac(c, 'seconds')}")
     return "\n".join(lines)
 
 

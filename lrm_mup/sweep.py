@@ -540,7 +540,8 @@ def _studies(spec: SweepSpec, storage, worker: int = 0, create: bool = True) -> 
     studies = {}
     for recipe in spec.recipes:
         name = spec.study_name(recipe)
-        kw = {"study_name": name, "storage": storage, "sampler": _sampler(spec, recipe, worker), "pruner": _pruner(spec)}
+        kw = {"study_name": name, "storage": storage, "sampler": _sampler(spec, recipe, worker),
+              "pruner": _pruner(spec)}
         if create:
             study = optuna.create_study(direction="minimize", load_if_exists=True, **kw)
             if "lrm_mup_sweep" not in study.user_attrs:
@@ -956,7 +957,8 @@ def records(out_dir_or_storage, spec: SweepSpec | None = None, *, unfinished: bo
     one key per search parameter of the sweep (None where it does not apply), val_bpb (bits/byte; the cap for a
     diverged trial, None if pruned), train_loss (nats, last step, seed mean), status (ok/diverged/pruned; for
     unfinished rows running/waiting/failed), reason, tokens, flops, seconds (wall), cpu_seconds (the worker
-    process's CPU time: comparable on a busy machine), config (TrainConfig dict of the first seed). `spec` limits the rows to that sweep's studies; without it every lrm-mup sweep in the storage counts.
+    process's CPU time: comparable on a busy machine), config (TrainConfig dict of the first seed). `spec` limits the
+    rows to that sweep's studies; without it every lrm-mup sweep in the storage counts.
     """
     optuna = _optuna()
     from optuna.trial import TrialState

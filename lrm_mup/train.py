@@ -102,7 +102,8 @@ class TrainConfig:
                                                  and self.batch % self.micro_batch == 0):
             bad("micro_batch", f"must be a positive integer dividing batch={self.batch}")
         if self.parallel == "fsdp" and self.path == "effective":
-            bad("path", "the effective path's merged matrices cannot be FSDP-sharded; use path autograd, or parallel ddp")
+            bad("path", "the effective path's merged matrices cannot be FSDP-sharded; "
+                        "use path autograd, or parallel ddp")
         if self.parallel == "fsdp" and self.optimizer == "muon":
             bad("optimizer", "Muon's Newton-Schulz needs whole matrices, not FSDP shards; use parallel ddp")
         if self.delta_width is not None and self.delta_width == self.base_width:
@@ -286,7 +287,8 @@ class TrainResult:
 
     def summary(self) -> str:
         return (f"{self.status}: step {self.step}, train loss {self.train_loss:.4f} nats, "
-                f"val {self.val_bpb:.4f} bits/byte, {self.tokens:,} tokens, {self.flops:.3g} FLOPs, {self.seconds:.1f} s")
+                f"val {self.val_bpb:.4f} bits/byte, {self.tokens:,} tokens, {self.flops:.3g} FLOPs, "
+                f"{self.seconds:.1f} s")
 
 
 def _write_atomic(path: Path, write) -> None:

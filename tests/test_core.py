@@ -183,7 +183,8 @@ def test_merge_equals_model_and_drops_multipliers(family, placement):
     y, z = model(x), plain(x)
     assert ((y - z).abs().max() / y.abs().max()).item() <= 1e-6
     assert not any("mult_" in n for n, _ in plain.named_parameters())
-    assert all(type(m) in (nn.Linear, nn.Embedding) for m in plain.modules() if isinstance(m, (nn.Linear, nn.Embedding)))
+    layers = [m for m in plain.modules() if isinstance(m, (nn.Linear, nn.Embedding))]
+    assert all(type(m) in (nn.Linear, nn.Embedding) for m in layers)
     assert not hasattr(plain, "lrm_spec")
     n_plain = sum(p.numel() for p in build(4 * BASE).parameters())
     n_merged = sum(p.numel() for p in plain.parameters())
@@ -392,7 +393,8 @@ def test_unsupported_layers_and_bad_arguments_fail_clearly():
         (dict(recipe="lrm", multipliers={"*.q": "rows"}), "'rows' is not one of scale, row, col, none"),
         (dict(recipe="mup", alphas={"readout": -1.0}), "alpha for 'readout' is -1.0"),
         (dict(recipe="mup", optimizer="sgd"), "unknown optimizer 'sgd'"),
-        (dict(recipe="mup", roles={"head": "query"}), "'head' has role 'query' \\(hidden\\) but its width dims say readout"),
+        (dict(recipe="mup", roles={"head": "query"}),
+         "'head' has role 'query' \\(hidden\\) but its width dims say readout"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
