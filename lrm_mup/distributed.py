@@ -156,7 +156,8 @@ def wrap(model: torch.nn.Module, world: World, parallel: str, device: torch.devi
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(device.type, (world.size,))
-        for blocks in [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]:
+        # innermost lists first: FSDP2 wants a module's sub-units sharded before the module itself
+        for blocks in reversed([m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]):
             for block in blocks:
                 fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
