@@ -6,10 +6,10 @@
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; `setup()` reads them and opens the process group once, with NCCL for
 CUDA tensors and gloo for CPU tensors, so one group serves both. A config means the same thing at every world size:
 `batch` is the global batch, every rank draws that global batch from the same seeded generator and keeps its own
-rows, and DDP's average of equal shards' gradients is the full batch's gradient. A run under torchrun therefore
-equals the single-process run up to the order of float reductions, and its checkpoint (written by rank 0, with the
-same keys as a single-process one) resumes at any world size. Several machines need the run folder on a shared
-filesystem.
+rows, and the average of equal shards' gradients (DDP replicas, or FSDP2 shards with `parallel="fsdp"`) is the full
+batch's gradient. A run under torchrun therefore equals the single-process run up to the order of float reductions,
+and its checkpoint (written by rank 0 in the single-process format) resumes at any world size and under either
+parallelism. Several machines need the run folder on a shared filesystem.
 
 Work that one process does first or alone (fetching the corpus, creating the run folder) goes through `main_first` /
 `on_main`, which raise its error on every rank: a bad config fails the same way everywhere instead of leaving ranks
