@@ -151,10 +151,21 @@ def build_optimizer(
 
 def clip_grad_norm_(model: nn.Module, max_norm: float, *, include_multipliers: bool = False) -> torch.Tensor:
     """Clip all gradients by one factor, computed from the global norm of every gradient except the learnable
-    multipliers' (the paper: counting them makes clipping far too aggressive early on). Returns that norm."""
+    multipliers' (the paper: counting them makes clipping far too aggressive early on). Returns that norm.
+
+    Each hidden matrix's gradient is measured in lr-only's units (`LayerInfo.grad_unit`: × m under mup and lrm,
+    whose stored hidden weights are m × lr-only's, so their gradients are 1/m × lr-only's). mup and lrm then clip
+    exactly when and as much as lr-only does, whose norm hardly moves with width; measured on stored gradients their
+    norm would fall as 1/width and the same `clip` would act at the proxy but not at the target."""
+    units = {id(m.weight): m.lrm_info.grad_unit for _, m in multiplied_modules(model)}
     mult_ids = {id(p) for _, p in multiplier_parameters(model)}
     params = [p for p in model.parameters() if p.grad is not None]
-    counted = [p.grad for p in params if include_multipliers or id(p) not in mult_ids]
-    total = torch.nn.utils.get_total_norm(counted, error_if_nonfinite=False)
+    by_unit: dict[float, list[torch.Tensor]] = {}
+    for p in params:
+        if include_multipliers or id(p) not in mult_ids:
+            by_unit.setdefault(units.get(id(p), 1.0), []).append(p.grad)
+    norms = [torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False) * unit for unit, grads in by_unit.items()]
+    total = (torch.nn.utils.get_total_norm([]) if not norms else norms[0] if len(norms) == 1
+             else torch.linalg.vector_norm(torch.stack(norms)))
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total

@@ -17,6 +17,8 @@ so the three μP recipes have the same effective weights at init (readout varian
 and every recipe is exactly the SP model at the base width (m = 1, α = 1). The query of μP recipes also carries
 √(d_head,base / d_head): SDPA's 1/√d_head becomes μP's α/d_head (α = √d_head,base) when the head dim grows.
 Biases of nn.Linear are multiplied by √m under μP so their init does not shrink with fan-in.
+Because mup/lrm store hidden weights m × larger than lr-only, their gradients are 1/m × lr-only's; `LayerInfo.grad_unit`
+(m) brings them back, so clipping (`optim.clip_grad_norm_`) treats the three μP recipes alike.
 
 Muon (torch.optim.Muon, adjust_lr_fn="original") scales each update to a width-independent spectral norm, which is
 already μP's condition for hidden matrices; so under Muon hidden matrices get no width factor in any recipe
@@ -91,6 +93,7 @@ class LayerInfo:
     lr_scale: float
     wd_scale: float
     tied: bool
+    grad_unit: float = 1.0  # stored gradient × this = lr-only's gradient of the same matrix (m for mup/lrm hidden)
 
 
 def parse_multipliers(text: str) -> frozenset[str]:
@@ -206,12 +209,15 @@ def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], al
     if rec.mup_readout and getattr(module, "bias", None) is not None:
         module.bias.mul_(math.sqrt(m))
     convert(module, alpha * width_factor, mults)
-    module.lrm_info = LayerInfo(layer.role, layer.kind, m, lr_scale, wd_scale, layer.tied)
+    # the stored hidden weight is 1/width_factor times lr-only's, so its gradient is width_factor times lr-only's
+    grad_unit = 1.0 / width_factor if layer.kind == HIDDEN else 1.0
+    module.lrm_info = LayerInfo(layer.role, layer.kind, m, lr_scale, wd_scale, layer.tied, grad_unit)
 
 
 def describe(model: nn.Module) -> list[dict]:
     """One row per converted layer: role, kind, width multiplier, forward multiplier, learnable multipliers, LR and
-    WD scales. What `lrm-mup describe` prints; handy for checking a foreign model's roles."""
+    WD scales, the factor clipping measures its gradient with. What `lrm-mup describe` prints; handy for checking a
+    foreign model's roles."""
     return [
         {
             "module": name,
@@ -222,6 +228,7 @@ def describe(model: nn.Module) -> list[dict]:
             "learned": ",".join(m.learned_multipliers()) or "-",
             "lr_scale": m.lrm_info.lr_scale,
             "wd_scale": m.lrm_info.wd_scale,
+            "clip_unit": m.lrm_info.grad_unit,
             "tied": m.lrm_info.tied,
         }
         for name, m in multiplied_modules(model)

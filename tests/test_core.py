@@ -103,13 +103,16 @@ def test_attention_scale_becomes_one_over_head_dim_when_head_dim_grows():
 # 2. updates ----------------------------------------------------------------------------------------------------
 
 
-def _adam_steps(model, steps, wd, x):
+def _adam_steps(model, steps, wd, x, clip=0.0):
     opt = lrm_mup.build_optimizer(model, "adamw", lr=1e-2, weight_decay=wd, eps=1e-30)
+    norms = []
     for _ in range(steps):
         opt.zero_grad()
         loss_of(model, x).backward()
+        if clip:
+            norms.append(lrm_mup.clip_grad_norm_(model, clip).item())
         opt.step()
-    return model(x)
+    return (model(x), norms) if clip else model(x)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -118,6 +121,15 @@ def test_mup_and_lr_only_move_alike_without_weight_decay(family):
     a = _adam_steps(make(family, "mup", width), 3, 0.0, x)
     b = _adam_steps(make(family, "lr-only", width), 3, 0.0, x)
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    # clipping too: it measures hidden gradients in lr-only's units, so it clips both by the same factor
+    (a, norms_a), (b, norms_b) = (_adam_steps(make(family, r, width), 3, 0.0, x, clip=0.05) for r in ("mup", "lr-only"))
+    assert norms_a == pytest.approx(norms_b, rel=1e-10) and min(norms_b) > 0.05  # every step clipped
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    # what stored-gradient norms would have said: mup's hidden gradients are 1/m (= 1/4) of lr-only's
+    model = make(family, "mup", width)
+    loss_of(model, x).backward()
+    stored = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+    assert stored < 0.8 * lrm_mup.clip_grad_norm_(model, 1e9).item()
     a = _adam_steps(make(family, "mup", width), 3, 0.1, x)
     b = _adam_steps(make(family, "lr-only", width), 3, 0.1, x)
     assert (a - b).abs().max() > 1e-4  # WD acts on stored weights: m× larger under mup
@@ -290,13 +302,15 @@ def test_muon_groups_hidden_to_muon_rest_to_adamw(width):
 def test_clipping_norm_excludes_multipliers():
     model = make("gpt", "lrm", 2 * BASE)
     mult_ids = {id(p) for _, p in lrm_mup.multiplier_parameters(model)}
+    units = {id(m.weight): m.lrm_info.grad_unit for _, m in multiplied_modules(model)}
+    assert sorted(set(units.values())) == [1.0, 2.0]  # hidden matrices at m = 2: measured in lr-only's units
     params = list(model.parameters())
-    for p in params:  # matrices' gradients: total norm 0.5; multipliers': norm 10
+    for p in params:  # matrices' gradients: total norm 0.5 in lr-only's units; multipliers': norm 10
         p.grad = torch.ones_like(p)
     n_mult = sum(p.numel() for p in params if id(p) in mult_ids)
     n_rest = sum(p.numel() for p in params if id(p) not in mult_ids)
     for p in params:
-        p.grad *= 10 / math.sqrt(n_mult) if id(p) in mult_ids else 0.5 / math.sqrt(n_rest)
+        p.grad *= 10 / math.sqrt(n_mult) if id(p) in mult_ids else 0.5 / math.sqrt(n_rest) / units.get(id(p), 1.0)
     before = [p.grad.clone() for p in params]
     norm = lrm_mup.clip_grad_norm_(model, 1.0)
     assert norm.item() == pytest.approx(0.5)

@@ -28,6 +28,7 @@ import lrm_mup
 from lrm_mup import distributed
 from lrm_mup.data import load_corpus
 from lrm_mup.model import proxy
+from lrm_mup.multipliers import multiplied_modules
 from lrm_mup.train import Run, TrainConfig
 
 pytestmark = pytest.mark.skipif(
@@ -91,11 +92,12 @@ def _ddp_reparametrized(rank, x):
     out = {"before_wrap": before_wrap, "init": snapshot(model), "groups_match": groups_match,
            "group_names": [g["name"] for g in opt.param_groups], "mult_grads": [], "norms": [], "norms_by_hand": []}
     mult_ids = {id(p) for _, p in lrm_mup.multiplier_parameters(model)}
+    units = {id(m.weight): m.lrm_info.grad_unit for _, m in multiplied_modules(model)}  # hidden: × m
     for _ in range(STEPS):
         opt.zero_grad()
         loss_of(ddp, x).backward()
         by_hand = torch.linalg.vector_norm(torch.stack(
-            [p.grad.norm() for p in model.parameters() if id(p) not in mult_ids]))
+            [p.grad.norm() * units.get(id(p), 1.0) for p in model.parameters() if id(p) not in mult_ids]))
         out["norms"].append(lrm_mup.clip_grad_norm_(ddp, CLIP).item())
         out["norms_by_hand"].append(by_hand.item())
         out["mult_grads"].append(mult_grads(model))
