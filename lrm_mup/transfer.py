@@ -17,8 +17,8 @@ bound (`optimum_at_edge`).
 Every run is exactly one `train(cfg, out)` call in its own folder under `out_dir/runs/`; `workers=N` hands these calls
 to N processes (one CPU share each). Under torchrun (`torchrun --nproc_per_node 8 -m lrm_mup transfer ...`, or across
 machines) every rank walks the same plan and each run is data-parallel over all of them (lrm_mup.distributed); rank 0
-writes the files. A run folder that is already complete is read, not retrained, so an interrupted
-transfer continues where it stopped. `out_dir/transfer.json` holds the summary, `out_dir/best.json` the proxy configs.
+writes the files. A run folder that is already complete is read, not retrained, so an interrupted transfer continues
+where it stopped. `out_dir/transfer.json` holds the summary, `out_dir/best.json` the proxy configs.
 
 `multiplier_scaling(run_dirs)` is the width-scaling analysis of the learned multipliers (paper Fig. 5): for `lrm` runs
 at several widths it reads each checkpoint (`weights_only=True`), rebuilds the layer table from the run's config on
