@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_int_list, help="seeds of every run (default: the proxy's)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of every run (default: the proxy's)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: CUDA only)")
-    p.add_argument("--parallel", choices=["ddp", "fsdp"], help="under torchrun: ddp (default) or fsdp")
+    p.add_argument("--parallel", choices=["ddp", "fsdp"], help="under torchrun: ddp (default) or fsdp (see train)")
     p.add_argument("--micro-batch", dest="micro_batch", type=int,
                    help="sequences per forward in each process (gradient accumulation; default: all)")
     p.add_argument("--steps", type=int, help="override the steps (breaks the comparison with the proxy: smoke tests)")

@@ -167,10 +167,6 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 1.0 if step < decay_start else max(0.0, (total - step) / max(1, total - decay_start))
 
 
-def resolve_device(name: str) -> torch.device:
-    return distributed.SINGLE.device(name)
-
-
 @dataclass
 class Run:
     """Everything a training run holds; `train` drives it, tests and sweeps may step it themselves."""

@@ -45,7 +45,7 @@ import torch
 
 from . import distributed
 from .model import ConfigError
-from .train import TrainConfig, TrainResult, resolve_device, train
+from .train import TrainConfig, TrainResult, train
 
 SUMMARY = "transfer.json"
 BEST = "best.json"
@@ -274,7 +274,7 @@ class PlannedRun:
 
 def default_widths(proxy_width: int, device: str = "auto") -> list[int]:
     """Target widths: 1k-4k on a GPU, 4× and 8× the proxy width on a CPU."""
-    if resolve_device(device).type == "cuda":
+    if distributed.SINGLE.device(device).type == "cuda":
         widths = [w for w in GPU_WIDTHS if w > proxy_width]
         if widths:
             return widths
