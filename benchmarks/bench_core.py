@@ -27,7 +27,7 @@ import time
 import torch
 
 import lrm_mup
-from lrm_mup.model import proxy
+from lrm_mup.models import proxy
 
 
 def parse_args(argv=None):

@@ -26,10 +26,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from lrm_mup import distributed
+from lrm_mup.training import distributed
 from lrm_mup.data import load_corpus
-from lrm_mup.model import proxy
-from lrm_mup.train import Run, TrainConfig
+from lrm_mup.models import proxy
+from lrm_mup.training.run import Run, TrainConfig
 
 
 def parse_args(argv=None):

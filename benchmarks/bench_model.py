@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lrm_mup
-from lrm_mup.model import GPT, GPTConfig
+from lrm_mup.models import GPT, GPTConfig
 
 # the same architecture, written plainly -----------------------------------------------------------------------
 

@@ -12,13 +12,10 @@ import time
 from dataclasses import fields
 
 from . import data as data_mod
-from .model import ConfigError
-from .recipes import RecipeError
-from .roles import RoleError
-from .shapes import ShapeError
+from .errors import ConfigError, LrmMupError
 
 DATA_PARALLEL = ("train", "transfer")  # the commands that run under torchrun
-USER_ERRORS = (ConfigError, data_mod.DataError, RecipeError, RoleError, ShapeError, FileExistsError, FileNotFoundError)
+USER_ERRORS = (LrmMupError, FileExistsError, FileNotFoundError)
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,11 +35,11 @@ def _alpha(text: str) -> tuple[str, float]:
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """Flags for every TrainConfig field; only flags given on the command line reach the config."""
-    from .distributed import PARALLEL
-    from .train import DEVICES, PATHS, SCHEDULES
-    from .model import MODELS
-    from .optim import OPTIMIZERS
-    from .recipes import PLACEMENTS, RECIPES
+    from .core.optim import OPTIMIZERS
+    from .core.recipes import PLACEMENTS, RECIPES
+    from .models import MODELS
+    from .training.distributed import PARALLEL
+    from .training.run import DEVICES, PATHS, SCHEDULES
 
     a = p.add_argument
     a("--recipe", choices=list(RECIPES), help="parametrization (default lrm)")
@@ -83,7 +80,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_config(args: argparse.Namespace):
-    from .train import TrainConfig
+    from .training.run import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
@@ -97,7 +94,7 @@ def train_config(args: argparse.Namespace):
 
 def _timestamped(prefix: str) -> str:
     """PREFIX-TIME: a default output folder, the same on every rank under torchrun (rank 0's clock)."""
-    from . import distributed
+    from .training import distributed
 
     return distributed.on_main(lambda: f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}", distributed.setup())
 
@@ -106,7 +103,7 @@ def cmd_train(args) -> int:
     import json
     from pathlib import Path
 
-    from .train import EXECUTION, TrainConfig, train
+    from .training.run import EXECUTION, TrainConfig, train
 
     if args.resume:
         if args.out is None:
@@ -135,8 +132,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_describe(args) -> int:
-    from .recipes import describe, parametrize
-    from .shapes import base_shapes
+    from .core.recipes import describe, parametrize
+    from .core.shapes import base_shapes
 
     cfg = train_config(args)
     import torch
@@ -165,7 +162,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_transfer(args) -> int:
-    from .transfer import format_summary, run_transfer
+    from .tuning.transfer import format_summary, run_transfer
 
     overrides = {k: getattr(args, k) for k in ("device", "compile", "parallel", "micro_batch", "steps")
                  if getattr(args, k) is not None}
@@ -185,10 +182,10 @@ def _name_list(text: str) -> list[str]:
 def cmd_coord_check(args) -> int:
     import torch
 
-    from . import coord_check as cc
-    from .model import MODELS, GPTConfig
-    from .recipes import RECIPES
+    from .core.recipes import RECIPES
+    from .models import MODELS, GPTConfig
     from .report import write_coord_check_report
+    from .tuning import coord_check as cc
 
     bad = [r for r in args.recipes if r not in RECIPES]
     if bad:
@@ -220,7 +217,7 @@ def cmd_coord_check(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import JOURNAL, load_sweep, run_sweep, summary_lines
+    from .tuning.sweep import JOURNAL, load_sweep, run_sweep, summary_lines
 
     spec = load_sweep(args.config)
     if args.workers < 1:
@@ -246,7 +243,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import main_demo
+    from .pipelines.demo import main_demo
 
     return main_demo(args)
 
@@ -343,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import distributed
+    from .training import distributed
 
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))

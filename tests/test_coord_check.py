@@ -6,9 +6,9 @@ import re
 import pytest
 import torch
 
-from lrm_mup.coord_check import CoordCheckResult, coord_check
+from lrm_mup.tuning.coord_check import CoordCheckResult, coord_check
 from lrm_mup.data import load_corpus
-from lrm_mup.model import GPT, GPTConfig
+from lrm_mup.models import GPT, GPTConfig
 from lrm_mup.report import write_coord_check_report
 from tests.foreign import GPT2Style
 

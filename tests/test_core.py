@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import lrm_mup
-from lrm_mup.model import GPT, GPTConfig
-from lrm_mup.multipliers import MultipliedEmbedding, MultipliedLinear, multiplied_modules
+from lrm_mup.models import GPT, GPTConfig
+from lrm_mup.core.multipliers import MultipliedEmbedding, MultipliedLinear, multiplied_modules
 from tests.foreign import GPT2Style, HeadFirst, WithMHA
 
 RECIPES = ["sp", "lr-only", "lr-wd", "mup", "lrm"]

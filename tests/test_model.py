@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrm_mup.model import GPT, ConfigError, GPTConfig
+from lrm_mup.errors import ConfigError
+from lrm_mup.models import GPT, GPTConfig
 
 TINY = dict(width=32, depth=2, head_dim=8, context=16, vocab=64)
 

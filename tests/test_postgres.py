@@ -20,7 +20,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState
 
-from lrm_mup.sweep import parse_sweep, records, run_sweep
+from lrm_mup.tuning.sweep import parse_sweep, records, run_sweep
 
 SLICE = str(Path(__file__).parent / "data" / "shakespeare")
 REPO = Path(__file__).resolve().parent.parent

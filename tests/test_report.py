@@ -5,10 +5,10 @@ import re
 
 import pytest
 
-from lrm_mup import sweep
+from lrm_mup.tuning import sweep
 from lrm_mup.cli import main
 from lrm_mup.report import write_tuning_report
-from lrm_mup.transfer import run_transfer
+from lrm_mup.tuning.transfer import run_transfer
 
 SLICE = "tests/data/shakespeare"
 SPEC = f"""
@@ -131,7 +131,7 @@ def test_cli_report_and_missing_folders(report, tmp_path, capsys):
 
 
 def test_demo_quick_runs_every_stage_and_resumes(tmp_path):
-    from lrm_mup.demo import DEMO_TOML, run_demo
+    from lrm_mup.pipelines.demo import DEMO_TOML, run_demo
 
     sweep_file = DEMO_TOML
     if not sweep_file.exists():  # until the demo's sweep file lands: one of the same shape

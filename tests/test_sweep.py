@@ -15,7 +15,8 @@ import torch
 from optuna.trial import TrialState
 
 from lrm_mup.cli import main
-from lrm_mup.sweep import JOURNAL, SweepError, best_params, load_sweep, parse_sweep, records, run_sweep
+from lrm_mup.errors import SweepError
+from lrm_mup.tuning.sweep import JOURNAL, best_params, load_sweep, parse_sweep, records, run_sweep
 
 SLICE = str(Path(__file__).parent / "data" / "shakespeare")
 REPO = Path(__file__).resolve().parent.parent

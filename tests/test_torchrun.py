@@ -14,9 +14,9 @@ import torch
 import torch.distributed as dist
 
 from lrm_mup.cli import main
-from lrm_mup.distributed import World
-from lrm_mup.train import TrainConfig, train
-from lrm_mup.transfer import run_transfer
+from lrm_mup.training.distributed import World
+from lrm_mup.training.run import TrainConfig, train
+from lrm_mup.tuning.transfer import run_transfer
 
 pytestmark = [
     pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed, gloo"),

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lrm_mup.cli import main
-from lrm_mup.model import ConfigError
-from lrm_mup.train import TrainConfig, train
+from lrm_mup.errors import ConfigError
+from lrm_mup.training.run import TrainConfig, train
 
 SLICE = "tests/data/shakespeare"
 TINY = dict(width=32, base_width=16, depth=1, head_dim=8, context=32, batch=4, eval_every=5, eval_batches=2,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lrm_mup.cli import main
-from lrm_mup.train import TrainConfig, train
-from lrm_mup.transfer import (
+from lrm_mup.training.run import TrainConfig, train
+from lrm_mup.tuning.transfer import (
     TransferError,
     best_configs,
     fit_exponent,

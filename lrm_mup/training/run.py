@@ -29,13 +29,14 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from . import data as data_mod
+from .. import data as data_mod
+from ..core.multipliers import EffectivePath
+from ..core.optim import build_optimizer, clip_grad_norm_
+from ..core.recipes import OPTIMIZERS, PLACEMENTS, RECIPES, parametrize
+from ..core.shapes import base_shapes
+from ..errors import ConfigError, MissingError, RunFolderError
+from ..models import MODELS, GPTConfig
 from . import distributed
-from .model import MODELS, ConfigError, GPTConfig
-from .multipliers import EffectivePath
-from .optim import build_optimizer, clip_grad_norm_
-from .recipes import OPTIMIZERS, PLACEMENTS, RECIPES, parametrize
-from .shapes import base_shapes
 
 SCHEDULES = ("constant", "cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda")
@@ -377,7 +378,7 @@ def _log(metrics, row: dict) -> None:
 def _prepare_out(out: Path, cfg: TrainConfig, run: Run) -> None:
     """Create the run folder complete or not at all: written in a temporary sibling, then renamed."""
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"run folder {str(out)!r} is not empty: pass --resume to continue it, or another --out")
+        raise RunFolderError(f"run folder {str(out)!r} is not empty: pass --resume to continue it, or another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -397,7 +398,7 @@ def _prepare_out(out: Path, cfg: TrainConfig, run: Run) -> None:
 def _check_resume(cfg: TrainConfig, out: Path | None) -> None:
     """The checkpoint exists and holds `cfg`; metrics rows after it are dropped."""
     if out is None or not (out / "checkpoint.pt").exists():
-        raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {str(out)!r}")
+        raise MissingError(f"nothing to resume: no checkpoint.pt in {str(out)!r}")
     state = torch.load(out / "checkpoint.pt", weights_only=True, mmap=True)  # the config only: nothing is read in
     diff = TrainConfig.from_dict(state["config"]).differences(cfg)
     if diff:

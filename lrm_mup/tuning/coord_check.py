@@ -42,12 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Corpus, load_corpus
-from .multipliers import multiplied_modules
-from .optim import build_optimizer, clip_grad_norm_
-from .recipes import RECIPES, parametrize
-from .roles import HIDDEN
-from .shapes import base_shapes
+from ..core.multipliers import multiplied_modules
+from ..core.optim import build_optimizer, clip_grad_norm_
+from ..core.recipes import RECIPES, parametrize
+from ..core.roles import HIDDEN
+from ..core.shapes import base_shapes
+from ..data import Corpus, load_corpus
 
 QUANTITIES = {
     "act": "mean |activation|",

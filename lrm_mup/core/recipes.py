@@ -36,15 +36,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import RecipeError, RoleError, ShapeError
 from .multipliers import MULTIPLIERS, convert, multiplied_modules
-from .roles import FINITE, HIDDEN, INPUT, READOUT, ROLE_KIND, Matrix, RoleError, find_matrices, match_pattern
-from .shapes import BaseShapes, ShapeError, base_shapes, head_dim_of, infshapes
+from .roles import FINITE, HIDDEN, INPUT, READOUT, ROLE_KIND, Matrix, find_matrices, match_pattern
+from .shapes import BaseShapes, base_shapes, head_dim_of, infshapes
 
 OPTIMIZERS = ("adamw", "muon")
-
-
-class RecipeError(ValueError):
-    """Arguments of `parametrize` outside what is allowed (one-line message)."""
 
 
 @dataclass(frozen=True)

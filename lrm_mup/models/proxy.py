@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class ConfigError(ValueError):
-    """A GPTConfig field has a value the model cannot be built with."""
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -217,6 +215,3 @@ def proxy(width: int, **fields) -> GPT:
     """The proxy model at `width`, other GPTConfig fields as given."""
     return GPT(GPTConfig(width=width, **fields))
 
-
-# models chosen by name (`--model`): constructors taking the width first, so base/delta/target share one definition
-MODELS = {"proxy": proxy}

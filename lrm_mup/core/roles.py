@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from mup import InfShape
 from torch import nn
 
+from ..errors import RoleError
+
 # kind of a matrix by which of its dims are width dims ((fan_out, fan_in) for nn.Linear)
 INPUT, HIDDEN, READOUT, FINITE = "input", "hidden", "readout", "finite"
 
@@ -44,10 +46,6 @@ _NAME_ROLES = {
     "mlp_down": ("down", "down_proj", "w2", "fc2", "fc_out", "w_out"),
 }
 _ROLE_BY_NAME = {alias: role for role, aliases in _NAME_ROLES.items() for alias in aliases}
-
-
-class RoleError(ValueError):
-    """A layout we will not guess about (one-line message naming the module and what to do)."""
 
 
 @dataclass(frozen=True)

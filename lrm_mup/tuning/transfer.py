@@ -43,9 +43,9 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
-from .model import ConfigError
-from .train import TrainConfig, TrainResult, train
+from ..errors import ConfigError, MissingError, TransferError
+from ..training import distributed
+from ..training.run import TrainConfig, TrainResult, train
 
 SUMMARY = "transfer.json"
 BEST = "best.json"
@@ -59,10 +59,6 @@ SPREAD_OK = 1.0                     # REFERENCE §3: optimum log2 LR spread over
 # needs no width factor on hidden matrices (recipes.py), so their prediction under Muon is d⁰
 PREDICTED = {"embedding": 0.0, "input": 0.0, "readout": -1.0, "query×key": -2.0}
 HIDDEN_ROLES = ("query", "key", "value", "attn_out", "mlp_gate", "mlp_up", "mlp_down", "hidden")
-
-
-class TransferError(ConfigError):
-    """Transfer input the user can fix (one-line message; the CLI reports it like any config error)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -191,7 +187,7 @@ def load_best(source: str | os.PathLike | dict) -> dict[str, dict]:
     else:
         path = Path(source)
         if not path.exists():
-            raise FileNotFoundError(f"best-settings source {str(path)!r} does not exist: pass a sweep run folder "
+            raise MissingError(f"best-settings source {str(path)!r} does not exist: pass a sweep run folder "
                                     "(runs/NAME with optuna.journal) or a JSON file {recipe: config}")
         if path.is_dir():
             if (path / "optuna.journal").exists():
@@ -199,7 +195,7 @@ def load_best(source: str | os.PathLike | dict) -> dict[str, dict]:
             elif (path / BEST).exists():
                 raw = json.loads((path / BEST).read_text())
             else:
-                raise FileNotFoundError(f"{str(path)!r} is not a sweep run folder (no optuna.journal) "
+                raise MissingError(f"{str(path)!r} is not a sweep run folder (no optuna.journal) "
                                         f"nor a transfer folder (no {BEST})")
         else:
             try:
@@ -248,7 +244,7 @@ def sweep_records(folder: str | os.PathLike) -> tuple[object, list[dict]]:
 
     folder = Path(folder)
     if not folder.exists():
-        raise FileNotFoundError(f"sweep folder {str(folder)!r} does not exist")
+        raise MissingError(f"sweep folder {str(folder)!r} does not exist")
     spec = sweep_spec(folder)
     return spec, sweep.records(folder, spec)
 
@@ -436,7 +432,7 @@ _CORPORA: dict = {}
 
 def _train_one(planned: PlannedRun, run_dir: str, progress: bool = False, verbose: bool = False) -> TrainResult:
     """One run in this process (a pool worker or the caller), the corpus loaded once per process."""
-    from . import data as data_mod
+    from .. import data as data_mod
 
     key = planned.config["data"]
     if key not in _CORPORA:
@@ -518,7 +514,7 @@ def _recipe_summary(cfg: dict, runs: list[dict]) -> dict:
 def load_transfer(transfer_dir: str | os.PathLike) -> dict:
     path = Path(transfer_dir) / SUMMARY
     if not path.exists():
-        raise FileNotFoundError(f"no {SUMMARY} in {str(transfer_dir)!r}: run `lrm-mup transfer` into that folder first")
+        raise MissingError(f"no {SUMMARY} in {str(transfer_dir)!r}: run `lrm-mup transfer` into that folder first")
     return json.loads(path.read_text())
 
 
@@ -529,14 +525,14 @@ def load_transfer(transfer_dir: str | os.PathLike) -> dict:
 def multiplier_values(run_dir: str | os.PathLike) -> dict:
     """One `lrm` run's multipliers: per layer its role, block, fixed μP factor, learned values (scalar s, mean |r|,
     mean |c|), learned = s·mean|r|·mean|c| and total = fixed_mult × learned."""
-    from .multipliers import multiplied_modules
-    from .recipes import parametrize
-    from .shapes import base_shapes
+    from ..core.multipliers import multiplied_modules
+    from ..core.recipes import parametrize
+    from ..core.shapes import base_shapes
 
     run_dir = Path(run_dir)
     for name in ("config.json", "checkpoint.pt"):
         if not (run_dir / name).exists():
-            raise FileNotFoundError(f"{str(run_dir)!r} is not a finished run folder: no {name}")
+            raise MissingError(f"{str(run_dir)!r} is not a finished run folder: no {name}")
     cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     if cfg.recipe != "lrm":
         raise TransferError(f"{str(run_dir)!r} is a {cfg.recipe!r} run; learned multipliers need recipe 'lrm'")

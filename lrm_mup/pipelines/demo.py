@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-DEMO_TOML = Path(__file__).resolve().parents[1] / "sweeps" / "demo.toml"
+from ..errors import MissingError
+
+DEMO_TOML = Path(__file__).resolve().parent / "demo.toml"  # package data: a wheel install has it
 
 # what --quick changes in the sweep file (everything else, the recipes and the sampler included, stays)
 QUICK_SWEEP = {"widths": [16, 32], "seeds": [0], "steps": 12}
@@ -66,8 +68,8 @@ def target_width(spec, records: list[dict], workers: int = 1,
     width (multiples of the proxy width) whose transfer stage (per recipe: the proxy run and 1 + len(LR_OFFSETS)
     target runs, over `workers`) fits in `budget_s` at the speed (seconds per FLOP) the sweep measured at its widest
     width; the narrowest candidate if none fits. Returns (width, estimated seconds of the stage or None)."""
-    from .model import ConfigError
-    from .train import TrainConfig
+    from ..errors import ConfigError
+    from ..training.run import TrainConfig
 
     widths = sorted(spec.widths)
     proxy, widest = widths[0], widths[-1]
@@ -112,19 +114,19 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
              log: Callable[[str], None] = print) -> Path:
     """Run the four stages (module doc) under `out`; returns the report's index.html. `workers`: processes of the
     sweep and of the transfer (default: 2 cores' worth, one thread each; 1 with `quick`)."""
-    from . import sweep as sweep_mod
-    from .coord_check import CoordCheckResult, coord_check
-    from .data import load_corpus
-    from .model import MODELS
-    from .report import write_coord_check_report, write_tuning_report
-    from .transfer import format_summary, run_transfer
+    from ..data import load_corpus
+    from ..models import MODELS
+    from ..report import write_coord_check_report, write_tuning_report
+    from ..tuning import sweep as sweep_mod
+    from ..tuning.coord_check import CoordCheckResult, coord_check
+    from ..tuning.transfer import format_summary, run_transfer
 
     if workers is not None and not (isinstance(workers, int) and workers >= 1):
         raise sweep_mod.SweepError(f"workers must be a positive integer, not {workers!r}")
     out = Path(out)
     sweep_file = Path(sweep_file) if sweep_file is not None else DEMO_TOML
     if not sweep_file.is_file():
-        raise FileNotFoundError(f"sweep file {str(sweep_file)!r} does not exist: pass --sweep FILE")
+        raise MissingError(f"sweep file {str(sweep_file)!r} does not exist: pass --sweep FILE")
     try:
         raw = tomllib.loads(sweep_file.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
@@ -203,6 +205,6 @@ def main_demo(args) -> int:
 
 
 if __name__ == "__main__":  # python -m lrm_mup.demo [--quick]
-    from .cli import main
+    from ..cli import main
 
     sys.exit(main(["demo", *sys.argv[1:]]))

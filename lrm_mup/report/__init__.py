@@ -17,7 +17,8 @@ from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from .coord_check import QUANTITIES, CoordCheckResult, seed_means
+from ..errors import MissingError
+from ..tuning.coord_check import QUANTITIES, CoordCheckResult, seed_means
 
 PLOTLY_JS = "plotly.min.js"
 
@@ -154,11 +155,11 @@ def write_tuning_report(sweep_dir, transfer_dir, out_dir, *, plotlyjs: str = "in
     Returns the path of index.html."""
     import json
 
-    from . import transfer as tr
+    from ..tuning import transfer as tr
 
     spec, records = tr.sweep_records(sweep_dir)
     if not records:
-        raise FileNotFoundError(f"sweep {str(sweep_dir)!r} has no finished trial yet: nothing to report")
+        raise MissingError(f"sweep {str(sweep_dir)!r} has no finished trial yet: nothing to report")
     summary = tr.load_transfer(transfer_dir) if transfer_dir is not None else None
     numbers = tuning_numbers(records, summary)
     numbers["sweep"]["name"] = getattr(spec, "name", None)
@@ -192,7 +193,7 @@ def _clean(x):
 
 def tuning_numbers(records: list[dict], summary: dict | None) -> dict:
     """Every number of the report: LR curves and optima per width, spreads, costs, target results, verdict."""
-    from . import transfer as tr
+    from ..tuning import transfer as tr
 
     curves = tr.lr_curves(records)
     spread = tr.optimum_spread(curves)
@@ -217,7 +218,7 @@ def tuning_numbers(records: list[dict], summary: dict | None) -> dict:
 
 
 def _verdict_numbers(numbers: dict) -> dict:
-    from .transfer import MU_P_RECIPES, SPREAD_OK
+    from ..tuning.transfer import MU_P_RECIPES, SPREAD_OK
 
     target = (numbers["transfer"] or {}).get("recipes") or {}
     spread = numbers["sweep"]["spread"]
@@ -494,7 +495,7 @@ def _optuna_figures(sweep_dir, spec) -> tuple[list[go.Figure], list[str]]:
     import optuna
     from optuna import visualization as vis
 
-    from . import sweep
+    from ..tuning import sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     figures, notes = [], []

@@ -17,9 +17,7 @@ from pathlib import Path
 from mup import InfShape, make_base_shapes, zip_infshapes
 from torch import nn
 
-
-class ShapeError(ValueError):
-    """Base/delta/target models that do not fit together (one-line message)."""
+from ..errors import ShapeError
 
 
 def head_dim_of(model: nn.Module) -> int | None:

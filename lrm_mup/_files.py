@@ -1,0 +1,91 @@
+"""The few file-system primitives every stage shares: atomic writes, an exclusive file lock, strict JSON, and how
+many torch threads a worker process gets. One implementation of each (stages never roll their own).
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Call `write(tmp)` on a sibling temporary path, then rename it over `path`: readers (and a crash) see the old
+    file or the new one, never half of one. The temporary name carries the pid, so two processes never share it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def json_clean(x):
+    """NaN/inf -> None, recursively (tuples become lists): what strict JSON readers accept."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: json_clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_clean(v) for v in x]
+    return x
+
+
+def dumps(x, **kw) -> str:
+    """Strict JSON (non-finite floats written as null)."""
+    return json.dumps(json_clean(x), allow_nan=False, **kw)
+
+
+def write_json_atomic(path: str | os.PathLike, x, indent: int | None = 1) -> None:
+    write_text_atomic(path, dumps(x, indent=indent) + "\n")
+
+
+class FileLock:
+    """An flock(2) on `path`: exclusive (or shared) while held, released by the kernel when the holder dies, so a
+    SIGKILLed process never leaves a stale lock. Usable as a context manager, or through acquire/release (the
+    protocol optuna's JournalFileBackend takes as `lock_obj`). `blocking=False` raises BlockingIOError if taken."""
+
+    def __init__(self, path: str | os.PathLike, *, shared: bool = False, blocking: bool = True):
+        self.path, self.shared, self.blocking, self.fd = str(path), shared, blocking, None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        flags = (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | (0 if self.blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, flags)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def threads_per_worker(workers: int) -> int:
+    """torch threads for each of `workers` processes sharing this machine: an equal share of the cores, at least 1."""
+    return max(1, available_cores() // max(1, workers))

@@ -1,0 +1,15 @@
+"""The parametrization core: width shapes, matrix roles, multiplier layers, recipes and optimizers.
+
+Nothing here knows about training runs, sweeps or reports; every higher layer builds on these five modules.
+"""
+from .multipliers import EffectivePath, merge, multiplied_modules, multiplier_parameters
+from .optim import MULTIPLIER_WD, build_optimizer, clip_grad_norm_, param_groups
+from .recipes import OPTIMIZERS, PLACEMENTS, RECIPES, describe, parametrize
+from .roles import ROLES
+from .shapes import BaseShapes, base_shapes
+
+__all__ = [
+    "parametrize", "build_optimizer", "clip_grad_norm_", "param_groups", "merge", "EffectivePath",
+    "multiplied_modules", "multiplier_parameters", "base_shapes", "BaseShapes", "describe", "RECIPES", "PLACEMENTS",
+    "OPTIMIZERS", "ROLES", "MULTIPLIER_WD",
+]

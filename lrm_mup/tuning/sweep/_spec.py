@@ -1,0 +1,359 @@
+"""The sweep file: its schema (see the package doc), parsed and validated into a `SweepSpec`."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ...core.recipes import RECIPES
+from ...core.roles import ROLE_KIND
+from ...errors import ConfigError, SweepError
+from ...training import TrainConfig
+
+SAMPLERS = ("grid", "tpe", "random")
+PRUNERS = ("none", "median")
+JOURNAL = "optuna.journal"
+MANIFEST = "sweep.json"
+STATUSES = ("ok", "diverged", "pruned")
+FIXED_RECIPES = tuple(r for r in RECIPES if r != "lrm")
+_FIELDS = ("lr", "adam_lr", "mult_lr", "init_std", "weight_decay", "mult_wd", "clip")
+_ALPHA_ALIASES = {"in": "embedding", "out": "readout"}
+_ALPHA_TARGETS = tuple(_ALPHA_ALIASES) + tuple(ROLE_KIND) + tuple(sorted(set(ROLE_KIND.values()) - set(ROLE_KIND)))
+_TOP_LEVEL = ("name", "description", "recipes", "widths", "seeds", "steps", "model", "search", "sampler", "pruner",
+              "trial", "heartbeat")
+_TABLE_KEYS = {
+    "sampler": {"grid": ("type", "seed"), "tpe": ("type", "seed", "trials", "startup_trials"),
+                "random": ("type", "seed", "trials")},
+    "pruner": {"none": ("type",), "median": ("type", "warmup_steps", "startup_trials", "interval")},
+}
+_TRIAL_DEFAULTS = {"report_every": None, "cap": 8.0, "diverge_bits": 10.0, "smoothing": 0.9}
+_HEARTBEAT_DEFAULTS = {"interval": 60, "grace": None, "max_retry": 3}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The sweep file
+
+
+@dataclass(frozen=True)
+class Param:
+    """One search-space entry: a list of values (grid axis or categorical) or a range (tpe/random)."""
+
+    name: str
+    values: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    recipes: tuple[str, ...] = ()
+
+    def apply(self, cfg: dict, value) -> None:
+        """Set the TrainConfig field (or α) that this parameter stands for in the config dict `cfg`."""
+        name, value = (self.name[5:], 2.0 ** value) if self.name.startswith("log2_") else (self.name, value)
+        if name.startswith("alpha_"):
+            role = name[6:]
+            cfg["alphas"] = {**cfg.get("alphas", {}), _ALPHA_ALIASES.get(role, role): float(value)}
+        else:
+            cfg[name] = float(value)
+
+    def to_dict(self) -> dict:
+        d = {"values": list(self.values)} if self.values is not None else \
+            {"low": self.low, "high": self.high, "log": self.log, "step": self.step}
+        return {**d, "recipes": list(self.recipes)}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    recipes: tuple[str, ...]
+    widths: tuple[int, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    model: dict = field(default_factory=dict)
+    search: tuple[Param, ...] = ()
+    sampler: dict = field(default_factory=dict)
+    pruner: dict = field(default_factory=dict)
+    trial: dict = field(default_factory=dict)
+    heartbeat: dict = field(default_factory=dict)
+    description: str = ""
+    path: str | None = None
+
+    @property
+    def grid(self) -> bool:
+        return self.sampler["type"] == "grid"
+
+    def study_name(self, recipe: str) -> str:
+        return f"{self.name}/{recipe}"
+
+    def params_for(self, recipe: str) -> list[Param]:
+        return [p for p in self.search if recipe in p.recipes]
+
+    def grid_space(self, recipe: str) -> dict[str, list]:
+        space = {"width": list(self.widths), "seed": list(self.seeds)}
+        space.update({p.name: list(p.values) for p in self.params_for(recipe)})
+        return space
+
+    def budget(self, recipe: str) -> int:
+        """Trials of the recipe's study: its grid size, or the sampler's equal per-recipe budget."""
+        if self.grid:
+            return math.prod(len(v) for v in self.grid_space(recipe).values())
+        return self.sampler["trials"]
+
+    def config(self, recipe: str, width: int, seed: int, params: dict | None = None) -> dict:
+        """The TrainConfig dict of one run (validated by TrainConfig)."""
+        cfg = {**self.model, "recipe": recipe, "width": width, "seed": seed, "steps": self.steps}
+        cfg["alphas"] = dict(cfg.get("alphas", {}))
+        by_name = {p.name: p for p in self.search}
+        for name, value in (params or {}).items():
+            by_name[name].apply(cfg, value)
+        return asdict(TrainConfig(**cfg))
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("name", "description", "steps", "model", "sampler", "pruner", "trial",
+                                            "heartbeat")}
+        d.update(recipes=list(self.recipes), widths=list(self.widths), seeds=list(self.seeds),
+                 search={p.name: p.to_dict() for p in self.search})
+        return json.loads(json.dumps(d))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def load_sweep(path: str | os.PathLike) -> SweepSpec:
+    """Read and validate a sweep file; a problem raises SweepError with one line naming the key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SweepError(f"sweep file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SweepError(f"cannot read sweep file {str(path)!r}: {getattr(e, 'strerror', None) or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SweepError(f"{path}: not valid TOML: {e}") from None
+    return parse_sweep(raw, source=str(path))
+
+
+def parse_sweep(raw: dict, source: str = "<sweep>") -> SweepSpec:
+    """Validate a sweep file's parsed TOML (a dict); see the module docstring for the schema."""
+    def fail(key: str, msg: str):
+        raise SweepError(f"{source}: {key} {msg}")
+
+    def table(key: str) -> dict:
+        value = raw.get(key, {})
+        if not isinstance(value, dict):
+            fail(key, f"must be a table ([{key}]), not {value!r}")
+        return value
+
+    def check_keys(key: str, d: dict, allowed) -> None:
+        for k in d:
+            if k not in allowed:
+                fail(f"{key}.{k}" if key else k, f"is not a known key; allowed: {', '.join(allowed)}")
+
+    def int_list(key: str, minimum: int) -> tuple[int, ...]:
+        value = raw.get(key)
+        if not isinstance(value, list) or not value:
+            fail(key, f"must be a non-empty list of integers, not {value!r}")
+        for v in value:
+            if not _is_int(v) or v < minimum:
+                fail(key, f"has {v!r}: every entry must be an integer >= {minimum}")
+        if len(set(value)) != len(value):
+            fail(key, "has duplicate entries")
+        return tuple(value)
+
+    check_keys("", raw, _TOP_LEVEL)
+    name = raw.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        fail("name", f"must be a name of letters, digits, '_', '.', '-' (it names the studies and runs/<name>), "
+                     f"not {name!r}")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        fail("description", "must be a string")
+    recipes = raw.get("recipes")
+    if not isinstance(recipes, list) or not recipes:
+        fail("recipes", f"must be a non-empty list of recipes ({', '.join(RECIPES)}), not {recipes!r}")
+    for r in recipes:
+        if r not in RECIPES:
+            fail("recipes", f"has {r!r}; allowed: {', '.join(RECIPES)}")
+    if len(set(recipes)) != len(recipes):
+        fail("recipes", "has duplicate entries")
+    widths, seeds = int_list("widths", 1), int_list("seeds", 0)
+    steps = raw.get("steps", TrainConfig.steps)
+    if not _is_int(steps) or steps < 1:
+        fail("steps", f"must be a positive integer, not {steps!r}")
+
+    # sampler and pruner
+    sampler = dict(table("sampler"))
+    kind = sampler.get("type")
+    if kind not in SAMPLERS:
+        fail("sampler.type", f"must be one of {', '.join(SAMPLERS)}, not {kind!r}")
+    check_keys("sampler", sampler, _TABLE_KEYS["sampler"][kind])
+    sampler.setdefault("seed", 0)
+    if not _is_int(sampler["seed"]) or sampler["seed"] < 0:
+        fail("sampler.seed", f"must be an integer >= 0, not {sampler['seed']!r}")
+    if kind != "grid":
+        if not _is_int(sampler.get("trials")) or sampler["trials"] < 1:
+            fail("sampler.trials", f"must be a positive integer (trials per recipe), not {sampler.get('trials')!r}")
+        if len(widths) != 1:
+            fail("widths", f"must list one proxy width for sampler {kind!r} (it tunes on one width), not {widths}")
+    if kind == "tpe":
+        sampler.setdefault("startup_trials", min(10, sampler["trials"]))
+        if not _is_int(sampler["startup_trials"]) or sampler["startup_trials"] < 0:
+            fail("sampler.startup_trials", f"must be an integer >= 0, not {sampler['startup_trials']!r}")
+    pruner = dict(table("pruner"))
+    pruner.setdefault("type", "none")
+    if pruner["type"] not in PRUNERS:
+        fail("pruner.type", f"must be one of {', '.join(PRUNERS)}, not {pruner['type']!r}")
+    check_keys("pruner", pruner, _TABLE_KEYS["pruner"][pruner["type"]])
+    if pruner["type"] != "none" and kind == "grid":
+        fail("pruner.type", "must be 'none' with sampler 'grid': a transfer grid needs every point's final loss")
+    if pruner["type"] == "median":
+        for k, default, minimum in (("warmup_steps", 0, 0), ("startup_trials", 5, 0), ("interval", 1, 1)):
+            pruner.setdefault(k, default)
+            if not _is_int(pruner[k]) or pruner[k] < minimum:
+                fail(f"pruner.{k}", f"must be an integer >= {minimum}, not {pruner[k]!r}")
+        if pruner["warmup_steps"] >= steps:
+            fail("pruner.warmup_steps", f"must be below steps={steps}, or nothing is ever pruned")
+
+    # per-trial settings and heartbeats
+    trial = dict(table("trial"))
+    check_keys("trial", trial, tuple(_TRIAL_DEFAULTS))
+    trial = {**_TRIAL_DEFAULTS, **trial}
+    if trial["report_every"] is None:
+        trial["report_every"] = max(1, steps // 20)
+    if not _is_int(trial["report_every"]) or trial["report_every"] < 1:
+        fail("trial.report_every", f"must be a positive integer, not {trial['report_every']!r}")
+    for k in ("cap", "diverge_bits"):
+        if not _is_num(trial[k]) or trial[k] <= 0:
+            fail(f"trial.{k}", f"must be a positive number (bits/byte), not {trial[k]!r}")
+    if not _is_num(trial["smoothing"]) or not 0 <= trial["smoothing"] < 1:
+        fail("trial.smoothing", f"must be a number in [0, 1), not {trial['smoothing']!r}")
+    heartbeat = dict(table("heartbeat"))
+    check_keys("heartbeat", heartbeat, tuple(_HEARTBEAT_DEFAULTS))
+    heartbeat = {**_HEARTBEAT_DEFAULTS, **heartbeat}
+    if not _is_int(heartbeat["interval"]) or heartbeat["interval"] < 1:
+        fail("heartbeat.interval", f"must be a positive integer (seconds), not {heartbeat['interval']!r}")
+    if heartbeat["grace"] is None:
+        heartbeat["grace"] = 3 * heartbeat["interval"]
+    if not _is_int(heartbeat["grace"]) or heartbeat["grace"] <= heartbeat["interval"]:
+        fail("heartbeat.grace", f"must be an integer (seconds) above heartbeat.interval, not {heartbeat['grace']!r}")
+    if not _is_int(heartbeat["max_retry"]) or heartbeat["max_retry"] < 0:
+        fail("heartbeat.max_retry", f"must be an integer >= 0, not {heartbeat['max_retry']!r}")
+
+    # the search space
+    search = []
+    for key, entry in table("search").items():
+        search.append(_parse_param(key, entry, kind, recipes, fail))
+    if not search and kind != "grid":
+        fail("search", f"is empty: sampler {kind!r} needs at least one range to search")
+    targets = {}
+    for p in search:
+        target = p.name.removeprefix("log2_")
+        target = "alpha_" + _ALPHA_ALIASES.get(target[6:], target[6:]) if target.startswith("alpha_") else target
+        if target in targets:
+            fail(f"search.{p.name}", f"sets the same value as search.{targets[target]}; keep one of them")
+        targets[target] = p.name
+
+    # the model: TrainConfig fields shared by every trial
+    model = dict(table("model"))
+    names = [f.name for f in fields(TrainConfig)]
+    for k, value in model.items():
+        if k in ("recipe", "width", "seed", "steps"):
+            top = "steps" if k == "steps" else k + "s"
+            fail(f"model.{k}", f"is set by the sweep: use the top-level key {top!r}")
+        if k not in names:
+            known = ", ".join(n for n in names if n not in ("recipe", "width", "seed", "steps"))
+            fail(f"model.{k}", f"is not a TrainConfig field; known: {known}")
+        searched = targets.get(k) or (k == "alphas" and next((n for t, n in targets.items() if t.startswith("alpha_")),
+                                                             None))
+        if searched:
+            fail(f"model.{k}", f"is also searched by search.{searched}; keep one")
+        if isinstance(value, bool) and k != "compile":
+            fail(f"model.{k}", f"must not be a boolean ({value!r})")
+        if k == "alphas" and (not isinstance(value, dict) or not all(_is_num(v) for v in value.values())):
+            fail("model.alphas", f"must be a table of role = number, not {value!r}")
+    if "data" in model and model["data"] is not None:
+        model["data"] = str(model["data"])
+
+    spec = SweepSpec(name=name, recipes=tuple(recipes), widths=widths, seeds=seeds, steps=steps, model=model,
+                     search=tuple(search), sampler=sampler, pruner=pruner, trial=trial, heartbeat=heartbeat,
+                     description=description, path=source)
+    for recipe in recipes:  # every run the sweep can make is a valid TrainConfig
+        sample = {p.name: (p.values[0] if p.values is not None else p.low) for p in spec.params_for(recipe)}
+        for width in widths:
+            try:
+                spec.config(recipe, width, seeds[0], sample)
+            except ConfigError as e:
+                where = f"model (recipe {recipe!r}, width {width})" if len(widths) > 1 or len(recipes) > 1 else "model"
+                fail(where, f"is invalid: {e}")
+            except (TypeError, ValueError) as e:
+                fail("model", f"is invalid: {e}")
+    return spec
+
+
+def _parse_param(key: str, entry, sampler: str, recipes: list[str], fail) -> Param:
+    base = key.removeprefix("log2_")
+    if base.startswith("alpha_"):
+        if base[6:] not in _ALPHA_TARGETS:
+            fail(f"search.{key}", f"names no role or kind; allowed: alpha_{', alpha_'.join(_ALPHA_TARGETS)}")
+        default = FIXED_RECIPES
+    elif base in _FIELDS:
+        default = ("lrm",) if base in ("mult_lr", "mult_wd") else tuple(RECIPES)
+    else:
+        fail(f"search.{key}", f"is not a searchable key; allowed: {', '.join(_FIELDS)}, alpha_in, alpha_out, "
+                              "alpha_<role>, each optionally prefixed with log2_")
+    if isinstance(entry, list):
+        entry = {"values": entry}
+    if not isinstance(entry, dict):
+        fail(f"search.{key}", f"must be a list of values or a table {{low, high}}, not {entry!r}")
+    allowed = ("values", "recipes") if "values" in entry else ("low", "high", "log", "step", "recipes")
+    for k in entry:
+        if k not in allowed:
+            fail(f"search.{key}.{k}", f"is not a known key; allowed: {', '.join(allowed)}")
+    chosen = entry.get("recipes", None)
+    if chosen is None:
+        chosen = [r for r in default if r in recipes]
+        if not chosen:
+            fail(f"search.{key}", f"applies to recipes {', '.join(default)} by default, none of which the sweep runs; "
+                                  "give recipes = [...]")
+    elif not isinstance(chosen, list) or not chosen or any(r not in recipes for r in chosen):
+        fail(f"search.{key}.recipes", f"must be a non-empty list of the sweep's recipes ({', '.join(recipes)}), "
+                                      f"not {chosen!r}")
+    ordered = tuple(r for r in recipes if r in chosen)
+    minimum = -math.inf if key.startswith("log2_") else 0.0
+    if "values" in entry:
+        values = entry["values"]
+        if not isinstance(values, list) or not values:
+            fail(f"search.{key}", f"must list at least one value, not {values!r}")
+        for v in values:
+            if not _is_num(v) or v < minimum or (v == 0 and minimum == 0 and base in ("lr", "init_std")):
+                fail(f"search.{key}", f"has {v!r}: values must be finite numbers"
+                                      + ("" if key.startswith("log2_") else " > 0" if base in ("lr", "init_std")
+                                         else " >= 0"))
+        if len(set(values)) != len(values):
+            fail(f"search.{key}", "has duplicate values")
+        return Param(key, values=tuple(values), recipes=ordered)
+    if sampler == "grid":
+        fail(f"search.{key}", "must be a list of values for sampler 'grid' (a range is for tpe/random)")
+    low, high, log, step = entry.get("low"), entry.get("high"), entry.get("log", False), entry.get("step")
+    for k, v in (("low", low), ("high", high)):
+        if not _is_num(v) or v < minimum:
+            fail(f"search.{key}.{k}", f"must be a finite number{'' if minimum < 0 else ' >= 0'}, not {v!r}")
+    if not low < high:
+        fail(f"search.{key}", f"needs low < high, not low={low!r} high={high!r}")
+    if not isinstance(log, bool):
+        fail(f"search.{key}.log", f"must be true or false, not {log!r}")
+    if log and low <= 0:
+        fail(f"search.{key}.low", f"must be > 0 with log = true, not {low!r}")
+    if step is not None and (not _is_num(step) or step <= 0 or log):
+        fail(f"search.{key}.step", "must be a positive number, and not combined with log = true")
+    return Param(key, low=float(low), high=float(high), log=log, step=None if step is None else float(step),
+                 recipes=ordered)
+
