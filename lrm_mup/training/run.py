@@ -34,6 +34,7 @@ from ..core.multipliers import EffectivePath
 from ..core.optim import build_optimizer, clip_grad_norm_
 from ..core.recipes import OPTIMIZERS, PLACEMENTS, RECIPES, parametrize
 from ..core.shapes import base_shapes
+from ..records import RunResult
 from ..errors import ConfigError, MissingError, RunFolderError
 from ..models import MODELS, GPTConfig
 from . import distributed
@@ -272,20 +273,7 @@ class Run:
             self.path.refresh()
 
 
-@dataclass
-class TrainResult:
-    status: str                 # "ok", "diverged" or "stopped" (stopped early by `until`, resumable)
-    step: int
-    train_loss: float
-    val_bpb: float
-    tokens: int
-    flops: float
-    seconds: float
-
-    def summary(self) -> str:
-        return (f"{self.status}: step {self.step}, train loss {self.train_loss:.4f} nats, "
-                f"val {self.val_bpb:.4f} bits/byte, {self.tokens:,} tokens, {self.flops:.3g} FLOPs, "
-                f"{self.seconds:.1f} s")
+TrainResult = RunResult  # the name earlier releases used
 
 
 def _write_atomic(path: Path, write) -> None:
