@@ -243,9 +243,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .pipelines.demo import main_demo
+    from .pipelines.demo import run_demo
 
-    return main_demo(args)
+    run_demo(args.out, quick=args.quick, data=args.data, sweep_file=args.sweep, workers=args.workers,
+             log=lambda line: print(line, flush=True))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

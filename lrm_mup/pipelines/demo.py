@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 import tomllib
 from collections.abc import Callable
@@ -196,15 +195,3 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
     log(f"demo done in {time.perf_counter() - start:.0f} s. Reports:\n  {path}\n  {paths['html']}")
     return path
 
-
-def main_demo(args) -> int:
-    """The `lrm-mup demo` command."""
-    run_demo(args.out, quick=args.quick, data=args.data, sweep_file=args.sweep, workers=args.workers,
-             log=lambda line: print(line, flush=True))
-    return 0
-
-
-if __name__ == "__main__":  # python -m lrm_mup.demo [--quick]
-    from ..cli import main
-
-    sys.exit(main(["demo", *sys.argv[1:]]))
