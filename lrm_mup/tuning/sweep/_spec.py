@@ -141,161 +141,206 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     return parse_sweep(raw, source=str(path))
 
 
-def parse_sweep(raw: dict, source: str = "<sweep>") -> SweepSpec:
-    """Validate a sweep file's parsed TOML (a dict); see the module docstring for the schema."""
-    def fail(key: str, msg: str):
-        raise SweepError(f"{source}: {key} {msg}")
+class _Reader:
+    """The parsed TOML of one sweep file, with the one-line failures that name the file and the key."""
 
-    def table(key: str) -> dict:
-        value = raw.get(key, {})
+    def __init__(self, raw: dict, source: str):
+        self.raw, self.source = raw, source
+
+    def fail(self, key: str, msg: str):
+        raise SweepError(f"{self.source}: {key} {msg}")
+
+    def table(self, key: str) -> dict:
+        value = self.raw.get(key, {})
         if not isinstance(value, dict):
-            fail(key, f"must be a table ([{key}]), not {value!r}")
-        return value
+            self.fail(key, f"must be a table ([{key}]), not {value!r}")
+        return dict(value)
 
-    def check_keys(key: str, d: dict, allowed) -> None:
+    def check_keys(self, key: str, d: dict, allowed) -> None:
         for k in d:
             if k not in allowed:
-                fail(f"{key}.{k}" if key else k, f"is not a known key; allowed: {', '.join(allowed)}")
+                self.fail(f"{key}.{k}" if key else k, f"is not a known key; allowed: {', '.join(allowed)}")
 
-    def int_list(key: str, minimum: int) -> tuple[int, ...]:
-        value = raw.get(key)
+    def int_list(self, key: str, minimum: int) -> tuple[int, ...]:
+        value = self.raw.get(key)
         if not isinstance(value, list) or not value:
-            fail(key, f"must be a non-empty list of integers, not {value!r}")
+            self.fail(key, f"must be a non-empty list of integers, not {value!r}")
         for v in value:
             if not _is_int(v) or v < minimum:
-                fail(key, f"has {v!r}: every entry must be an integer >= {minimum}")
+                self.fail(key, f"has {v!r}: every entry must be an integer >= {minimum}")
         if len(set(value)) != len(value):
-            fail(key, "has duplicate entries")
+            self.fail(key, "has duplicate entries")
         return tuple(value)
 
-    check_keys("", raw, _TOP_LEVEL)
+    def positive_int(self, key: str, value, what: str = "a positive integer") -> None:
+        if not _is_int(value) or value < 1:
+            self.fail(key, f"must be {what}, not {value!r}")
+
+
+def parse_sweep(raw: dict, source: str = "<sweep>") -> SweepSpec:
+    """Validate a sweep file's parsed TOML (a dict); see the package docstring for the schema. Each table is read
+    by its own function below; the first problem raises SweepError naming the file and the key."""
+    r = _Reader(raw, source)
+    r.check_keys("", raw, _TOP_LEVEL)
+    name, description, recipes, widths, seeds, steps = _header(r)
+    sampler = _sampler_table(r, widths)
+    pruner = _pruner_table(r, sampler["type"], steps)
+    trial = _trial_table(r, steps)
+    heartbeat = _heartbeat_table(r)
+    search, targets = _search_table(r, sampler["type"], recipes)
+    model = _model_table(r, targets)
+    spec = SweepSpec(name=name, recipes=tuple(recipes), widths=widths, seeds=seeds, steps=steps, model=model,
+                     search=tuple(search), sampler=sampler, pruner=pruner, trial=trial, heartbeat=heartbeat,
+                     description=description, path=source)
+    _check_every_run(r, spec)
+    return spec
+
+
+def _header(r: _Reader):
+    """name, description, recipes, widths, seeds, steps."""
+    raw = r.raw
     name = raw.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        fail("name", f"must be a name of letters, digits, '_', '.', '-' (it names the studies and runs/<name>), "
-                     f"not {name!r}")
+        r.fail("name", f"must be a name of letters, digits, '_', '.', '-' (it names the studies and runs/<name>), "
+                       f"not {name!r}")
     description = raw.get("description", "")
     if not isinstance(description, str):
-        fail("description", "must be a string")
+        r.fail("description", "must be a string")
     recipes = raw.get("recipes")
     if not isinstance(recipes, list) or not recipes:
-        fail("recipes", f"must be a non-empty list of recipes ({', '.join(RECIPES)}), not {recipes!r}")
-    for r in recipes:
-        if r not in RECIPES:
-            fail("recipes", f"has {r!r}; allowed: {', '.join(RECIPES)}")
+        r.fail("recipes", f"must be a non-empty list of recipes ({', '.join(RECIPES)}), not {recipes!r}")
+    for recipe in recipes:
+        if recipe not in RECIPES:
+            r.fail("recipes", f"has {recipe!r}; allowed: {', '.join(RECIPES)}")
     if len(set(recipes)) != len(recipes):
-        fail("recipes", "has duplicate entries")
-    widths, seeds = int_list("widths", 1), int_list("seeds", 0)
+        r.fail("recipes", "has duplicate entries")
+    widths, seeds = r.int_list("widths", 1), r.int_list("seeds", 0)
     steps = raw.get("steps", TrainConfig.steps)
-    if not _is_int(steps) or steps < 1:
-        fail("steps", f"must be a positive integer, not {steps!r}")
+    r.positive_int("steps", steps)
+    return name, description, recipes, widths, seeds, steps
 
-    # sampler and pruner
-    sampler = dict(table("sampler"))
+
+def _sampler_table(r: _Reader, widths: tuple[int, ...]) -> dict:
+    sampler = r.table("sampler")
     kind = sampler.get("type")
     if kind not in SAMPLERS:
-        fail("sampler.type", f"must be one of {', '.join(SAMPLERS)}, not {kind!r}")
-    check_keys("sampler", sampler, _TABLE_KEYS["sampler"][kind])
+        r.fail("sampler.type", f"must be one of {', '.join(SAMPLERS)}, not {kind!r}")
+    r.check_keys("sampler", sampler, _TABLE_KEYS["sampler"][kind])
     sampler.setdefault("seed", 0)
     if not _is_int(sampler["seed"]) or sampler["seed"] < 0:
-        fail("sampler.seed", f"must be an integer >= 0, not {sampler['seed']!r}")
+        r.fail("sampler.seed", f"must be an integer >= 0, not {sampler['seed']!r}")
     if kind != "grid":
-        if not _is_int(sampler.get("trials")) or sampler["trials"] < 1:
-            fail("sampler.trials", f"must be a positive integer (trials per recipe), not {sampler.get('trials')!r}")
+        r.positive_int("sampler.trials", sampler.get("trials"), "a positive integer (trials per recipe)")
         if len(widths) != 1:
-            fail("widths", f"must list one proxy width for sampler {kind!r} (it tunes on one width), not {widths}")
+            r.fail("widths", f"must list one proxy width for sampler {kind!r} (it tunes on one width), not {widths}")
     if kind == "tpe":
         sampler.setdefault("startup_trials", min(10, sampler["trials"]))
         if not _is_int(sampler["startup_trials"]) or sampler["startup_trials"] < 0:
-            fail("sampler.startup_trials", f"must be an integer >= 0, not {sampler['startup_trials']!r}")
-    pruner = dict(table("pruner"))
+            r.fail("sampler.startup_trials", f"must be an integer >= 0, not {sampler['startup_trials']!r}")
+    return sampler
+
+
+def _pruner_table(r: _Reader, sampler: str, steps: int) -> dict:
+    pruner = r.table("pruner")
     pruner.setdefault("type", "none")
     if pruner["type"] not in PRUNERS:
-        fail("pruner.type", f"must be one of {', '.join(PRUNERS)}, not {pruner['type']!r}")
-    check_keys("pruner", pruner, _TABLE_KEYS["pruner"][pruner["type"]])
-    if pruner["type"] != "none" and kind == "grid":
-        fail("pruner.type", "must be 'none' with sampler 'grid': a transfer grid needs every point's final loss")
+        r.fail("pruner.type", f"must be one of {', '.join(PRUNERS)}, not {pruner['type']!r}")
+    r.check_keys("pruner", pruner, _TABLE_KEYS["pruner"][pruner["type"]])
+    if pruner["type"] != "none" and sampler == "grid":
+        r.fail("pruner.type", "must be 'none' with sampler 'grid': a transfer grid needs every point's final loss")
     if pruner["type"] == "median":
         for k, default, minimum in (("warmup_steps", 0, 0), ("startup_trials", 5, 0), ("interval", 1, 1)):
             pruner.setdefault(k, default)
             if not _is_int(pruner[k]) or pruner[k] < minimum:
-                fail(f"pruner.{k}", f"must be an integer >= {minimum}, not {pruner[k]!r}")
+                r.fail(f"pruner.{k}", f"must be an integer >= {minimum}, not {pruner[k]!r}")
         if pruner["warmup_steps"] >= steps:
-            fail("pruner.warmup_steps", f"must be below steps={steps}, or nothing is ever pruned")
+            r.fail("pruner.warmup_steps", f"must be below steps={steps}, or nothing is ever pruned")
+    return pruner
 
-    # per-trial settings and heartbeats
-    trial = dict(table("trial"))
-    check_keys("trial", trial, tuple(_TRIAL_DEFAULTS))
+
+def _trial_table(r: _Reader, steps: int) -> dict:
+    trial = r.table("trial")
+    r.check_keys("trial", trial, tuple(_TRIAL_DEFAULTS))
     trial = {**_TRIAL_DEFAULTS, **trial}
     if trial["report_every"] is None:
         trial["report_every"] = max(1, steps // 20)
-    if not _is_int(trial["report_every"]) or trial["report_every"] < 1:
-        fail("trial.report_every", f"must be a positive integer, not {trial['report_every']!r}")
+    r.positive_int("trial.report_every", trial["report_every"])
     for k in ("cap", "diverge_bits"):
         if not _is_num(trial[k]) or trial[k] <= 0:
-            fail(f"trial.{k}", f"must be a positive number (bits/byte), not {trial[k]!r}")
+            r.fail(f"trial.{k}", f"must be a positive number (bits/byte), not {trial[k]!r}")
     if not _is_num(trial["smoothing"]) or not 0 <= trial["smoothing"] < 1:
-        fail("trial.smoothing", f"must be a number in [0, 1), not {trial['smoothing']!r}")
-    heartbeat = dict(table("heartbeat"))
-    check_keys("heartbeat", heartbeat, tuple(_HEARTBEAT_DEFAULTS))
+        r.fail("trial.smoothing", f"must be a number in [0, 1), not {trial['smoothing']!r}")
+    return trial
+
+
+def _heartbeat_table(r: _Reader) -> dict:
+    heartbeat = r.table("heartbeat")
+    r.check_keys("heartbeat", heartbeat, tuple(_HEARTBEAT_DEFAULTS))
     heartbeat = {**_HEARTBEAT_DEFAULTS, **heartbeat}
-    if not _is_int(heartbeat["interval"]) or heartbeat["interval"] < 1:
-        fail("heartbeat.interval", f"must be a positive integer (seconds), not {heartbeat['interval']!r}")
+    r.positive_int("heartbeat.interval", heartbeat["interval"], "a positive integer (seconds)")
     if heartbeat["grace"] is None:
         heartbeat["grace"] = 3 * heartbeat["interval"]
     if not _is_int(heartbeat["grace"]) or heartbeat["grace"] <= heartbeat["interval"]:
-        fail("heartbeat.grace", f"must be an integer (seconds) above heartbeat.interval, not {heartbeat['grace']!r}")
+        r.fail("heartbeat.grace", f"must be an integer (seconds) above heartbeat.interval, not {heartbeat['grace']!r}")
     if not _is_int(heartbeat["max_retry"]) or heartbeat["max_retry"] < 0:
-        fail("heartbeat.max_retry", f"must be an integer >= 0, not {heartbeat['max_retry']!r}")
+        r.fail("heartbeat.max_retry", f"must be an integer >= 0, not {heartbeat['max_retry']!r}")
+    return heartbeat
 
-    # the search space
+
+def _search_table(r: _Reader, kind: str, recipes: list[str]) -> tuple[list[Param], dict[str, str]]:
+    """The search space, and which config value each entry sets (two entries may not set the same one)."""
     search = []
-    for key, entry in table("search").items():
-        search.append(_parse_param(key, entry, kind, recipes, fail))
+    for key, entry in r.table("search").items():
+        search.append(_parse_param(key, entry, kind, recipes, r.fail))
     if not search and kind != "grid":
-        fail("search", f"is empty: sampler {kind!r} needs at least one range to search")
+        r.fail("search", f"is empty: sampler {kind!r} needs at least one range to search")
     targets = {}
     for p in search:
         target = p.name.removeprefix("log2_")
         target = "alpha_" + _ALPHA_ALIASES.get(target[6:], target[6:]) if target.startswith("alpha_") else target
         if target in targets:
-            fail(f"search.{p.name}", f"sets the same value as search.{targets[target]}; keep one of them")
+            r.fail(f"search.{p.name}", f"sets the same value as search.{targets[target]}; keep one of them")
         targets[target] = p.name
+    return search, targets
 
-    # the model: TrainConfig fields shared by every trial
-    model = dict(table("model"))
+
+def _model_table(r: _Reader, targets: dict[str, str]) -> dict:
+    """TrainConfig fields shared by every trial; none of them may also be searched or set by the sweep."""
+    model = r.table("model")
     names = [f.name for f in fields(TrainConfig)]
     for k, value in model.items():
         if k in ("recipe", "width", "seed", "steps"):
             top = "steps" if k == "steps" else k + "s"
-            fail(f"model.{k}", f"is set by the sweep: use the top-level key {top!r}")
+            r.fail(f"model.{k}", f"is set by the sweep: use the top-level key {top!r}")
         if k not in names:
             known = ", ".join(n for n in names if n not in ("recipe", "width", "seed", "steps"))
-            fail(f"model.{k}", f"is not a TrainConfig field; known: {known}")
+            r.fail(f"model.{k}", f"is not a TrainConfig field; known: {known}")
         searched = targets.get(k) or (k == "alphas" and next((n for t, n in targets.items() if t.startswith("alpha_")),
                                                              None))
         if searched:
-            fail(f"model.{k}", f"is also searched by search.{searched}; keep one")
+            r.fail(f"model.{k}", f"is also searched by search.{searched}; keep one")
         if isinstance(value, bool) and k != "compile":
-            fail(f"model.{k}", f"must not be a boolean ({value!r})")
+            r.fail(f"model.{k}", f"must not be a boolean ({value!r})")
         if k == "alphas" and (not isinstance(value, dict) or not all(_is_num(v) for v in value.values())):
-            fail("model.alphas", f"must be a table of role = number, not {value!r}")
+            r.fail("model.alphas", f"must be a table of role = number, not {value!r}")
     if "data" in model and model["data"] is not None:
         model["data"] = str(model["data"])
+    return model
 
-    spec = SweepSpec(name=name, recipes=tuple(recipes), widths=widths, seeds=seeds, steps=steps, model=model,
-                     search=tuple(search), sampler=sampler, pruner=pruner, trial=trial, heartbeat=heartbeat,
-                     description=description, path=source)
-    for recipe in recipes:  # every run the sweep can make is a valid TrainConfig
+
+def _check_every_run(r: _Reader, spec: SweepSpec) -> None:
+    """Every run the sweep can make is a valid TrainConfig (checked before any trial trains)."""
+    several = len(spec.widths) > 1 or len(spec.recipes) > 1
+    for recipe in spec.recipes:
         sample = {p.name: (p.values[0] if p.values is not None else p.low) for p in spec.params_for(recipe)}
-        for width in widths:
+        for width in spec.widths:
             try:
-                spec.config(recipe, width, seeds[0], sample)
+                spec.config(recipe, width, spec.seeds[0], sample)
             except ConfigError as e:
-                where = f"model (recipe {recipe!r}, width {width})" if len(widths) > 1 or len(recipes) > 1 else "model"
-                fail(where, f"is invalid: {e}")
+                where = f"model (recipe {recipe!r}, width {width})" if several else "model"
+                r.fail(where, f"is invalid: {e}")
             except (TypeError, ValueError) as e:
-                fail("model", f"is invalid: {e}")
-    return spec
+                r.fail("model", f"is invalid: {e}")
 
 
 def _parse_param(key: str, entry, sampler: str, recipes: list[str], fail) -> Param:
