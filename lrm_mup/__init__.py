@@ -15,8 +15,17 @@ from .core.optim import build_optimizer, clip_grad_norm_, param_groups
 from .core.recipes import PLACEMENTS, RECIPES, describe, parametrize
 from .core.roles import ROLES
 from .core.shapes import BaseShapes, base_shapes
-from .errors import (ConfigError, DataError, LrmMupError, RecipeError, RoleError, RunFolderError, ShapeError,
-                     SweepError, TransferError)
+from .errors import (
+                     ConfigError,
+                     DataError,
+                     LrmMupError,
+                     RecipeError,
+                     RoleError,
+                     RunFolderError,
+                     ShapeError,
+                     SweepError,
+                     TransferError,
+)
 
 __all__ = [
     "parametrize", "build_optimizer", "clip_grad_norm_", "merge", "EffectivePath", "base_shapes", "BaseShapes",

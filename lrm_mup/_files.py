@@ -67,6 +67,11 @@ class FileLock:
         self.fd = fd
         return True
 
+    def share(self) -> None:
+        """Turn the held exclusive lock into a shared one (atomically: no other process can take it in between)."""
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+        self.shared = True
+
     def release(self) -> None:
         fd, self.fd = self.fd, None
         if fd is not None:

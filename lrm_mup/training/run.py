@@ -34,9 +34,9 @@ from ..core.multipliers import EffectivePath
 from ..core.optim import build_optimizer, clip_grad_norm_
 from ..core.recipes import OPTIMIZERS, PLACEMENTS, RECIPES, parametrize
 from ..core.shapes import base_shapes
-from ..records import RunResult
 from ..errors import ConfigError, MissingError, RunFolderError
 from ..models import MODELS, GPTConfig
+from ..records import RunResult
 from . import distributed
 
 SCHEDULES = ("constant", "cosine", "wsd")

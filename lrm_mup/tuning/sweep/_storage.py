@@ -3,8 +3,6 @@ locks that let many workers share them."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import re
 import time
 import warnings
@@ -14,7 +12,9 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from sqlalchemy import text
 
+from ..._files import FileLock
 from ...errors import SweepError
 from ._spec import JOURNAL, SweepSpec
 
@@ -40,8 +40,9 @@ def _is_url(storage) -> bool:
 
 def _open_storage(spec: SweepSpec | None, out: Path | None, url: str | None):
     if url is None:
-
-        return JournalStorage(JournalFileBackend(str(out / JOURNAL), lock_obj=_FlockLock(out / (JOURNAL + ".flock"))))
+        # flock: the kernel drops it when its holder dies, so a SIGKILLed worker never leaves the journal locked
+        # (optuna's default symlink lock would stall every other process for its 30 s grace)
+        return JournalStorage(JournalFileBackend(str(out / JOURNAL), lock_obj=FileLock(out / (JOURNAL + ".flock"))))
     kw = {}
     if spec is not None:
         hb = spec.heartbeat
@@ -57,24 +58,6 @@ def _open_storage(spec: SweepSpec | None, out: Path | None, url: str | None):
             time.sleep(0.5 * (attempt + 1))
     first = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
     raise SweepError(f"cannot open storage {_mask(url)}: {first}")
-
-
-class _FlockLock:
-    """Journal write lock by flock(2): the kernel drops it when its holder dies, so a SIGKILLed worker never leaves
-    the journal locked (optuna's default symlink lock would stall every other process for its 30 s grace)."""
-
-    def __init__(self, path: Path):
-        self.path, self.fd = str(path), None
-
-    def acquire(self) -> bool:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return True
-
-    def release(self) -> None:
-        fd, self.fd = self.fd, None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _driver_url(url: str) -> str:
@@ -135,34 +118,29 @@ class _ClaimLock:
     flock on <out>/.claim.lock otherwise (processes of one machine)."""
 
     def __init__(self, storage, out: Path, name: str):
-        self.storage, self.path, self.key = storage, out / ".claim.lock", f"lrm_mup:{name}"
+        self.storage, self.key = storage, f"lrm_mup:{name}"
+        self.file = FileLock(out / ".claim.lock")
         url = getattr(storage, "url", "") or ""
         self.pg = str(url).startswith("postgres")
 
     def __enter__(self):
         if self.pg:
-            from sqlalchemy import text
-
             self.conn = self.storage.engine.connect()
             self.conn.execute(text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": self.key})
             self.conn.commit()
         else:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            self.file.acquire()
         return self
 
     def __exit__(self, *exc):
         if self.pg:
-            from sqlalchemy import text
-
             try:
                 self.conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": self.key})
                 self.conn.commit()
             finally:
                 self.conn.close()
         else:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
+            self.file.release()
 
 
 def _has_room(spec: SweepSpec, recipe: str, trials) -> bool:
@@ -200,15 +178,17 @@ def _requeue_failed(study, spec: SweepSpec, fail_running: bool) -> int:
 @contextlib.contextmanager
 def _run_lock(out: Path):
     """Shared flock on <out>/.run.lock for the run's duration; yields True if no other run holds it (alone)."""
-    fd = os.open(out / ".run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = FileLock(out / ".run.lock", blocking=False)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            alone = True
-        except BlockingIOError:
-            alone = False
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        lock.acquire()
+        lock.share()
+        alone = True
+    except BlockingIOError:
+        lock = FileLock(out / ".run.lock", shared=True)
+        lock.acquire()
+        alone = False
+    try:
         yield alone
     finally:
-        os.close(fd)
+        lock.release()
 
