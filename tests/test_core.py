@@ -1,6 +1,8 @@
 """The parametrization claims of lrm-mup, each as a test (float64 unless the claim is about float32)."""
 import copy
+import dataclasses
 import io
+import json
 import math
 
 import pytest
@@ -8,8 +10,11 @@ import torch
 from torch import nn
 
 import lrm_mup
-from lrm_mup.models import GPT, GPTConfig
+from lrm_mup._record import Record
+from lrm_mup.core import LayerParametrization, ModelParametrization, apply_parametrization, parametrization_of
 from lrm_mup.core.multipliers import MultipliedEmbedding, MultipliedLinear, multiplied_modules
+from lrm_mup.errors import RecordError
+from lrm_mup.models import GPT, GPTConfig
 from tests.foreign import GPT2Style, HeadFirst, WithMHA
 
 RECIPES = ["sp", "lr-only", "lr-wd", "mup", "lrm"]
@@ -85,9 +90,9 @@ def test_mup_effective_weights_follow_mup_init():
     sp, mup = gpt(width), make("gpt", "mup", width)
     sp_w = dict(sp.named_modules())
     for name, layer in multiplied_modules(mup):
-        gain = m ** -0.5 if layer.lrm_info.kind == "readout" else 1.0
+        gain = m ** -0.5 if layer.parametrization.kind == "readout" else 1.0
         torch.testing.assert_close(layer.effective_weight(), sp_w[name].weight * gain, rtol=1e-12, atol=0)
-        if layer.lrm_info.kind == "hidden":  # stored weights are m× the effective ones (multiplier 1/m)
+        if layer.parametrization.kind == "hidden":  # stored weights are m× the effective ones (multiplier 1/m)
             torch.testing.assert_close(layer.weight, sp_w[name].weight * m, rtol=1e-12, atol=0)
 
 
@@ -197,7 +202,8 @@ def test_merge_equals_model_and_drops_multipliers(family, placement):
     assert not any("mult_" in n for n, _ in plain.named_parameters())
     layers = [m for m in plain.modules() if isinstance(m, (nn.Linear, nn.Embedding))]
     assert all(type(m) in (nn.Linear, nn.Embedding) for m in layers)
-    assert not hasattr(plain, "lrm_spec")
+    with pytest.raises(ValueError, match="not parametrized"):  # the model's record is gone too
+        parametrization_of(plain)
     n_plain = sum(p.numel() for p in build(4 * BASE).parameters())
     n_merged = sum(p.numel() for p in plain.parameters())
     untied = 64 * 4 * BASE if family == "gpt2" else 0  # a tied readout with its own multiplier gets its own matrix
@@ -212,7 +218,7 @@ def test_deepcopy_state_dict_and_weights_only_load_round_trip():
     assert "blocks.0.attn.q.mult_row" in model.state_dict()
     clone = copy.deepcopy(model)
     torch.testing.assert_close(clone(x), model(x), rtol=0, atol=0)
-    assert clone.lrm_spec == model.lrm_spec
+    assert parametrization_of(clone) == parametrization_of(model)
     lrm_mup.build_optimizer(clone, "adamw", lr=1e-3)  # metadata survived the copy
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
@@ -280,7 +286,7 @@ def test_muon_groups_hidden_to_muon_rest_to_adamw(width):
     assert set(by_name) == {"muon/hidden", "adamw/input", "adamw/readout", "adamw/vector", "adamw/multiplier"}
     assert (by_name["muon/hidden"]["lr"], by_name["muon/hidden"]["weight_decay"]) == (0.02, 0.1)
     assert by_name["adamw/readout"]["lr"] == 3e-3 and by_name["adamw/multiplier"]["lr"] == 1e-2
-    assert all(m.fixed_mult == 1.0 for _, m in multiplied_modules(model) if m.lrm_info.kind == "hidden")
+    assert all(m.fixed_mult == 1.0 for _, m in multiplied_modules(model) if m.parametrization.kind == "hidden")
     assert isinstance(opt.inner[0], torch.optim.Muon)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)  # schedulers multiply every group's LR
     assert by_name["muon/hidden"]["lr"] == 0.01 and by_name["adamw/readout"]["lr"] == 1.5e-3
@@ -302,7 +308,7 @@ def test_muon_groups_hidden_to_muon_rest_to_adamw(width):
 def test_clipping_norm_excludes_multipliers():
     model = make("gpt", "lrm", 2 * BASE)
     mult_ids = {id(p) for _, p in lrm_mup.multiplier_parameters(model)}
-    units = {id(m.weight): m.lrm_info.grad_unit for _, m in multiplied_modules(model)}
+    units = {id(m.weight): m.parametrization.grad_unit for _, m in multiplied_modules(model)}
     assert sorted(set(units.values())) == [1.0, 2.0]  # hidden matrices at m = 2: measured in lr-only's units
     params = list(model.parameters())
     for p in params:  # matrices' gradients: total norm 0.5 in lr-only's units; multipliers': norm 10
@@ -426,3 +432,127 @@ def test_unsupported_layers_and_bad_arguments_fail_clearly():
         lrm_mup.build_optimizer(gpt(64), "adamw")
     with pytest.raises(ValueError, match="lr is -0.1"):
         lrm_mup.build_optimizer(model, "adamw", lr=-0.1)
+
+
+# 8. the parametrization as typed records -------------------------------------------------------------------------
+
+# README's "Roles, multipliers and exponents" table for our proxy, at α = 1 and fixed head dim:
+# role: (kind, fan-in grows with width, μP forward multiplier (mup, lrm) as a power of m, Adam LR × (lr-only) as a
+# power of m, LRM "all")
+README_ROLES = {
+    "embedding": ("input", False, 0, 0, ("row", "col")),
+    **{role: ("hidden", True, -1, -1, ("row", "col"))
+       for role in ("query", "key", "value", "attn_out", "mlp_gate", "mlp_up", "mlp_down")},
+    "readout": ("readout", True, -1, 0, ()),
+}
+
+
+@pytest.mark.parametrize("recipe", ["lr-only", "mup", "lrm"])
+def test_layer_records_of_the_proxy_are_the_readme_role_table(recipe):
+    m = 4.0
+    model = make("gpt", recipe, int(m) * BASE)
+    model_record = parametrization_of(model)
+    seen = set()
+    for name, layer in multiplied_modules(model):
+        record = layer.parametrization
+        kind, grows, mult_exp, lr_exp, learned = README_ROLES[record.role]
+        mup_like = recipe in ("mup", "lrm")
+        fixed = m ** mult_exp if mup_like or kind == "readout" else 1.0  # lr-only keeps the μP readout only
+        expect = LayerParametrization(
+            role=record.role, kind=kind, fan_in_mult=m if grows else 1.0, fixed_mult=fixed,
+            learned=learned if recipe == "lrm" else (), lr_scale=1.0 if mup_like else m ** lr_exp, wd_scale=1.0,
+            tied=False, grad_unit=m if mup_like and kind == "hidden" else 1.0)
+        assert record == expect, name
+        assert layer.fixed_mult == record.fixed_mult and type(layer.fixed_mult) is float  # one number, two places
+        assert tuple(layer.learned_multipliers()) == record.learned
+        assert model_record.layers[name] == record
+        seen.add(record.role)
+    assert seen == set(README_ROLES)
+    assert list(model_record.layers) == [n for n, _ in multiplied_modules(model)]
+    assert (model_record.recipe, model_record.optimizer) == (recipe, "adamw")
+    assert model_record.placement == ("all" if recipe == "lrm" else None)
+
+
+def test_lrm_records_are_mup_records_plus_learnable_multipliers():
+    mup, lrm = (parametrization_of(make("gpt", r, 4 * BASE)) for r in ("mup", "lrm"))
+    assert {n: dataclasses.replace(r, learned=()) for n, r in lrm.layers.items()} == mup.layers
+    assert any(r.learned for r in lrm.layers.values())
+
+
+def test_records_round_trip_through_json_exactly(tmp_path):
+    model = make("gpt", "lrm", 4 * BASE, multipliers=MIXED, alphas={"readout": 0.5, "embedding": 2},
+                 roles={"blocks.*.mlp.up": "mlp_up"})
+    record = parametrization_of(model)
+    assert record.multipliers == MIXED and record.alphas == {"readout": 0.5, "embedding": 2.0}
+    assert record.roles == {"blocks.*.mlp.up": "mlp_up"} and record.base_head_dim == 16
+    assert ModelParametrization.from_json(record.to_json()) == record
+    record.to_json(tmp_path / "parametrization.json")
+    assert ModelParametrization.from_json(tmp_path / "parametrization.json") == record
+    assert json.loads(record.to_json())["schema"] == "lrm_mup/model-parametrization"
+    for name, layer in multiplied_modules(model):
+        assert LayerParametrization.from_json(layer.parametrization.to_json()) == layer.parametrization, name
+    with pytest.raises(RecordError, match="role 'query' with kind 'readout'"):
+        dataclasses.replace(record.layers["blocks.0.attn.q"], kind="readout")
+    with pytest.raises(RecordError, match="learned multipliers"):
+        dataclasses.replace(record.layers["blocks.0.attn.q"], learned=("col", "row"))
+
+
+def test_a_saved_model_record_rebuilds_the_same_parametrization(tmp_path):
+    x = tokens()
+    base, delta = gpt(BASE, heads=2), gpt(DELTA, heads=2)
+    options = dict(placement="all", multipliers=MIXED, alphas={"readout": 0.5})
+    model = lrm_mup.parametrize(gpt(128, heads=2), base, delta, "lrm", **options)
+    record = parametrization_of(model)
+    record.to_json(tmp_path / "parametrization.json")
+    saved = ModelParametrization.from_json(tmp_path / "parametrization.json")
+    # no base model needed: the record holds the base shapes (and base head dim) it measured widths against
+    assert saved.base().dims() == lrm_mup.base_shapes(base, delta).dims() and saved.base().head_dim == 16
+    rebuilt = apply_parametrization(gpt(128, heads=2), saved)
+    assert parametrization_of(rebuilt) == record
+    assert torch.equal(rebuilt(x), model(x))
+    # base_shapes.json, as run folders keep it, reads back to the same shapes
+    saved.base().save(tmp_path / "base_shapes.json")
+    loaded = lrm_mup.BaseShapes.load(tmp_path / "base_shapes.json")
+    assert loaded.dims() == saved.base_shapes and loaded.head_dim == saved.base_head_dim
+    # the same options at another width: what the base models would give there
+    wide = lrm_mup.parametrize(gpt(256, heads=2), saved.base(), **saved.options())
+    assert parametrization_of(wide) == parametrization_of(lrm_mup.parametrize(gpt(256, heads=2), base, delta,
+                                                                                 "lrm", **options))
+    with pytest.raises(lrm_mup.RecipeError, match="layer 'blocks.0.attn.q': fan_in_mult 8.0 here, 4.0 in the record"):
+        apply_parametrization(gpt(256, heads=2), saved)
+
+
+def test_model_record_survives_deepcopy_compile_wrapper_and_state_dict_reload():
+    x = tokens()
+    model = make("gpt", "lrm", 4 * BASE)
+    perturb_multipliers(model)
+    record = parametrization_of(model)
+    assert parametrization_of(copy.deepcopy(model)) == record
+    compiled = torch.compile(model)  # an OptimizedModule holding the model as `_orig_mod`
+    assert type(compiled) is not type(model) and parametrization_of(compiled) is record
+    assert parametrization_of(nn.ModuleDict({"inner": model})) is record
+    state = model.state_dict()  # the record is metadata, not state
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    fresh = make("gpt", "lrm", 4 * BASE, seed=7)  # parametrize rebuilds the record; load_state_dict fills the numbers
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert parametrization_of(fresh) == record
+    assert all(layer.parametrization == record.layers[n] for n, layer in multiplied_modules(fresh))
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+def _attributes(model):
+    """Module name -> (type, instance attribute names, parameter names, buffer names)."""
+    return {name: (type(m), set(vars(m)), set(m._parameters), set(m._buffers)) for name, m in model.named_modules()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_merge_leaves_no_lrm_mup_attribute_on_any_module(family):
+    model = make(family, "lrm", 4 * BASE)
+    plain = FAMILIES[family](4 * BASE)
+    assert _attributes(model) != _attributes(plain)  # parametrize adds attributes (so the check below can fail)
+    merged = lrm_mup.merge(model)
+    assert _attributes(merged) == _attributes(plain)
+    assert not any(isinstance(v, Record) for m in merged.modules() for v in vars(m).values())

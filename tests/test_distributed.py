@@ -92,7 +92,7 @@ def _ddp_reparametrized(rank, x):
     out = {"before_wrap": before_wrap, "init": snapshot(model), "groups_match": groups_match,
            "group_names": [g["name"] for g in opt.param_groups], "mult_grads": [], "norms": [], "norms_by_hand": []}
     mult_ids = {id(p) for _, p in lrm_mup.multiplier_parameters(model)}
-    units = {id(m.weight): m.lrm_info.grad_unit for _, m in multiplied_modules(model)}  # hidden: × m
+    units = {id(m.weight): m.parametrization.grad_unit for _, m in multiplied_modules(model)}  # hidden: × m
     for _ in range(STEPS):
         opt.zero_grad()
         loss_of(ddp, x).backward()

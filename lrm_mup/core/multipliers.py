@@ -1,6 +1,9 @@
 """Matrix layers with multipliers: W = fixed_mult · s · r_i · W̃_ij · c_j (arXiv 2601.04890).
 
-`fixed_mult` is the recipe's μP forward multiplier (a plain float: it never trains and never reaches an optimizer).
+Each converted layer declares `parametrization`, its `LayerParametrization` (role, kind, width multiplier, the fixed
+multiplier, learnable multipliers, LR/WD scales), set once by `convert`. `fixed_mult` is the recipe's μP forward
+multiplier: the record's number, copied onto the layer as a plain float for the forward (it never trains and never
+reaches an optimizer).
 `mult_scale` (s, shape (1,)), `mult_row` (r, one per output) and `mult_col` (c, one per input) are the learnable
 multipliers (LRM); any of them may be absent. For nn.Embedding, rows are tokens and columns are width.
 
@@ -17,29 +20,42 @@ Two training paths give the same updates:
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MULTIPLIERS = ("scale", "row", "col")
+from .parametrization import MODEL_ATTR, MULTIPLIERS, LayerParametrization, parametrization_of
+
 MULTIPLIER_PARAMS = tuple(f"mult_{m}" for m in MULTIPLIERS)
 
 
 class _Multiplied:
-    """Shared behaviour of the two converted layer types (mixed into nn.Linear / nn.Embedding subclasses)."""
+    """Shared behaviour of the two converted layer types (mixed into nn.Linear / nn.Embedding subclasses).
 
-    fixed_mult: float
+    The attributes declared here are the ones a converted layer adds besides its multiplier parameters; `merge`
+    removes exactly these (it reads them from this declaration)."""
+
+    parametrization: LayerParametrization
+    fixed_mult: float  # = parametrization.fixed_mult, as a plain float for the forward
     _effective: torch.Tensor | None
 
-    def _attach(self, fixed_mult: float, multipliers: frozenset[str]) -> None:
+    def _attach(self, record: LayerParametrization) -> None:
         w = self.weight
-        self.fixed_mult = float(fixed_mult)
+        self.parametrization = record
+        self.fixed_mult = float(record.fixed_mult)
         self._effective = None
         sizes = {"scale": 1, "row": w.shape[0], "col": w.shape[1]}
         for m in MULTIPLIERS:
-            value = nn.Parameter(torch.ones(sizes[m], dtype=w.dtype, device=w.device)) if m in multipliers else None
+            value = nn.Parameter(torch.ones(sizes[m], dtype=w.dtype, device=w.device)) if m in record.learned else None
             self.register_parameter(f"mult_{m}", value)
+
+    @property
+    def lrm_info(self) -> LayerParametrization:
+        """TEMPORARY (issue 9 merge): the old name, read by training/ and tuning/transfer.py until they read
+        `parametrization`. Delete at merge."""
+        return self.parametrization
 
     def learned_multipliers(self) -> dict[str, nn.Parameter]:
         return {m: p for m in MULTIPLIERS if (p := getattr(self, f"mult_{m}")) is not None}
@@ -117,12 +133,15 @@ class MultipliedEmbedding(_Multiplied, nn.Embedding):
 
 _CONVERTED = {nn.Linear: MultipliedLinear, nn.Embedding: MultipliedEmbedding}
 _PLAIN = {v: k for k, v in _CONVERTED.items()}
+_LAYER_ATTRS = tuple(inspect.get_annotations(_Multiplied))  # what a converted layer adds: merge removes these
+# what parametrize adds to the model; "lrm_spec" is TEMPORARY (issue 9 merge): delete it with recipes' alias
+_MODEL_ATTRS = (MODEL_ATTR, "lrm_spec")
 
 
-def convert(module: nn.Module, fixed_mult: float, multipliers: frozenset[str]) -> None:
-    """Turn an exact nn.Linear / nn.Embedding into its multiplied version, in place."""
+def convert(module: nn.Module, record: LayerParametrization) -> None:
+    """Turn an exact nn.Linear / nn.Embedding into its multiplied version, in place, as `record` says."""
     module.__class__ = _CONVERTED[type(module)]
-    module._attach(fixed_mult, multipliers)
+    module._attach(record)
 
 
 def multiplied_modules(model: nn.Module) -> list[tuple[str, _Multiplied]]:
@@ -151,12 +170,13 @@ def merge(model: nn.Module) -> nn.Module:
     for (_, m), w in zip(layers, merged):
         for name in MULTIPLIER_PARAMS:
             delattr(m, name)
-        for attr in ("fixed_mult", "lrm_info", "_effective"):
+        for attr in _LAYER_ATTRS:
             m.__dict__.pop(attr, None)
         m.__class__ = _PLAIN[type(m)]
         m.weight = nn.Parameter(w, requires_grad=m.weight.requires_grad)
     for sub in out.modules():
-        sub.__dict__.pop("lrm_spec", None)
+        for attr in _MODEL_ATTRS:
+            sub.__dict__.pop(attr, None)
     return out
 
 
@@ -176,9 +196,8 @@ class EffectivePath:
     """
 
     def __init__(self, model: nn.Module):
+        parametrization_of(model)  # the one "not parametrized" error
         self.layers = [m for _, m in multiplied_modules(model)]
-        if not self.layers:
-            raise ValueError("EffectivePath needs a model converted by lrm_mup.parametrize")
         self.refresh()
 
     def refresh(self) -> None:

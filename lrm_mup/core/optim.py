@@ -14,20 +14,13 @@ import math
 import torch
 from torch import nn
 
+from ..errors import RecipeError
 from .multipliers import multiplied_modules, multiplier_parameters
+from .parametrization import parametrization_of
 from .recipes import OPTIMIZERS
 from .roles import FINITE, HIDDEN
 
 MULTIPLIER_WD = 2e-3
-
-
-def spec_of(model: nn.Module) -> dict:
-    """The parametrization record left by `parametrize` (found through DDP/compile wrappers)."""
-    for module in model.modules():
-        spec = getattr(module, "lrm_spec", None)
-        if spec is not None:
-            return spec
-    raise ValueError("model is not parametrized: call lrm_mup.parametrize(model, base, delta, recipe) first")
 
 
 def param_groups(
@@ -45,7 +38,7 @@ def param_groups(
     for name, value in (("lr", lr), ("weight_decay", weight_decay), ("mult_wd", mult_wd),
                         ("adam_lr", adam_lr), ("mult_lr", mult_lr)):
         if value is not None and not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} is {value!r}; it must be a finite number >= 0")
+            raise RecipeError(f"{name} is {value!r}; it must be a finite number >= 0")
     adam_lr = lr if adam_lr is None else adam_lr
     mult_lr = adam_lr if mult_lr is None else mult_lr
     groups: dict[tuple, dict] = {}
@@ -63,7 +56,7 @@ def param_groups(
         groups[key]["params"].append(p)
 
     for _, m in multiplied_modules(model):
-        info = m.lrm_info
+        info = m.parametrization
         muon = optimizer == "muon" and isinstance(m, nn.Linear) and info.kind in (HIDDEN, FINITE)
         if not info.tied:  # a tied weight is updated under its owner's rules
             add(m.weight, "muon" if muon else "adamw", info.kind, lr if muon else adam_lr, info.lr_scale,
@@ -136,10 +129,10 @@ def build_optimizer(
     mult_lr / mult_wd: learnable multipliers' LR (default: the AdamW LR) and decoupled WD.
     """
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
-    parametrized_for = spec_of(model)["optimizer"]
+        raise RecipeError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+    parametrized_for = parametrization_of(model).optimizer
     if parametrized_for != optimizer:
-        raise ValueError(
+        raise RecipeError(
             f"model was parametrized for {parametrized_for!r}, not {optimizer!r}: pass optimizer={optimizer!r} to "
             "parametrize (μP's width rules depend on the optimizer)"
         )
@@ -153,11 +146,11 @@ def clip_grad_norm_(model: nn.Module, max_norm: float, *, include_multipliers: b
     """Clip all gradients by one factor, computed from the global norm of every gradient except the learnable
     multipliers' (the paper: counting them makes clipping far too aggressive early on). Returns that norm.
 
-    Each hidden matrix's gradient is measured in lr-only's units (`LayerInfo.grad_unit`: × m under mup and lrm,
-    whose stored hidden weights are m × lr-only's, so their gradients are 1/m × lr-only's). mup and lrm then clip
-    exactly when and as much as lr-only does, whose norm hardly moves with width; measured on stored gradients their
-    norm would fall as 1/width and the same `clip` would act at the proxy but not at the target."""
-    units = {id(m.weight): m.lrm_info.grad_unit for _, m in multiplied_modules(model)}
+    Each hidden matrix's gradient is measured in lr-only's units (`LayerParametrization.grad_unit`: × m under mup
+    and lrm, whose stored hidden weights are m × lr-only's, so their gradients are 1/m × lr-only's). mup and lrm then
+    clip exactly when and as much as lr-only does, whose norm hardly moves with width; measured on stored gradients
+    their norm would fall as 1/width and the same `clip` would act at the proxy but not at the target."""
+    units = {id(m.weight): m.parametrization.grad_unit for _, m in multiplied_modules(model)}
     mult_ids = {id(p) for _, p in multiplier_parameters(model)}
     params = [p for p in model.parameters() if p.grad is not None]
     by_unit: dict[float, list[torch.Tensor]] = {}

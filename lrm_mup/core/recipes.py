@@ -17,8 +17,9 @@ so the three μP recipes have the same effective weights at init (readout varian
 and every recipe is exactly the SP model at the base width (m = 1, α = 1). The query of μP recipes also carries
 √(d_head,base / d_head): SDPA's 1/√d_head becomes μP's α/d_head (α = √d_head,base) when the head dim grows.
 Biases of nn.Linear are multiplied by √m under μP so their init does not shrink with fan-in.
-Because mup/lrm store hidden weights m × larger than lr-only, their gradients are 1/m × lr-only's; `LayerInfo.grad_unit`
-(m) brings them back, so clipping (`optim.clip_grad_norm_`) treats the three μP recipes alike.
+Because mup/lrm store hidden weights m × larger than lr-only, their gradients are 1/m × lr-only's;
+`LayerParametrization.grad_unit` (m) brings them back, so clipping (`optim.clip_grad_norm_`) treats the three μP
+recipes alike.
 
 Muon (torch.optim.Muon, adjust_lr_fn="original") scales each update to a width-independent spectral norm, which is
 already μP's condition for hidden matrices; so under Muon hidden matrices get no width factor in any recipe
@@ -29,6 +30,7 @@ the learned part is width-independent and a width-independent LR transfers.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -37,7 +39,14 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError, RoleError, ShapeError
-from .multipliers import MULTIPLIERS, convert, multiplied_modules
+from .multipliers import convert, multiplied_modules
+from .parametrization import (
+    MULTIPLIERS,
+    LayerParametrization,
+    ModelParametrization,
+    parametrization_of,
+    set_parametrization,
+)
 from .roles import FINITE, HIDDEN, INPUT, READOUT, ROLE_KIND, Matrix, find_matrices, match_pattern
 from .shapes import BaseShapes, base_shapes, head_dim_of, infshapes
 
@@ -78,19 +87,6 @@ PLACEMENTS: dict[str, dict[str, frozenset[str]]] = {
     },
     "scalar": {role: (_NONE if kind == FINITE else frozenset({"scale"})) for role, kind in ROLE_KIND.items()},
 }
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """What the optimizer and the reports need to know about one converted layer."""
-
-    role: str
-    kind: str
-    fan_in_mult: float
-    lr_scale: float
-    wd_scale: float
-    tied: bool
-    grad_unit: float = 1.0  # stored gradient × this = lr-only's gradient of the same matrix (m for mup/lrm hidden)
 
 
 def parse_multipliers(text: str) -> frozenset[str]:
@@ -138,11 +134,37 @@ def parametrize(
     attn = _attention_factor(model, shapes, rec)
     layers = find_matrices(model, inf, roles)
     place = PLACEMENTS[spec["placement"]] if rec.learnable else None
+    records = {}
     for layer in layers:
         mults = _learned(layer, place, multipliers) if rec.learnable else _NONE
-        _apply(layer, rec, optimizer, mults, _alpha(layer, alphas) * (attn if layer.role == "query" else 1.0))
-    model.lrm_spec = {**spec, "base_shapes": {k: v.base_shape() for k, v in shapes.items()},
-                      "base_head_dim": shapes.head_dim}
+        alpha = _alpha(layer, alphas) * (attn if layer.role == "query" else 1.0)
+        records[layer.name] = _apply(layer, rec, optimizer, mults, alpha)
+    record = ModelParametrization(**spec, roles=dict(roles or {}), base_shapes=shapes.dims(),
+                                  base_head_dim=shapes.head_dim, layers=records)
+    set_parametrization(model, record)
+    # TEMPORARY (issue 9 merge): the old untyped attribute, read by training/run.py; delete at merge
+    model.__dict__["lrm_spec"] = {"base_shapes": record.base_shapes, "base_head_dim": record.base_head_dim}
+    return model
+
+
+def apply_parametrization(model: nn.Module, record: ModelParametrization) -> nn.Module:
+    """Parametrize a fresh `model` exactly as `record` says (a saved `ModelParametrization` plus the model's
+    definition at the record's width rebuild the same parametrization; no base model needed). Returns `model`.
+
+    Raises RecipeError when the model's layers come out otherwise (another width or definition); to parametrize
+    another width the same way, call parametrize(model, record.base(), **record.options())."""
+    parametrize(model, record.base(), **record.options())
+    got = parametrization_of(model).layers
+    for name in dict.fromkeys([*record.layers, *got]):
+        mine, theirs = got.get(name), record.layers.get(name)
+        if mine != theirs:
+            if mine is None or theirs is None:
+                where = "the model" if mine is None else "the record"
+                raise RecipeError(f"layer {name!r} is missing from {where}: build the model the record was made from")
+            diff = "; ".join(f"{f.name} {getattr(mine, f.name)!r} here, {getattr(theirs, f.name)!r} in the record"
+                             for f in dataclasses.fields(mine) if getattr(mine, f.name) != getattr(theirs, f.name))
+            raise RecipeError(f"layer {name!r}: {diff}: build the model the record was made from (same definition "
+                              "and width)")
     return model
 
 
@@ -164,7 +186,7 @@ def _check_args(recipe, optimizer, placement, multipliers, alphas) -> dict:
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise RecipeError(f"alpha for {key!r} is {value!r}; it must be a positive finite number")
     return {"recipe": recipe, "optimizer": optimizer, "placement": placement if RECIPES[recipe].learnable else None,
-            "multipliers": dict(multipliers or {}), "alphas": dict(alphas or {})}
+            "multipliers": dict(multipliers or {}), "alphas": {k: float(v) for k, v in (alphas or {}).items()}}
 
 
 def _attention_factor(model: nn.Module, shapes: BaseShapes, rec: Recipe) -> float:
@@ -192,7 +214,8 @@ def _learned(layer: Matrix, place: dict[str, frozenset[str]], overrides: dict[st
 
 
 @torch.no_grad()
-def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], alpha: float) -> None:
+def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], alpha: float) -> LayerParametrization:
+    """Rescale the layer's init, convert it, and return its record."""
     m = layer.fan_in_mult
     width_factor, init_gain, lr_scale, wd_scale = 1.0, 1.0, 1.0, 1.0
     if layer.kind == HIDDEN and optimizer == "adamw":
@@ -205,28 +228,25 @@ def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], al
         module.weight.mul_(init_gain / width_factor)
     if rec.mup_readout and getattr(module, "bias", None) is not None:
         module.bias.mul_(math.sqrt(m))
-    convert(module, alpha * width_factor, mults)
     # the stored hidden weight is 1/width_factor times lr-only's, so its gradient is width_factor times lr-only's
     grad_unit = 1.0 / width_factor if layer.kind == HIDDEN else 1.0
-    module.lrm_info = LayerInfo(layer.role, layer.kind, m, lr_scale, wd_scale, layer.tied, grad_unit)
+    record = LayerParametrization(
+        role=layer.role, kind=layer.kind, fan_in_mult=float(m), fixed_mult=float(alpha * width_factor),
+        learned=tuple(k for k in MULTIPLIERS if k in mults), lr_scale=float(lr_scale), wd_scale=float(wd_scale),
+        tied=layer.tied, grad_unit=float(grad_unit),
+    )
+    convert(module, record)
+    return record
 
 
 def describe(model: nn.Module) -> list[dict]:
-    """One row per converted layer: role, kind, width multiplier, forward multiplier, learnable multipliers, LR and
-    WD scales, the factor clipping measures its gradient with. What `lrm-mup describe` prints; handy for checking a
-    foreign model's roles."""
-    return [
-        {
-            "module": name,
-            "role": m.lrm_info.role,
-            "kind": m.lrm_info.kind,
-            "fan_in_mult": m.lrm_info.fan_in_mult,
-            "fixed_mult": m.fixed_mult,
-            "learned": ",".join(m.learned_multipliers()) or "-",
-            "lr_scale": m.lrm_info.lr_scale,
-            "wd_scale": m.lrm_info.wd_scale,
-            "clip_unit": m.lrm_info.grad_unit,
-            "tied": m.lrm_info.tied,
-        }
-        for name, m in multiplied_modules(model)
-    ]
+    """One row per converted layer, from its `LayerParametrization`: role, kind, width multiplier, forward
+    multiplier, learnable multipliers, LR and WD scales, the factor clipping measures its gradient with. What
+    `lrm-mup describe` prints; handy for checking a foreign model's roles."""
+    rows = []
+    for name, m in multiplied_modules(model):
+        p = m.parametrization
+        rows.append({"module": name, "role": p.role, "kind": p.kind, "fan_in_mult": p.fan_in_mult,
+                     "fixed_mult": p.fixed_mult, "learned": ",".join(p.learned) or "-", "lr_scale": p.lr_scale,
+                     "wd_scale": p.wd_scale, "clip_unit": p.grad_unit, "tied": p.tied})
+    return rows

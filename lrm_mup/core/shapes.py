@@ -3,7 +3,7 @@
 A dimension is a *width* dimension iff it differs between the base model and the delta model (mup's rule). We keep
 mup's `InfShape` objects in a plain dict keyed by parameter name instead of attaching them to parameters
 (`p.infshape` is lost by `copy.deepcopy`, `load_state_dict(assign=True)`, DDP/FSDP wrappers); the numbers that matter
-are copied onto the modules as plain attributes when a model is parametrized.
+go into each layer's `LayerParametrization` when a model is parametrized.
 
 Base shapes are saved as JSON together with the base head dimension, so a proxy run and a target run parametrized
 months apart share one base (mup issue #25) without re-building the base model.
@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from mup import InfShape, make_base_shapes, zip_infshapes
 from torch import nn
 
+from .._files import write_json_atomic
 from ..errors import ShapeError
 
 
@@ -35,24 +37,29 @@ class BaseShapes(dict):
 
     head_dim: int | None = None
 
+    def dims(self) -> dict[str, tuple[int | None, ...]]:
+        """Parameter name -> base dims (None for a finite dim): what base_shapes.json and a ModelParametrization
+        hold."""
+        return {name: tuple(inf.base_shape()) for name, inf in self.items()}
+
+    @classmethod
+    def from_dims(cls, dims: dict[str, Sequence[int | None]], head_dim: int | None) -> BaseShapes:
+        """The inverse of `dims()`."""
+        out = cls({name: InfShape.from_base_shape(list(d)) for name, d in dims.items()})
+        out.head_dim = head_dim
+        return out
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write as JSON (atomically)."""
-        payload = {"head_dim": self.head_dim, "shapes": {k: v.base_shape() for k, v in self.items()}}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, path)
+        """Write as JSON {"head_dim": ..., "shapes": {name: base dims}} (atomically)."""
+        write_json_atomic(path, {"head_dim": self.head_dim, "shapes": self.dims()})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BaseShapes:
         try:
             payload = json.loads(Path(path).read_text())
-            shapes = payload["shapes"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            return cls.from_dims(payload["shapes"], payload.get("head_dim"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ShapeError(f"cannot read base shapes from {str(path)!r}: {e}") from None
-        out = cls({k: InfShape.from_base_shape(v) for k, v in shapes.items()})
-        out.head_dim = payload.get("head_dim")
-        return out
 
 
 def _param_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:

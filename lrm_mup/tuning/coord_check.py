@@ -164,7 +164,7 @@ def coord_check(
             model = parametrize(build(width), shapes, recipe=recipe, optimizer=optimizer)
         opt = build_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay)
         rows, head_dims[width] = _train_and_record(model, opt, batches, steps)
-        roles.update((name, m.lrm_info.role) for name, m in multiplied_modules(model))
+        roles.update((name, m.parametrization.role) for name, m in multiplied_modules(model))
         records += [{"recipe": recipe, "width": width, "seed": seed, **row} for row in rows]
         bar(f"{recipe} width {width} seed {seed}")
     config = {"widths": widths, "base_width": base_width, "delta_width": delta_width, "recipes": list(recipes),
@@ -321,7 +321,7 @@ def _train_and_record(model, opt, batches, steps) -> tuple[list[dict], int | Non
         with torch.no_grad():
             updated = effective()
             for name, m in matrices:
-                kind, w0 = m.lrm_info.kind, weights[name]
+                kind, w0 = m.parametrization.kind, weights[name]
                 delta = updated[name] - w0
                 add(t + 1, name, "dw", norm((name, "dw"), kind, delta) / norm((name, "w"), kind, w0))
                 x_in = probe.inputs[name]
