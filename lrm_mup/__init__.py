@@ -12,7 +12,8 @@ its folder) → `tuning` (coordinate checks, sweeps, transfer) → `analysis` (w
 from ._version import __version__
 from .core.multipliers import EffectivePath, merge, multiplier_parameters
 from .core.optim import build_optimizer, clip_grad_norm_, param_groups
-from .core.recipes import PLACEMENTS, RECIPES, describe, parametrize
+from .core.parametrization import LayerParametrization, ModelParametrization, parametrization_of
+from .core.recipes import PLACEMENTS, RECIPES, apply_parametrization, describe, parametrize
 from .core.roles import ROLES
 from .core.shapes import BaseShapes, base_shapes
 from .errors import (
@@ -31,5 +32,6 @@ __all__ = [
     "parametrize", "build_optimizer", "clip_grad_norm_", "merge", "EffectivePath", "base_shapes", "BaseShapes",
     "describe", "param_groups", "multiplier_parameters", "RECIPES", "PLACEMENTS", "ROLES", "LrmMupError",
     "ConfigError", "DataError", "RecipeError", "RoleError", "ShapeError", "RunFolderError", "SweepError",
-    "TransferError", "__version__",
+    "TransferError", "RecordError", "parametrization_of", "apply_parametrization", "LayerParametrization",
+    "ModelParametrization", "__version__",
 ]
