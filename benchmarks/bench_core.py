@@ -27,7 +27,7 @@ import time
 import torch
 
 import lrm_mup
-from lrm_mup.models import proxy
+from lrm_mup.training import TrainConfig, parametrized_model
 
 
 def parse_args(argv=None):
@@ -46,14 +46,14 @@ def parse_args(argv=None):
 
 def make_steppers(width: int, args) -> dict:
     """name -> a function doing one full training step."""
-    build = lambda w: proxy(w, depth=args.depth, context=args.context)  # noqa: E731
+    config = lambda recipe: TrainConfig(recipe=recipe, width=width, depth=args.depth,  # noqa: E731
+                                        context=args.context, base_width=args.base)
     gen = torch.Generator().manual_seed(0)
     data = torch.randint(0, 256, (args.batch, args.context + 1), generator=gen)
     x, y = data[:, :-1], data[:, 1:]
 
     def parametrized(recipe):
-        torch.manual_seed(0)
-        return lrm_mup.parametrize(build(width), build(args.base), build(2 * args.base), recipe)
+        return parametrized_model(config(recipe))  # seeded by the config (seed 0)
 
     def core_step(model, path=None):
         opt = lrm_mup.build_optimizer(model, "adamw", lr=args.lr, weight_decay=0.1)
@@ -86,7 +86,7 @@ def make_steppers(width: int, args) -> dict:
         "mup": core_step(parametrized("mup")),
         "lrm-auto": core_step(lrm_auto),
         "lrm-eff": core_step(lrm_eff, lrm_mup.EffectivePath(lrm_eff)),
-        "plain": plain_step(build(width)),
+        "plain": plain_step(config("sp").build(width)),
         "merged": plain_step(lrm_mup.merge(parametrized("lrm"))),
     }
 

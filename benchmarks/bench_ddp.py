@@ -26,10 +26,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from lrm_mup.training import distributed
 from lrm_mup.data import load_corpus
-from lrm_mup.models import proxy
-from lrm_mup.training.run import Run, TrainConfig
+from lrm_mup.training import Run, TrainConfig, distributed
 
 
 def parse_args(argv=None):
@@ -58,7 +56,7 @@ def steppers(args, world: distributed.World, corpus) -> dict:
 
     device = world.device(args.device)
     torch.manual_seed(0)
-    plain = proxy(args.width, depth=args.depth, context=args.context).to(device)
+    plain = cfg(recipe="sp").build(args.width).to(device)  # the same model, not parametrized
     ddp = DDP(plain, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(plain.parameters(), lr=1e-3, weight_decay=0.1)
     gen = torch.Generator().manual_seed(0)

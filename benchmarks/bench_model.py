@@ -28,6 +28,7 @@ from torch import nn
 
 import lrm_mup
 from lrm_mup.models import GPT, GPTConfig
+from lrm_mup.training import TrainConfig, parametrized_model
 
 # the same architecture, written plainly -----------------------------------------------------------------------
 
@@ -143,7 +144,8 @@ def steppers(args) -> dict:
         return step
 
     def ours(recipe):
-        model = lrm_mup.parametrize(build(args.width), build(args.base), build(2 * args.base), recipe)
+        model = parametrized_model(TrainConfig(recipe=recipe, width=args.width, depth=args.depth, context=args.context,
+                                               base_width=args.base))  # seeded by the config (seed 0), as `build`
         return stepper(model, lrm_mup.build_optimizer(model, "adamw", lr=args.lr, weight_decay=0.1))
 
     torch.manual_seed(0)

@@ -103,7 +103,7 @@ def cmd_train(args) -> int:
     import json
     from pathlib import Path
 
-    from .training.run import EXECUTION, TrainConfig, train
+    from .training import EXECUTION, TrainConfig, train
 
     if args.resume:
         if args.out is None:
@@ -132,17 +132,10 @@ def cmd_data(args) -> int:
 
 
 def cmd_describe(args) -> int:
-    from .core.recipes import describe, parametrize
-    from .core.shapes import base_shapes
+    from .core.recipes import describe
+    from .training import parametrized_model
 
-    cfg = train_config(args)
-    import torch
-
-    with torch.device("meta"):
-        model = cfg.build(cfg.width)
-        shapes = base_shapes(cfg.build(cfg.base_width), cfg.build(cfg.delta_or_default))
-        parametrize(model, shapes, recipe=cfg.recipe, optimizer=cfg.optimizer, placement=cfg.placement,
-                    alphas=cfg.alphas or None)
+    model = parametrized_model(train_config(args), device="meta")  # the layer table only: nothing allocated
     rows = describe(model)
     cols = list(rows[0])
     widths = [max(len(c), *(len(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for r in rows)) for c in cols]

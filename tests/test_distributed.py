@@ -25,11 +25,10 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import lrm_mup
-from lrm_mup.training import distributed
+from lrm_mup.core.multipliers import multiplied_modules
 from lrm_mup.data import load_corpus
 from lrm_mup.models import proxy
-from lrm_mup.core.multipliers import multiplied_modules
-from lrm_mup.training.run import Run, TrainConfig
+from lrm_mup.training import Run, TrainConfig, distributed
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from lrm_mup.training.run import TrainConfig, train
+from lrm_mup.training import TrainConfig, train
 from tests.test_torchrun import SLICE, flags, rows, torchrun
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

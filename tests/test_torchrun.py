@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from lrm_mup.cli import main
 from lrm_mup.training.distributed import World
-from lrm_mup.training.run import TrainConfig, train
+from lrm_mup.training import TrainConfig, train
 from lrm_mup.tuning.transfer import run_transfer
 
 pytestmark = [

@@ -8,7 +8,7 @@ import torch
 
 from lrm_mup.cli import main
 from lrm_mup.errors import ConfigError
-from lrm_mup.training.run import TrainConfig, train
+from lrm_mup.training import TrainConfig, train
 
 SLICE = "tests/data/shakespeare"
 TINY = dict(width=32, base_width=16, depth=1, head_dim=8, context=32, batch=4, eval_every=5, eval_batches=2,
@@ -68,9 +68,15 @@ def test_micro_batches_accumulate_to_the_full_batch_step(tmp_path, path):
     whole = train(TrainConfig(**base), tmp_path / "whole", progress=False)
     micro = train(TrainConfig(micro_batch=1, **base), tmp_path / "micro", progress=False)
     assert micro.val_bpb == pytest.approx(whole.val_bpb, rel=1e-5)
-    for a, b in zip(rows(tmp_path / "micro"), rows(tmp_path / "whole")):
-        assert a.get("loss") == pytest.approx(b.get("loss"), rel=1e-5)
-        assert a.get("grad_norm") == pytest.approx(b.get("grad_norm"), rel=1e-4)
+    *micro_steps, micro_final = rows(tmp_path / "micro")
+    *whole_steps, whole_final = rows(tmp_path / "whole")
+    assert len(micro_steps) == len(whole_steps) == 6
+    for a, b in zip(micro_steps, whole_steps):
+        assert a["step"] == b["step"] and a.keys() == b.keys()
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert micro_final["status"] == whole_final["status"] == "ok"
+    assert micro_final["train_loss"] == pytest.approx(whole_final["train_loss"], rel=1e-5)
     a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("micro", "whole"))
     for name in b:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lrm_mup.cli import main
-from lrm_mup.training.run import TrainConfig, train
+from lrm_mup.training import TrainConfig, train
 from lrm_mup.tuning.transfer import (
     TransferError,
     best_configs,

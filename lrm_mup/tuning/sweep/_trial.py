@@ -5,10 +5,9 @@ import math
 import time
 from dataclasses import asdict
 
-import torch
 from optuna.trial import TrialState
 
-from ...training import Run, TrainConfig
+from ...training import Run, TrainConfig, diverged, lockstep
 from ._spec import Param, SweepSpec
 
 
@@ -19,7 +18,7 @@ def _warm_up(spec: SweepSpec, corpus) -> None:
     sample = {p.name: (p.values[0] if p.values is not None else p.low) for p in spec.params_for(recipe)}
     cfg = TrainConfig(**{**spec.config(recipe, min(spec.widths), spec.seeds[0], sample), "eval_batches": 1})
     run = Run.create(cfg, corpus, progress=False)
-    run.train_step(run.model)
+    run.train_step(run.model)  # the uncompiled model: the kernels' first-call costs
     run.evaluate(run.model)
 
 
@@ -44,23 +43,19 @@ def _run_trial(spec: SweepSpec, recipe: str, trial, corpus):
     opts = spec.trial
     start, cpu_start = time.perf_counter(), time.process_time()
     runs = [Run.create(cfg, corpus, progress=False) for cfg in configs]
-    cfg0 = configs[0]
-    compile_ = cfg0.compile if cfg0.compile is not None else runs[0].device.type == "cuda"
-    forwards = [torch.compile(r.model) if compile_ else r.model for r in runs]
-    flops_per_token = runs[0].model.flops_per_token() if hasattr(runs[0].model, "flops_per_token") else 0.0
-    status, reason, ema, first, losses, step, reported = "ok", None, None, None, [math.nan], 0, {}
+    status, reason, ema, first, records, reported = "ok", None, None, None, (), {}
     pruning = spec.pruner["type"] != "none"
-    for step in range(1, spec.steps + 1):
-        losses = [r.train_step(f)[0] for r, f in zip(runs, forwards)]
-        if not all(math.isfinite(x) for x in losses):
-            bad = next(x for x in losses if not math.isfinite(x))
+    for records in lockstep(runs, spec.steps, evaluate=False):  # the engine's loop; the rest is the sweep's rule
+        step = records[0].step
+        if any(diverged(r) for r in records):
+            bad = next(r.loss for r in records if diverged(r))
             status, reason = "diverged", f"train loss became {bad} at step {step}"
             break
-        bits = sum(losses) / len(losses) / math.log(2)
+        bits = sum(r.loss for r in records) / len(records) / math.log(2)
         ema = bits if ema is None else opts["smoothing"] * ema + (1 - opts["smoothing"]) * bits
         first = bits if first is None else first
         if step % opts["report_every"] == 0 or step == spec.steps:
-            if step > cfg0.warmup_steps and ema > max(opts["diverge_bits"], first):  # worse than at init
+            if step > configs[0].warmup_steps and ema > max(opts["diverge_bits"], first):  # worse than at init
                 status = "diverged"
                 reason = f"smoothed train loss {ema:.2f} bits/byte > {opts['diverge_bits']} at step {step}"
                 break
@@ -71,9 +66,10 @@ def _run_trial(spec: SweepSpec, recipe: str, trial, corpus):
                 reason = (f"{type(trial.study.pruner).__name__} at step {step}: smoothed train loss {ema:.4f} "
                           "bits/byte is worse than the median of earlier trials")
                 break
+    step = runs[0].step
     val = None
     if status == "ok":
-        vals = [r.evaluate(f) for r, f in zip(runs, forwards)]
+        vals = [r.evaluate() for r in runs]
         val = sum(vals) / len(vals)
         if not math.isfinite(val):
             status, reason = "diverged", f"validation loss is {val}"
@@ -81,11 +77,11 @@ def _run_trial(spec: SweepSpec, recipe: str, trial, corpus):
         val = opts["cap"]
         if not spec.grid and step not in reported:  # a pruned trial's last report is what TPE learns from
             trial.report(max(opts["cap"], ema if ema is not None and math.isfinite(ema) else opts["cap"]), step)
-    tokens = step * cfg0.batch * cfg0.context * len(runs)
-    train_loss = sum(losses) / len(losses)
+    tokens = sum(r.tokens for r in runs)
+    train_loss = sum(r.loss for r in records) / len(records) if records else math.nan
     attrs = {"status": status, "reason": reason, "val_bpb": val,
              "train_loss": train_loss if math.isfinite(train_loss) else None, "steps_done": step,
-             "tokens": tokens, "flops": tokens * flops_per_token, "seconds": time.perf_counter() - start,
+             "tokens": tokens, "flops": tokens * runs[0].flops_per_token, "seconds": time.perf_counter() - start,
              "cpu_seconds": time.process_time() - cpu_start}
     for k, v in attrs.items():
         trial.set_user_attr(k, v)

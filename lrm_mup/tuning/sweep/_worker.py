@@ -15,6 +15,7 @@ import optuna
 import torch
 
 from ... import data as data_mod
+from ..._files import threads_per_worker
 from ...errors import SweepError
 from ._spec import JOURNAL, MANIFEST, SweepSpec, _is_int
 from ._storage import _ClaimLock, _has_room, _is_url, _mask, _open_storage, _requeue_failed, _run_lock, _studies
@@ -122,8 +123,7 @@ def _worker_process(spec: SweepSpec, out: str, url: str | None, index: int, work
 
 def _worker(spec: SweepSpec, out: str, url: str | None, index: int, workers: int, progress: bool) -> None:
     if workers > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores // workers))
+        torch.set_num_threads(threads_per_worker(workers))
     out = Path(out)
     store = _open_storage(spec, out, url)
     studies = _studies(spec, store, worker=index, create=False)

@@ -1,0 +1,46 @@
+"""Config -> parametrized model: the one place where a `TrainConfig` becomes a model.
+
+    model = parametrized_model(cfg)                    # cfg.width, initialized from cfg.seed, on the CPU
+    table = describe(parametrized_model(cfg, device="meta"))   # the layer table, no memory, no init
+
+The model comes from the registry (`cfg.build(width)`), and `lrm_mup.parametrize` applies the recipe with the base
+shapes of the config: μP's width dimensions are those that differ between a model at `base_width` and one at
+`delta_width` (2 × base by default). Base and delta are built on the meta device: they lend only their shapes.
+Training runs, sweep trials, transfer runs, `lrm-mup describe` and the benchmarks all build through here.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from ..core.recipes import parametrize
+from ..core.shapes import BaseShapes, base_shapes
+from .config import TrainConfig
+
+
+def config_base_shapes(cfg: TrainConfig) -> BaseShapes:
+    """The μP base shapes of `cfg`: its model at `base_width` against its model at `delta_width` (on the meta
+    device, so nothing is allocated or initialized)."""
+    with torch.device("meta"):
+        return base_shapes(cfg.build(cfg.base_width), cfg.build(cfg.delta_or_default))
+
+
+def parametrized_model(cfg: TrainConfig, width: int | None = None, *, device: str | torch.device | None = None
+                       ) -> nn.Module:
+    """`cfg`'s model at `width` (default `cfg.width`), parametrized under its recipe, optimizer, placement and alphas.
+
+    On a real device the model is initialized on the CPU after seeding torch's global generator with `cfg.seed`, then
+    moved to `device` (if given): the init is a function of the config, the same on every device. On
+    `device="meta"` nothing is initialized or allocated (and no generator is touched): the layer table only
+    (`lrm_mup.describe`), whatever the width."""
+    width = cfg.width if width is None else width
+    meta = device is not None and torch.device(device).type == "meta"
+    if not meta:
+        torch.manual_seed(cfg.seed)
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        model = cfg.build(width)
+        parametrize(model, config_base_shapes(cfg), recipe=cfg.recipe, optimizer=cfg.optimizer,
+                    placement=cfg.placement, alphas=cfg.alphas or None)
+    return model.to(device) if device is not None and not meta else model

@@ -1,0 +1,148 @@
+"""What a training run is: `TrainConfig` (every setting of a run, validated on construction) and its LR schedule.
+
+Execution settings (`EXECUTION`) say how a step is computed, not what it computes: a run may resume with other values
+(another machine, less memory). Every other field defines the run.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+from ..core.recipes import OPTIMIZERS, PLACEMENTS, RECIPES
+from ..errors import ConfigError
+from ..models import MODELS, GPTConfig
+from . import distributed
+
+SCHEDULES = ("constant", "cosine", "wsd")
+DEVICES = ("auto", "cpu", "cuda")
+PATHS = ("autograd", "effective")
+# how a step is computed, not what it computes: a run may resume with other values (another machine, less memory)
+EXECUTION = ("micro_batch", "device", "compile", "parallel")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of one training run: the model, the recipe, the optimizer and its schedule, data, execution."""
+
+    recipe: str = "lrm"
+    optimizer: str = "adamw"
+    model: str = "proxy"
+    width: int = 128
+    depth: int = 2
+    head_dim: int | None = 32
+    heads: int | None = None
+    context: int = 128
+    base_width: int = 64            # the μP base; delta is 2× base unless given
+    delta_width: int | None = None
+    steps: int = 200
+    batch: int = 16                 # sequences per optimizer step, over all processes
+    micro_batch: int | None = None  # sequences per forward in each process (gradient accumulation; default: all)
+    lr: float = 3e-3                # matrices (Muon's LR under "muon")
+    adam_lr: float | None = None    # AdamW groups under "muon" (default: lr)
+    weight_decay: float = 0.1
+    mult_lr: float | None = None    # learnable multipliers (default: the AdamW LR)
+    mult_wd: float = 2e-3
+    placement: str | None = None    # lrm only: all / symmetry-free / scalar
+    alphas: dict[str, float] = field(default_factory=dict)
+    init_std: float = 1.0
+    warmup: int | None = None       # default: 10% of steps
+    schedule: str = "cosine"
+    clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 50
+    eval_batches: int = 8
+    data: str | None = None         # None: the Shakespeare corpus
+    device: str = "auto"
+    compile: bool | None = None     # default: on CUDA only
+    path: str = "autograd"          # or "effective": train through merged matrices
+    parallel: str = "ddp"           # under torchrun: DDP replicas, or "fsdp" shards
+
+    def __post_init__(self):
+        def bad(name, allowed):
+            raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: {allowed}")
+
+        choices = {"recipe": RECIPES, "optimizer": OPTIMIZERS, "model": MODELS, "schedule": SCHEDULES,
+                   "device": DEVICES, "path": PATHS, "parallel": distributed.PARALLEL}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                bad(name, "allowed: " + ", ".join(allowed))
+        if self.placement is not None:
+            if self.recipe != "lrm":
+                bad("placement", f"placement applies to recipe 'lrm' only, not {self.recipe!r}")
+            if self.placement not in PLACEMENTS:
+                bad("placement", "allowed: " + ", ".join(PLACEMENTS))
+        for name in ("width", "depth", "context", "base_width", "steps", "batch", "eval_every", "eval_batches"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                bad(name, "must be a positive integer")
+        if self.micro_batch is not None and not (isinstance(self.micro_batch, int) and 0 < self.micro_batch
+                                                 and self.batch % self.micro_batch == 0):
+            bad("micro_batch", f"must be a positive integer dividing batch={self.batch}")
+        if self.parallel == "fsdp" and self.path == "effective":
+            bad("path", "the effective path's merged matrices cannot be FSDP-sharded; "
+                        "use path autograd, or parallel ddp")
+        if self.parallel == "fsdp" and self.optimizer == "muon":
+            bad("optimizer", "Muon's Newton-Schulz needs whole matrices, not FSDP shards; use parallel ddp")
+        if self.delta_width is not None and self.delta_width == self.base_width:
+            bad("delta_width", "must differ from base_width")
+        for name in ("lr", "weight_decay", "mult_wd", "clip", "adam_lr", "mult_lr", "init_std"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                bad(name, "must be a finite number >= 0")
+        if self.lr == 0 or self.init_std == 0:
+            bad("lr" if self.lr == 0 else "init_std", "must be > 0")
+        if self.warmup is not None and not (isinstance(self.warmup, int) and 0 <= self.warmup <= self.steps):
+            bad("warmup", f"must be an integer in [0, steps={self.steps}]")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            bad("device", "CUDA is not available on this machine; use --device cpu or auto")
+        for width in (self.width, self.base_width, self.delta_or_default):
+            self.model_config(width)  # width vs heads/head_dim and the rest, checked by the model's own config
+
+    @property
+    def delta_or_default(self) -> int:
+        return self.delta_width if self.delta_width is not None else 2 * self.base_width
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup if self.warmup is not None else self.steps // 10
+
+    def model_config(self, width: int) -> dict:
+        """The model fields of the config (the registry constructor's keyword arguments), checked at `width`."""
+        kw = {"depth": self.depth, "head_dim": self.head_dim, "heads": self.heads, "context": self.context,
+              "init_std": self.init_std}
+        GPTConfig(width=width, **kw)
+        return kw
+
+    def build(self, width: int) -> torch.nn.Module:
+        """The plain model at `width`, from the registry; `lrm_mup.training.parametrized_model` parametrizes it."""
+        return MODELS[self.model](width, **self.model_config(width))
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """The fields, execution settings aside, in which two configs differ: what makes them different runs."""
+        a, b = asdict(self), asdict(other)
+        return sorted(k for k in a if a[k] != b[k] and k not in EXECUTION)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown config field {unknown[0]!r}; known: {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """LR multiplier at `step` (0-based): linear warmup, then constant / cosine to 10% / warmup-stable-decay
+    (linear decay to 0 over the last 20%)."""
+    warmup, total = cfg.warmup_steps, cfg.steps
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    decay_start = max(warmup, int(0.8 * total))
+    return 1.0 if step < decay_start else max(0.0, (total - step) / max(1, total - decay_start))
