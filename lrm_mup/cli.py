@@ -38,8 +38,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     from .core.optim import OPTIMIZERS
     from .core.recipes import PLACEMENTS, RECIPES
     from .models import MODELS
+    from .training import DEVICES, PATHS, SCHEDULES
     from .training.distributed import PARALLEL
-    from .training.run import DEVICES, PATHS, SCHEDULES
 
     a = p.add_argument
     a("--recipe", choices=list(RECIPES), help="parametrization (default lrm)")
@@ -80,7 +80,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_config(args: argparse.Namespace):
-    from .training.run import TrainConfig
+    from .training import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}

@@ -134,8 +134,8 @@ class MultipliedEmbedding(_Multiplied, nn.Embedding):
 _CONVERTED = {nn.Linear: MultipliedLinear, nn.Embedding: MultipliedEmbedding}
 _PLAIN = {v: k for k, v in _CONVERTED.items()}
 _LAYER_ATTRS = tuple(inspect.get_annotations(_Multiplied))  # what a converted layer adds: merge removes these
-# what parametrize adds to the model; "lrm_spec" is TEMPORARY (issue 9 merge): delete it with recipes' alias
-_MODEL_ATTRS = (MODEL_ATTR, "lrm_spec")
+# what parametrize adds to the model
+_MODEL_ATTRS = (MODEL_ATTR,)
 
 
 def convert(module: nn.Module, record: LayerParametrization) -> None:

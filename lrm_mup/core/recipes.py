@@ -142,8 +142,6 @@ def parametrize(
     record = ModelParametrization(**spec, roles=dict(roles or {}), base_shapes=shapes.dims(),
                                   base_head_dim=shapes.head_dim, layers=records)
     set_parametrization(model, record)
-    # TEMPORARY (issue 9 merge): the old untyped attribute, read by training/run.py; delete at merge
-    model.__dict__["lrm_spec"] = {"base_shapes": record.base_shapes, "base_head_dim": record.base_head_dim}
     return model
 
 

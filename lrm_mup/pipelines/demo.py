@@ -68,7 +68,7 @@ def target_width(spec, records: list[dict], workers: int = 1,
     target runs, over `workers`) fits in `budget_s` at the speed (seconds per FLOP) the sweep measured at its widest
     width; the narrowest candidate if none fits. Returns (width, estimated seconds of the stage or None)."""
     from ..errors import ConfigError
-    from ..training.run import TrainConfig
+    from ..training import TrainConfig
 
     widths = sorted(spec.widths)
     proxy, widest = widths[0], widths[-1]

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .. import data as data_mod
 from .._files import atomic_write, write_text_atomic
+from ..core.parametrization import parametrization_of
 from ..errors import ConfigError, MissingError, RunFolderError
 from ..records import RunResult, StepRecord
 from . import distributed
@@ -108,9 +109,7 @@ def _prepare_out(out: Path, cfg: TrainConfig, run: Run) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-        spec = run.model.lrm_spec
-        (tmp / "base_shapes.json").write_text(json.dumps({"head_dim": spec["base_head_dim"],
-                                                          "shapes": spec["base_shapes"]}, indent=1))
+        parametrization_of(run.model).base().save(tmp / "base_shapes.json")
         (tmp / "metrics.jsonl").touch()
         if out.exists():
             out.rmdir()
