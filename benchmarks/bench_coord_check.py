@@ -14,9 +14,15 @@ import time
 
 import torch
 
-from lrm_mup.tuning.coord_check import DEFAULT_BASE_WIDTH, DEFAULT_DELTA_WIDTH, DEFAULT_PROXY, DEFAULT_WIDTHS, coord_check
 from lrm_mup.data import load_corpus
 from lrm_mup.models import proxy
+from lrm_mup.tuning.coord_check import (
+    DEFAULT_BASE_WIDTH,
+    DEFAULT_DELTA_WIDTH,
+    DEFAULT_PROXY,
+    DEFAULT_WIDTHS,
+    coord_check,
+)
 
 
 def main():

@@ -227,10 +227,10 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from .report import write_tuning_report
+    from .pipelines.tuning_report import tuning_report
 
     out = args.out or f"reports/{Path(args.sweep).resolve().name}"
-    path = write_tuning_report(args.sweep, args.transfer, out, plotlyjs=args.plotlyjs)
+    path = tuning_report(args.sweep, args.transfer, out, plotlyjs=args.plotlyjs)
     print(f"tuning report: {path}")
     return 0
 

@@ -4,8 +4,8 @@ report read and write only records like these, never each other's internals.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from ._record import Record
 
@@ -47,3 +47,327 @@ class RunResult(Record):
         return (f"{self.status}: step {self.step}, train loss {self.train_loss:.4f} nats, "
                 f"val {self.val_bpb:.4f} bits/byte, {self.tokens:,} tokens, {self.flops:.3g} FLOPs, "
                 f"{self.seconds:.1f} s")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a sweep: one record per trial (lrm_mup.tuning.sweep.records)
+
+
+@dataclass(frozen=True)
+class SweepTrial(Record):
+    """One trial of a sweep, as its study holds it: Optuna `state` (COMPLETE, PRUNED, ...), the recipe, width and
+    seed(s) (`seed` None for a multi-seed tpe/random trial), log2 of its LR, the other search parameters in `params`
+    (None where one does not apply to the recipe), the final validation bits/byte (the cap for a diverged trial,
+    None if pruned), the last train loss (nats, seed mean; NaN when not finite), `status` (ok / diverged / pruned;
+    running / waiting / failed for unfinished ones), the pruner's or the divergence's `reason`, tokens, model
+    training FLOPs, wall and CPU seconds, and the TrainConfig dict of its first seed."""
+
+    SCHEMA: ClassVar[str] = "sweep-trial"
+    study: str
+    trial: int
+    state: str
+    recipe: str | None
+    width: int | None
+    log2_lr: float | None
+    val_bpb: float | None
+    train_loss: float
+    status: str
+    tokens: int = 0
+    flops: float = 0.0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    config: dict = field(default_factory=dict)
+    seed: int | None = None
+    seeds: tuple[int, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+
+    def param(self, name: str):
+        """A search parameter's value: log2_lr or one of `params` (None where it does not apply)."""
+        return self.log2_lr if name == "log2_lr" else self.params.get(name)
+
+    def row(self) -> dict:
+        """The tidy row: every field, with the search parameters as keys of their own (a pandas-friendly dict)."""
+        return {"study": self.study, "trial": self.trial, "state": self.state, "recipe": self.recipe,
+                "width": self.width, "seed": self.seed, "seeds": list(self.seeds), "log2_lr": self.log2_lr,
+                **self.params, "val_bpb": self.val_bpb, "train_loss": self.train_loss, "status": self.status,
+                "reason": self.reason, "tokens": self.tokens, "flops": self.flops, "seconds": self.seconds,
+                "cpu_seconds": self.cpu_seconds, "config": self.config}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what the sweep's trials say (lrm_mup.analysis)
+
+
+@dataclass(frozen=True)
+class BestSetting(Record):
+    """The best search-parameter setting of a recipe at a width: its parameters (log2_lr included), seed-mean
+    validation bits/byte, how many trials (seeds) it averages and the TrainConfig dict to train it again."""
+
+    SCHEMA: ClassVar[str] = "best-setting"
+    recipe: str
+    width: int | None
+    params: dict[str, Any]
+    val_bpb: float
+    trials: int
+    config: dict
+
+
+@dataclass(frozen=True)
+class LRCurve(Record):
+    """Final validation loss against log2 LR at one width of one recipe (LRs sorted): the seed mean per LR (inf where
+    a seed diverged), seeds per LR, and the optimum (argmin; None when every point diverged)."""
+
+    SCHEMA: ClassVar[str] = "lr-curve"
+    log2_lr: tuple[float, ...]
+    val_bpb: tuple[float, ...]
+    seeds: tuple[int, ...]
+    opt_log2_lr: float | None
+    opt_val_bpb: float | None
+
+
+@dataclass(frozen=True)
+class OptimumSpread(Record):
+    """How far a recipe's optimum log2 LR moves over the sweep's widths: the optimum per width, the spread
+    (max − min over widths with a finite optimum; None below two), the widest/narrowest width ratio, and whether
+    it stays within the transfer threshold (None: not measured)."""
+
+    SCHEMA: ClassVar[str] = "optimum-spread"
+    widths: tuple[int, ...]
+    opt_log2_lr: dict[int, float | None]
+    spread: float | None
+    width_ratio: float | None
+    transfers: bool | None
+
+
+@dataclass(frozen=True)
+class SweepCost(Record):
+    """Trials, tokens, model FLOPs and wall seconds summed over a set of trials."""
+
+    SCHEMA: ClassVar[str] = "sweep-cost"
+    trials: int
+    tokens: int
+    flops: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RecipeCosts(Record):
+    """A recipe's sweep cost: every trial (`all`) and those at its proxy width (`proxy`)."""
+
+    SCHEMA: ClassVar[str] = "recipe-costs"
+    proxy_width: int | None
+    all: SweepCost
+    proxy: SweepCost
+
+
+@dataclass(frozen=True)
+class SlopeFit(Record):
+    """Least-squares fit of log2(value) = intercept + slope · log2(width) over `n` points (value ∝ width^slope);
+    slope, intercept and r2 None when the points span fewer than two widths."""
+
+    SCHEMA: ClassVar[str] = "slope-fit"
+    slope: float | None
+    intercept: float | None
+    r2: float | None
+    n: int
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a transfer: its runs, per recipe what they say, the learned multipliers' width scaling (transfer.json)
+
+
+@dataclass(frozen=True)
+class TransferRun(Record):
+    """One training run of a transfer: its folder name (and `path`, relative to the transfer folder), recipe, width,
+    log2 LR offset from the transferred LR, seed, role (proxy / target / lr-sweep), LR, and how it ended (val_bpb
+    and train_loss None when not finite)."""
+
+    SCHEMA: ClassVar[str] = "transfer-run"
+    name: str
+    recipe: str
+    width: int
+    offset: int
+    seed: int
+    role: str
+    log2_lr: float
+    lr: float
+    status: str
+    val_bpb: float | None
+    train_loss: float | None
+    tokens: int
+    flops: float
+    seconds: float
+    path: str
+
+
+@dataclass(frozen=True)
+class LRSweep(Record):
+    """The direct LR sweep at the target width: log2 LR, offset from the transferred LR, seed-mean val bits/byte."""
+
+    SCHEMA: ClassVar[str] = "lr-sweep"
+    log2_lr: tuple[float, ...]
+    offset: tuple[int, ...]
+    val_bpb: tuple[float | None, ...]
+
+
+@dataclass(frozen=True)
+class TargetCost(Record):
+    """One target run's cost (the mean over its seeds)."""
+
+    SCHEMA: ClassVar[str] = "target-cost"
+    runs: int
+    tokens: float
+    flops: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RecipeTransfer(Record):
+    """What a recipe's transfer runs say: the transferred LR, seed-mean loss per width, the direct LR sweep at the
+    target, its optimum, the gaps (`lr_gap_log2` = transferred − optimum in log2 LR; `loss_gap_bpb` ≥ 0 what the
+    transferred LR costs; `optimum_at_edge`: the gap is a lower bound), a target run's cost, and each run's status."""
+
+    SCHEMA: ClassVar[str] = "recipe-transfer"
+    proxy_width: int
+    target_width: int
+    transferred_log2_lr: float
+    val_bpb_by_width: dict[str, float | None]
+    target_val_bpb: float | None
+    lr_sweep: LRSweep
+    target_optimum_log2_lr: float | None
+    target_optimum_val_bpb: float | None
+    lr_gap_log2: int | None
+    loss_gap_bpb: float | None
+    optimum_at_edge: bool
+    target_cost: TargetCost
+    status: dict[str, str]
+
+
+@dataclass(frozen=True)
+class LayerMultipliers(Record):
+    """One multiplied layer of an `lrm` run: role, kind, block, the fixed μP factor, the learned values (scale s,
+    mean |r| of the row vector, mean |c| of the column vector), learned = s·mean|r|·mean|c| and
+    total = fixed_mult × learned."""
+
+    SCHEMA: ClassVar[str] = "layer-multipliers"
+    module: str
+    role: str
+    kind: str
+    block: int | None
+    fixed_mult: float
+    learned: dict[str, float]
+    learned_product: float
+    total: float
+
+
+@dataclass(frozen=True)
+class MultiplierValues(Record):
+    """The multipliers of one `lrm` run (its folder `run`), layer by layer."""
+
+    SCHEMA: ClassVar[str] = "multiplier-values"
+    run: str
+    width: int
+    optimizer: str
+    placement: str
+    layers: tuple[LayerMultipliers, ...]
+
+
+@dataclass(frozen=True)
+class QuantityScaling(Record):
+    """One quantity (a role, a role's multiplier kind, or the query×key product) over widths: total, fixed and learned
+    values (geometric means; None where not positive-finite), their log-log slopes, r², and the paper's prediction."""
+
+    SCHEMA: ClassVar[str] = "quantity-scaling"
+    widths: tuple[int, ...]
+    total: tuple[float | None, ...]
+    fixed: tuple[float | None, ...]
+    learned: tuple[float | None, ...]
+    slope_total: float | None
+    slope_fixed: float | None
+    slope_learned: float | None
+    r2_total: float | None
+    r2_learned: float | None
+    predicted: float | None
+
+
+@dataclass(frozen=True)
+class MultiplierScaling(Record):
+    """Width scaling of the learned multipliers over `lrm` runs (paper Fig. 5), one `QuantityScaling` per quantity."""
+
+    SCHEMA: ClassVar[str] = "multiplier-scaling"
+    widths: tuple[int, ...]
+    runs: tuple[str, ...]
+    optimizer: str
+    placement: str
+    quantities: dict[str, QuantityScaling]
+
+
+@dataclass(frozen=True)
+class TransferSummary(Record):
+    """A transfer (transfer.json): where the best settings came from, the direct sweep's offsets, the proxy configs
+    per recipe, what each recipe's runs say, every run, the multipliers' width scaling (None, with the reason in
+    `multipliers_error` when it could not be read) and the wall seconds of the whole transfer."""
+
+    SCHEMA: ClassVar[str] = "transfer-summary"
+    source: str
+    lr_offsets: tuple[int, ...]
+    best: dict[str, dict]
+    recipes: dict[str, RecipeTransfer]
+    runs: tuple[TransferRun, ...]
+    multipliers: MultiplierScaling | None = None
+    multipliers_error: str | None = None
+    seconds: float | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# verdicts
+
+
+@dataclass(frozen=True)
+class CoordCheckVerdict(Record):
+    """One coordinate-check series' judgement (recipe, module, quantity), with the slope that decided it: at "t=0",
+    or the mean over "t=a..b"; it passed when within the threshold of the expected slope."""
+
+    SCHEMA: ClassVar[str] = "coord-check-verdict"
+    recipe: str
+    module: str
+    quantity: str
+    at: str
+    slope: float
+    expected: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class RecipeVerdict(Record):
+    """One recipe in the tuning verdict: μP or not, its optimum spread over the sweep's widths (and whether it stays
+    within the threshold: μP recipes only), its loss where the recipes are ranked, and the transfer's gaps."""
+
+    SCHEMA: ClassVar[str] = "recipe-verdict"
+    mu_p: bool
+    spread: float | None
+    widths: tuple[int, ...] | None
+    transfers: bool | None
+    target_val_bpb: float | None
+    lr_gap_log2: int | None
+    loss_gap_bpb: float | None
+    optimum_at_edge: bool | None
+
+
+@dataclass(frozen=True)
+class TuningVerdict(Record):
+    """Which recipe won, where (`where`: the transfer's target, or the sweep's widest width without a transfer), by
+    how much over the runner-up, the ranking, seeds per point (the fewest), and each recipe's verdict."""
+
+    SCHEMA: ClassVar[str] = "tuning-verdict"
+    where: str
+    threshold: float
+    ranking: tuple[str, ...]
+    recipes: dict[str, RecipeVerdict]
+    seeds: int
+    winner: str | None = None
+    margin_bpb: float | None = None
+    runner_up: str | None = None
+    target_width: int | None = None
+    winner_val_bpb: float | None = None

@@ -6,10 +6,10 @@ import re
 import pytest
 import torch
 
-from lrm_mup.tuning.coord_check import CoordCheckResult, coord_check
 from lrm_mup.data import load_corpus
 from lrm_mup.models import GPT, GPTConfig
 from lrm_mup.report import write_coord_check_report
+from lrm_mup.tuning.coord_check import CoordCheckResult, coord_check
 from tests.foreign import GPT2Style
 
 WIDTHS = (32, 64, 128, 256)

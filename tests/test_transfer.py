@@ -7,21 +7,12 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from lrm_mup.analysis import best_configs, fit_exponent, lr_curves, optimum_spread, sweep_costs
 from lrm_mup.cli import main
+from lrm_mup.errors import TransferError
+from lrm_mup.records import SweepTrial, TransferSummary
 from lrm_mup.training import TrainConfig, train
-from lrm_mup.tuning.transfer import (
-    TransferError,
-    best_configs,
-    fit_exponent,
-    load_best,
-    lr_curves,
-    multiplier_scaling,
-    multiplier_values,
-    optimum_spread,
-    plan_runs,
-    run_transfer,
-    sweep_costs,
-)
+from lrm_mup.tuning.transfer import load_best, multiplier_scaling, multiplier_values, plan_runs, run_transfer
 
 SLICE = "tests/data/shakespeare"
 TINY = {"base_width": 16, "depth": 1, "head_dim": 8, "context": 32, "batch": 4, "steps": 12, "eval_every": 100,
@@ -31,12 +22,12 @@ TINY = {"base_width": 16, "depth": 1, "head_dim": 8, "context": 32, "batch": 4, 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def record(cfg: TrainConfig, trial: int) -> dict:
-    """A real sweep record (the tidy row of lrm_mup.sweep.records) from one real training run."""
+def record(cfg: TrainConfig, trial: int) -> SweepTrial:
+    """A real sweep record (what lrm_mup.tuning.sweep.records returns) from one real training run."""
     r = train(cfg, progress=False)
-    return {"study": "test", "trial": trial, "state": "COMPLETE", "recipe": cfg.recipe, "width": cfg.width,
-            "seed": cfg.seed, "log2_lr": math.log2(cfg.lr), "val_bpb": r.val_bpb, "train_loss": r.train_loss,
-            "status": r.status, "tokens": r.tokens, "flops": r.flops, "seconds": r.seconds, "config": asdict(cfg)}
+    return SweepTrial(study="test", trial=trial, state="COMPLETE", recipe=cfg.recipe, width=cfg.width,
+                      seed=cfg.seed, log2_lr=math.log2(cfg.lr), val_bpb=r.val_bpb, train_loss=r.train_loss,
+                      status=r.status, tokens=r.tokens, flops=r.flops, seconds=r.seconds, config=asdict(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +36,7 @@ def records():
     rows = [record(TrainConfig(recipe=recipe, width=16, lr=2.0 ** lr, **TINY), i) for i, (recipe, lr) in
             enumerate(grid)]
     diverged = record(TrainConfig(recipe="sp", width=16, lr=2.0 ** 13, **{**TINY, "clip": 0.0, "steps": 30}), 4)
-    assert diverged["status"] == "diverged"
+    assert diverged.status == "diverged"
     return rows + [diverged]
 
 
@@ -60,44 +51,44 @@ def transfer(records, tmp_path_factory):
 def test_record_analysis_finds_the_seed_mean_optimum(records):
     curves = lr_curves(records)
     for recipe in ("sp", "lrm"):
-        mine = {r["log2_lr"]: r["val_bpb"] for r in records if r["recipe"] == recipe and r["status"] == "ok"}
+        mine = {r.log2_lr: r.val_bpb for r in records if r.recipe == recipe and r.status == "ok"}
         best = min(mine, key=mine.get)
-        assert curves[recipe][16]["opt_log2_lr"] == best and curves[recipe][16]["opt_val_bpb"] == mine[best]
-        assert curves[recipe][16]["log2_lr"][:2] == [-7, -5]
-    assert curves["sp"][16]["log2_lr"][2] == 13 and curves["sp"][16]["val_bpb"][2] == math.inf  # diverged
-    assert optimum_spread(curves)["lrm"]["spread"] is None  # one width: no spread to speak of
+        assert curves[recipe][16].opt_log2_lr == best and curves[recipe][16].opt_val_bpb == mine[best]
+        assert curves[recipe][16].log2_lr[:2] == (-7, -5)
+    assert curves["sp"][16].log2_lr[2] == 13 and curves["sp"][16].val_bpb[2] == math.inf  # diverged
+    assert optimum_spread(curves)["lrm"].spread is None  # one width: no spread to speak of
     best = best_configs(records)
-    assert set(best) == {"sp", "lrm"} and best["lrm"]["lr"] == 2.0 ** curves["lrm"][16]["opt_log2_lr"]
+    assert set(best) == {"sp", "lrm"} and best["lrm"]["lr"] == 2.0 ** curves["lrm"][16].opt_log2_lr
     costs = sweep_costs(records)
-    assert costs["lrm"]["proxy"]["trials"] == 2 and costs["sp"]["proxy"]["trials"] == 3  # diverged ones cost too
-    assert costs["lrm"]["proxy"]["tokens"] == sum(r["tokens"] for r in records if r["recipe"] == "lrm")
+    assert costs["lrm"].proxy.trials == 2 and costs["sp"].proxy.trials == 3  # diverged ones cost too
+    assert costs["lrm"].proxy.tokens == sum(r.tokens for r in records if r.recipe == "lrm")
 
 
 def test_transfer_trains_targets_and_the_direct_lr_sweep(transfer, records):
     out, summary, lines = transfer
-    assert json.loads((out / "transfer.json").read_text()) == json.loads(json.dumps(summary))
+    assert TransferSummary.from_json(out / "transfer.json") == summary
     names = {p.name for p in (out / "runs").iterdir()}
     for recipe in ("sp", "lrm"):
         assert {f"{recipe}-w16-lr+0", f"{recipe}-w32-lr+0", f"{recipe}-w32-lr-1", f"{recipe}-w32-lr+1"} <= names
     assert len(lines) == 8 and all(line.startswith("[") and "bpb" in line for line in lines)
-    for recipe, s in summary["recipes"].items():
-        runs = {(r["width"], r["offset"]): r for r in summary["runs"] if r["recipe"] == recipe}
-        assert s["proxy_width"] == 16 and s["target_width"] == 32
+    for recipe, s in summary.recipes.items():
+        runs = {(r.width, r.offset): r for r in summary.runs if r.recipe == recipe}
+        assert s.proxy_width == 16 and s.target_width == 32
         # same base for proxy and target; only the width and the LR move
         cfg = json.loads((out / "runs" / f"{recipe}-w32-lr+1" / "config.json").read_text())
-        assert cfg["base_width"] == 16 and cfg["lr"] == pytest.approx(2 * summary["best"][recipe]["lr"])
+        assert cfg["base_width"] == 16 and cfg["lr"] == pytest.approx(2 * summary.best[recipe]["lr"])
         # the gaps are what the three target runs say
-        sweep = {o: runs[(32, o)]["val_bpb"] for o in (-1, 0, 1)}
+        sweep = {o: runs[(32, o)].val_bpb for o in (-1, 0, 1)}
         best_offset = min(sweep, key=sweep.get)
-        assert s["target_val_bpb"] == sweep[0]
-        assert s["lr_gap_log2"] == -best_offset
-        assert s["target_optimum_log2_lr"] == pytest.approx(s["transferred_log2_lr"] + best_offset)
-        assert s["loss_gap_bpb"] == pytest.approx(sweep[0] - sweep[best_offset]) and s["loss_gap_bpb"] >= 0
-        assert s["optimum_at_edge"] == (best_offset != 0)
-        assert s["target_cost"]["tokens"] == runs[(32, 0)]["tokens"] > 0
+        assert s.target_val_bpb == sweep[0]
+        assert s.lr_gap_log2 == -best_offset
+        assert s.target_optimum_log2_lr == pytest.approx(s.transferred_log2_lr + best_offset)
+        assert s.loss_gap_bpb == pytest.approx(sweep[0] - sweep[best_offset]) and s.loss_gap_bpb >= 0
+        assert s.optimum_at_edge == (best_offset != 0)
+        assert s.target_cost.tokens == runs[(32, 0)].tokens > 0
     # the lrm runs at 16 and 32 feed the multiplier fit
-    assert summary["multipliers"]["widths"] == [16, 32]
-    assert summary["multipliers"]["quantities"]["query×key"]["predicted"] == -2.0
+    assert summary.multipliers.widths == (16, 32)
+    assert summary.multipliers.quantities["query×key"].predicted == -2.0
 
 
 def test_an_interrupted_transfer_continues_without_retraining(transfer):
@@ -105,7 +96,7 @@ def test_an_interrupted_transfer_continues_without_retraining(transfer):
     lines = []
     again = run_transfer(out, out, widths=[32], lr_offsets=[-1, 1], log=lines.append)  # best.json of the folder
     assert all("done before" in line for line in lines)
-    assert again["recipes"] == summary["recipes"]
+    assert again.recipes == summary.recipes
 
 
 def test_parallel_workers_give_the_same_runs(transfer, tmp_path):
@@ -114,9 +105,9 @@ def test_parallel_workers_give_the_same_runs(transfer, tmp_path):
     again = run_transfer(out / "best.json", tmp_path / "par", widths=[32], lr_offsets=[-1, 1], workers=2,
                          log=lines.append)
     assert len(lines) == 8 and not any("done before" in line for line in lines)
-    for a, b in zip(summary["runs"], again["runs"]):
-        assert a["name"] == b["name"] and b["status"] == "ok"
-        assert b["val_bpb"] == pytest.approx(a["val_bpb"], rel=1e-4)  # one thread per worker: same numbers
+    for a, b in zip(summary.runs, again.runs):
+        assert a.name == b.name and b.status == "ok"
+        assert b.val_bpb == pytest.approx(a.val_bpb, rel=1e-4)  # one thread per worker: same numbers
 
 
 def test_exponent_fit_recovers_planted_multipliers(tmp_path):
@@ -125,7 +116,7 @@ def test_exponent_fit_recovers_planted_multipliers(tmp_path):
         cfg = TrainConfig(recipe="lrm", placement="scalar", width=w, **{**TINY, "steps": 3})
         train(cfg, tmp_path / f"w{w}", progress=False)
         dirs.append(tmp_path / f"w{w}")
-    before = multiplier_scaling(dirs)["quantities"]
+    before = multiplier_scaling(dirs).quantities
     for d in dirs:  # plant: readout s = 0.7·w^-1 exactly; query and key scaled by w^-1/2 each
         w = json.loads((d / "config.json").read_text())["width"]
         state = torch.load(d / "checkpoint.pt", weights_only=True)
@@ -133,26 +124,26 @@ def test_exponent_fit_recovers_planted_multipliers(tmp_path):
         for name in ("blocks.0.attn.q.mult_scale", "blocks.0.attn.k.mult_scale"):
             state["model"][name].mul_(w ** -0.5)
         torch.save(state, d / "checkpoint.pt")
-    fits = multiplier_scaling(dirs)["quantities"]
+    fits = multiplier_scaling(dirs).quantities
     head = fits["readout"]
-    assert head["slope_learned"] == pytest.approx(-1.0, abs=1e-6)
-    assert head["slope_fixed"] == pytest.approx(-1.0, abs=1e-6)  # μP's fixed readout factor 1/m
-    assert head["slope_total"] == pytest.approx(-2.0, abs=1e-6) and head["predicted"] == -1.0
-    assert head["learned"][0] == pytest.approx(0.7 / 16, rel=1e-6)
+    assert head.slope_learned == pytest.approx(-1.0, abs=1e-6)
+    assert head.slope_fixed == pytest.approx(-1.0, abs=1e-6)  # μP's fixed readout factor 1/m
+    assert head.slope_total == pytest.approx(-2.0, abs=1e-6) and head.predicted == -1.0
+    assert head.learned[0] == pytest.approx(0.7 / 16, rel=1e-6)
     qk = fits["query×key"]
-    assert qk["slope_learned"] == pytest.approx(before["query×key"]["slope_learned"] - 1.0, abs=1e-5)
-    assert qk["slope_fixed"] == pytest.approx(-2.0, abs=1e-6) and qk["predicted"] == -2.0
+    assert qk.slope_learned == pytest.approx(before["query×key"].slope_learned - 1.0, abs=1e-5)
+    assert qk.slope_fixed == pytest.approx(-2.0, abs=1e-6) and qk.predicted == -2.0
     # untouched roles stay as trained: 3 steps leave the learned part flat
-    assert abs(fits["mlp_down"]["slope_learned"]) < 0.05 and fits["mlp_down"]["predicted"] == -1.0
-    assert fits["embedding"]["predicted"] == 0.0
+    assert abs(fits["mlp_down"].slope_learned) < 0.05 and fits["mlp_down"].predicted == -1.0
+    assert fits["embedding"].predicted == 0.0
     table = multiplier_values(dirs[0])
-    assert {x["role"] for x in table["layers"]} >= {"readout", "query", "key", "embedding"}
+    assert {x.role for x in table.layers} >= {"readout", "query", "key", "embedding"}
 
 
 def test_fit_exponent_on_exact_power_laws():
     widths = [128, 256, 512, 1024]
-    assert fit_exponent(widths, [3 * w ** -2 for w in widths])["slope"] == pytest.approx(-2.0)
-    assert fit_exponent([64], [1.0])["slope"] is None
+    assert fit_exponent(widths, [3 * w ** -2 for w in widths]).slope == pytest.approx(-2.0)
+    assert fit_exponent([64], [1.0]).slope is None
 
 
 def test_bad_input_is_a_clear_error(tmp_path, records, transfer, capsys):

@@ -51,12 +51,6 @@ class _Multiplied:
             value = nn.Parameter(torch.ones(sizes[m], dtype=w.dtype, device=w.device)) if m in record.learned else None
             self.register_parameter(f"mult_{m}", value)
 
-    @property
-    def lrm_info(self) -> LayerParametrization:
-        """TEMPORARY (issue 9 merge): the old name, read by training/ and tuning/transfer.py until they read
-        `parametrization`. Delete at merge."""
-        return self.parametrization
-
     def learned_multipliers(self) -> dict[str, nn.Parameter]:
         return {m: p for m in MULTIPLIERS if (p := getattr(self, f"mult_{m}")) is not None}
 

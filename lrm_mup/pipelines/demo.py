@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MissingError
+from ..records import SweepTrial
 
 DEMO_TOML = Path(__file__).resolve().parent / "demo.toml"  # package data: a wheel install has it
 
@@ -61,7 +62,7 @@ def demo_spec(raw: dict, *, quick: bool = False, data: str | None = None) -> dic
 TRANSFER_BUDGET_S = 360  # the transfer stage's share of the demo's ~15 minutes (2 CPU cores)
 
 
-def target_width(spec, records: list[dict], workers: int = 1,
+def target_width(spec, records: list[SweepTrial], workers: int = 1,
                  budget_s: float = TRANSFER_BUDGET_S) -> tuple[int, float | None]:
     """One target width, wider than anything the sweep saw: the widest of 4 × proxy, 2 × and 1.5 × the widest sweep
     width (multiples of the proxy width) whose transfer stage (per recipe: the proxy run and 1 + len(LR_OFFSETS)
@@ -81,10 +82,10 @@ def target_width(spec, records: list[dict], workers: int = 1,
             continue
     if not candidates:
         return 2 * widest, None
-    measured = [r for r in records if r.get("width") == widest and r.get("status") == "ok" and r.get("flops")]
+    measured = [r for r in records if r.width == widest and r.status == "ok" and r.flops]
     if not measured:
         return candidates[0][0], None
-    s_per_flop = sum(r["seconds"] for r in measured) / sum(r["flops"] for r in measured)
+    s_per_flop = sum(r.seconds for r in measured) / sum(r.flops for r in measured)
 
     def run_flops(cfg) -> float:
         with torch.device("meta"):
@@ -115,10 +116,11 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
     sweep and of the transfer (default: 2 cores' worth, one thread each; 1 with `quick`)."""
     from ..data import load_corpus
     from ..models import MODELS
-    from ..report import write_coord_check_report, write_tuning_report
+    from ..report import write_coord_check_report
     from ..tuning import sweep as sweep_mod
     from ..tuning.coord_check import CoordCheckResult, coord_check
     from ..tuning.transfer import format_summary, run_transfer
+    from .tuning_report import tuning_report
 
     if workers is not None and not (isinstance(workers, int) and workers >= 1):
         raise sweep_mod.SweepError(f"workers must be a positive integer, not {workers!r}")
@@ -189,7 +191,7 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
 
         # 4. the report
         stage(4, "tuning report")
-        path = write_tuning_report(out / "sweep", out / "transfer", out / "report")
+        path = tuning_report(out / "sweep", out / "transfer", out / "report")
     finally:
         torch.set_num_threads(threads)
     log(f"demo done in {time.perf_counter() - start:.0f} s. Reports:\n  {path}\n  {paths['html']}")

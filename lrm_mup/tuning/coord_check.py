@@ -17,7 +17,8 @@ records at each step t (t=0 is the init, before any update), per module:
     dy    ‖ΔW·x‖/‖W·x‖: the change of each matrix's output caused by its own update, on the measurement batch
     mult  mean |value| of each learnable multiplier (recipe lrm)
 
-The verdict fits, for every series (recipe, module, quantity) and step, the slope of log2(seed-mean value) against
+The verdict (`lrm_mup.analysis`: `slopes`, `judge`, `CoordCheckResult`; this module only measures) fits, for every
+series (recipe, module, quantity) and step, the slope of log2(seed-mean value) against
 log2(width) by least squares. A series is judged twice: at the init (t=0, where μP's readout and attention scaling
 show) and by its MEAN slope over the last `last_steps` steps (the training dynamics; the mean, because step-to-step
 jitter of a fit is noise while a sustained drift is not, and one blown-up step still moves the mean by its share).
@@ -28,87 +29,32 @@ quantity is zero at every width (updates at t=0) is skipped with a note.
 """
 from __future__ import annotations
 
-import fnmatch
-import json
-import math
-import os
 import sys
 from collections import defaultdict
-from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import analysis
+from ..analysis import EXPECTED, LOGITS, QUANTITIES, Expected, Verdict
 from ..core.multipliers import multiplied_modules
 from ..core.optim import build_optimizer, clip_grad_norm_
 from ..core.recipes import RECIPES, parametrize
 from ..core.roles import HIDDEN
 from ..core.shapes import base_shapes
 from ..data import Corpus, load_corpus
+from ..errors import CoordCheckError
 
-QUANTITIES = {
-    "act": "mean |activation|",
-    "dw": "‖ΔW‖/‖W‖ (spectral for hidden matrices)",
-    "dy": "‖ΔW·x‖/‖W·x‖",
-    "mult": "mean |multiplier|",
-}
-LOGITS = "logits"
+__all__ = ["coord_check", "CoordCheckResult", "Verdict", "Expected", "EXPECTED", "QUANTITIES", "LOGITS",
+           "DEFAULT_WIDTHS", "DEFAULT_BASE_WIDTH", "DEFAULT_DELTA_WIDTH", "DEFAULT_PROXY"]
+
 # What `lrm-mup coord-check` runs by default (benchmarks/bench_coord_check.py times it: < 2 min on 2 CPU cores):
 # the proxy at these widths with these GPTConfig fields (its context set to the check's), and coord_check's defaults.
 DEFAULT_WIDTHS = (64, 128, 256, 512)
 DEFAULT_BASE_WIDTH, DEFAULT_DELTA_WIDTH = 64, 128
 DEFAULT_PROXY = {"depth": 2, "head_dim": 32}
-
-
-@dataclass(frozen=True)
-class Expected:
-    """A width dependence that μP itself prescribes, declared with its reason instead of being skipped. It applies
-    to recipes with μP's readout and attention (all but sp), to series whose module matches `module` (a pattern)
-    or has `role`, at `step` (None: every step)."""
-
-    name: str
-    quantity: str
-    module: str | None
-    role: str | None
-    step: int | None
-    exponent: float   # expected slope per doubling of `of`
-    of: str           # "width" or "head_dim"
-    reason: str
-
-    def applies(self, recipe: str, module: str, quantity: str, step: int, roles: dict[str, str]) -> bool:
-        rec = RECIPES.get(recipe)
-        return (rec is not None and rec.mup_readout and quantity == self.quantity
-                and self.step in (None, step)
-                and (fnmatch.fnmatchcase(module, self.module) if self.module else roles.get(module) == self.role))
-
-
-EXPECTED = (
-    Expected("logits at init", "act", LOGITS, None, 0, -0.5, "width",
-             "μP readout init W ~ 1/width: the logits sum width terms of random sign, so they are ~ width^-1/2 "
-             "until the first updates (Θ(1)) dominate"),
-    Expected("attention logits at init", "act", "*.logits", None, 0, -0.5, "head_dim",
-             "μP attention α/d_head: q·k sums d_head independent terms at init (~ d_head^1/2), times 1/d_head gives "
-             "d_head^-1/2; no width dependence where widening adds heads at a fixed head dim"),
-    Expected("query output", "act", None, "query", None, -0.5, "head_dim",
-             "μP's α/d_head is applied as the query's fixed multiplier √(d_head,base/d_head) (SDPA keeps its "
-             "1/√d_head), so the query's output carries that factor at every step; none at a fixed head dim"),
-)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One series' judgement, with the slope that decided it: at "t=0", or the mean over "t=a..b"."""
-
-    recipe: str
-    module: str
-    quantity: str
-    at: str
-    slope: float
-    expected: float
-    passed: bool
 
 
 def coord_check(
@@ -145,12 +91,12 @@ def coord_check(
     """
     widths = sorted(set(widths))
     if len(widths) < 2:
-        raise ValueError(f"widths {widths}: a slope needs at least two widths")
+        raise CoordCheckError(f"widths {widths}: a slope needs at least two widths")
     if not 1 <= last_steps <= steps:
-        raise ValueError(f"last_steps={last_steps} must be between 1 and steps={steps}")
+        raise CoordCheckError(f"last_steps={last_steps} must be between 1 and steps={steps}")
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
-        raise ValueError(f"unknown recipe {unknown[0]!r}; allowed: {', '.join(RECIPES)}")
+        raise CoordCheckError(f"unknown recipe {unknown[0]!r}; allowed: {', '.join(RECIPES)}")
     corpus = corpus if corpus is not None else load_corpus(None, progress=progress)
     shapes = base_shapes(build(base_width), build(delta_width))
     runs = [(r, w, s) for r in recipes for w in widths for s in range(seeds)]
@@ -170,7 +116,8 @@ def coord_check(
     config = {"widths": widths, "base_width": base_width, "delta_width": delta_width, "recipes": list(recipes),
               "steps": steps, "seeds": seeds, "lr": lr, "weight_decay": weight_decay, "optimizer": optimizer,
               "corpus": corpus.name, "batch_size": batch_size, "context": context, "fresh_batches": fresh_batches,
-              "threshold": threshold, "last_steps": last_steps, "head_dims": head_dims, "roles": roles}
+              "threshold": threshold, "last_steps": last_steps, "head_dims": head_dims, "roles": roles,
+              "mup_readout": mup_readout(recipes)}
     return CoordCheckResult(config, records)
 
 
@@ -332,172 +279,19 @@ def _train_and_record(model, opt, batches, steps) -> tuple[list[dict], int | Non
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Verdicts
+# The result: the verdicts are lrm_mup.analysis's
 
 
-def slope(widths: Sequence[float], values: Sequence[float]) -> float:
-    """Least-squares slope of log2(value) against log2(width); nan for a non-finite value, ±inf for a zero one."""
-    v = np.asarray(values, dtype=float)
-    if not np.all(np.isfinite(v)) or np.any(v < 0):
-        return math.nan
-    if np.any(v == 0):
-        return math.inf
-    return float(np.polyfit(np.log2(np.asarray(widths, dtype=float)), np.log2(v), 1)[0])
+def mup_readout(recipes: Sequence[str]) -> list[str]:
+    """The recipes with μP's readout and attention scaling (all but sp): where the declared exceptions apply."""
+    return [r for r in recipes if r in RECIPES and RECIPES[r].mup_readout]
 
 
-def seed_means(records: list[dict]) -> dict[tuple, dict[int, dict[int, float]]]:
-    """(recipe, module, quantity) -> step -> width -> mean value over seeds."""
-    sums = defaultdict(lambda: [0.0, 0])
-    for r in records:
-        acc = sums[(r["recipe"], r["module"], r["quantity"], r["step"], r["width"])]
-        acc[0] += r["value"]
-        acc[1] += 1
-    means: dict = defaultdict(lambda: defaultdict(dict))
-    for (recipe, module, quantity, step, width), (total, n) in sums.items():
-        means[(recipe, module, quantity)][step][width] = total / n
-    return means
-
-
-def slopes(records: list[dict], head_dims: dict | None = None, roles: dict | None = None) -> list[dict]:
-    """One row per (recipe, module, quantity, step): the fitted slope, the expected slope and the declared
-    exception behind it (if any). A step where the quantity is zero at every width gets slope None and a note.
-    head_dims: {width: head dim}, roles: {module: role}, for the exceptions that depend on them."""
-    widths = sorted({r["width"] for r in records})
-    per_doubling = {"width": 1.0, "head_dim": _head_dim_exponent(head_dims or {}, widths)}
-    rows = []
-    for (recipe, module, quantity), by_step in seed_means(records).items():
-        for step, by_width in sorted(by_step.items()):
-            values = [by_width.get(w, math.nan) for w in widths]
-            declared = next((e for e in EXPECTED if e.applies(recipe, module, quantity, step, roles or {})), None)
-            row = {"recipe": recipe, "module": module, "quantity": quantity, "step": step,
-                   "slope": slope(widths, values), "values": values,
-                   "expected": declared.exponent * per_doubling[declared.of] + 0.0 if declared else 0.0,  # no -0.0
-                   "exception": declared.name if declared else None, "note": None}
-            if all(v == 0 for v in values):
-                row["slope"], row["note"] = None, "zero at every width"
-            elif not math.isfinite(row["slope"]):
-                row["note"] = "non-finite value" if math.isnan(row["slope"]) else "zero at some widths"
-            rows.append(row)
-    return rows
-
-
-def _head_dim_exponent(head_dims: dict, widths: list[int]) -> float:
-    """How the head dim grows with width (0: widening adds heads; 1: a fixed number of heads)."""
-    dims = [head_dims.get(w, head_dims.get(str(w))) for w in widths]
-    return round(slope(widths, dims), 6) + 0.0 if all(dims) else 0.0
-
-
-def judge(slope_rows: list[dict], steps: int, last_steps: int, threshold: float) -> list[Verdict]:
-    """A verdict per series from its slope at t=0 and its mean slope over the last `last_steps` steps, whichever is
-    further from the expected one; skipped steps (zero at every width) do not count."""
-    series = defaultdict(list)
-    for row in slope_rows:
-        series[(row["recipe"], row["module"], row["quantity"])].append(row)
-    verdicts = []
-    for key, rows in series.items():
-        checks = _checks(rows, steps, last_steps)
-        if checks:
-            at, slope_, expected = max(checks, key=lambda c: _deviation(c[1], c[2]))
-            verdicts.append(Verdict(*key, at, slope_, expected, _deviation(slope_, expected) < threshold))
-    return verdicts
-
-
-def _checks(rows: list[dict], steps: int, last_steps: int) -> list[tuple[str, float, float]]:
-    """(when, slope, expected) of one series: at t=0, and the means over the last `last_steps` steps."""
-    late = [r for r in rows if r["step"] > steps - last_steps and r["slope"] is not None]
-    checks = [("t=0", r["slope"], r["expected"]) for r in rows if r["step"] == 0 and r["slope"] is not None]
-    if late:
-        first, last = late[0]["step"], late[-1]["step"]
-        checks.append((f"t={first}..{last}" if first != last else f"t={first}",
-                       float(np.mean([r["slope"] for r in late])), float(np.mean([r["expected"] for r in late]))))
-    return checks
-
-
-def _deviation(slope_: float, expected: float) -> float:
-    d = abs(slope_ - expected)
-    return math.inf if math.isnan(d) else d
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The result
-
-
-class CoordCheckResult:
-    """Every recorded number (`records`, one dict per recipe, width, seed, step, module, quantity), the slopes per
-    step (`slopes`) and one `Verdict` per series (`verdicts`)."""
+class CoordCheckResult(analysis.CoordCheckResult):
+    """`lrm_mup.analysis.CoordCheckResult` with the config's "mup_readout" recipes filled in from the recipe table
+    when it does not list them (planted configs, results saved before it was written)."""
 
     def __init__(self, config: dict, records: list[dict]):
-        self.config, self.records = config, records
-        self.slopes = slopes(records, config.get("head_dims"), config.get("roles"))
-        self.verdicts = judge(self.slopes, config["steps"], config["last_steps"], config["threshold"])
-
-    def passed(self, recipe: str) -> bool:
-        verdicts = [v for v in self.verdicts if v.recipe == recipe]
-        if not verdicts:
-            raise ValueError(f"recipe {recipe!r} was not checked; checked: {', '.join(self.config['recipes'])}")
-        return all(v.passed for v in verdicts)
-
-    def failures(self, recipe: str) -> list[Verdict]:
-        """Failed series of `recipe`, worst first."""
-        return sorted((v for v in self.verdicts if v.recipe == recipe and not v.passed),
-                      key=lambda v: -_deviation(v.slope, v.expected))
-
-    def summary(self, worst: int = 5) -> str:
-        """The verdict per recipe with its worst series, the declared exceptions as measured, and what was skipped."""
-        c = self.config
-        late = f"t={c['steps'] - c['last_steps'] + 1}..{c['steps']}"
-        lines = [
-            f"coordinate check: widths {', '.join(map(str, c['widths']))} (base {c['base_width']}), "
-            f"{c['steps']} steps, {c['seeds']} seeds, {c['optimizer']} lr {c['lr']:g}, "
-            f"batch {c['batch_size']}×{c['context']} of {c['corpus']} "
-            f"({'a fresh batch per step' if c['fresh_batches'] else 'one fixed batch'})",
-            f"a series passes when its slope of log2 value against log2 width is within {c['threshold']:g} of the "
-            f"expected slope (0 unless declared below) at t=0 and on average over {late}",
-        ]
-        for recipe in c["recipes"]:
-            verdicts = [v for v in self.verdicts if v.recipe == recipe]
-            n_pass = sum(v.passed for v in verdicts)
-            lines.append(f"{recipe:8s} {'PASS' if n_pass == len(verdicts) else 'FAIL'}  "
-                         f"{n_pass}/{len(verdicts)} series pass")
-            for v in self.failures(recipe)[:worst]:
-                lines.append(f"    {v.quantity:4s} {v.module:28s} slope {v.slope:+.2f} at {v.at}"
-                             + (f" (expected {v.expected:+.2f})" if v.expected else ""))
-        lines.append("declared exceptions (slopes μP prescribes; judged against them instead of 0):")
-        for e in EXPECTED:
-            lines.append(f"    {e.name}: {e.reason}")
-            series = defaultdict(list)
-            for r in self.slopes:
-                if r["exception"] == e.name:
-                    series[(r["recipe"], r["module"])].append(r)
-            checks = {key: _checks(rows, c["steps"], c["last_steps"]) for key, rows in series.items()}
-            if not checks:
-                lines.append("        (no checked recipe has it)")
-            elif all(x == 0 for found in checks.values() for _, _, x in found):
-                worst_ = max(abs(s) for found in checks.values() for _, s, _ in found)
-                lines.append(f"        expected slope 0 here: the head dim is the same at every width "
-                             f"(measured |slope| <= {worst_:.2f})")
-            else:
-                for recipe in c["recipes"]:
-                    got = [f"{module} " + ", ".join(f"{s:+.2f} at {at} (expected {x:+.2f})" for at, s, x in found)
-                           for (r, module), found in checks.items() if r == recipe]
-                    if got:
-                        lines.append(f"        {recipe}: " + "; ".join(got))
-        skipped = sorted({(r["quantity"], r["step"]) for r in self.slopes if r["note"] == "zero at every width"})
-        if skipped:
-            lines.append("skipped, zero at every width: " + ", ".join(f"{q} at t={t}" for q, t in skipped)
-                         + " (no update has happened yet at t=0)")
-        return "\n".join(lines)
-
-    def to_json(self, path: str | os.PathLike) -> None:
-        data = {"config": self.config, "exceptions": [asdict(e) for e in EXPECTED],
-                "verdicts": [asdict(v) for v in self.verdicts], "slopes": self.slopes, "records": self.records}
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(data, f, allow_nan=True)
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "CoordCheckResult":
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        config = data["config"]
-        config["head_dims"] = {int(w): d for w, d in config.get("head_dims", {}).items()}
-        return cls(config, data["records"])
+        if "mup_readout" not in config:
+            config = {**config, "mup_readout": mup_readout(config["recipes"])}
+        super().__init__(config, records)

@@ -1,7 +1,7 @@
 """Hyperparameter transfer: train the proxy's best settings at target widths, and read off how well they transferred.
 
 `run_transfer(best, out_dir)` takes the best proxy configuration per recipe (a sweep folder via
-`lrm_mup.sweep.best_params`, or a JSON file {recipe: TrainConfig dict}; `load_best`) and trains, per recipe:
+`lrm_mup.tuning.sweep.best_params`, or a JSON file {recipe: TrainConfig dict}; `load_best`) and trains, per recipe:
 
 - the proxy config again at the proxy width (the reference point of the width-scaling fits),
 - the same config at each target width, with `base_width`/`delta_width` untouched so that proxy and target share one
@@ -27,148 +27,48 @@ log2(multiplier) against log2(width) per module role: the total multiplier fixed
 the learned part alone, next to the paper's predictions (d⁻¹ for matrices and the LM head, d⁻² for the query·key
 product, d⁰ for the embedding). When the fixed μP factor is right the learned part is about flat.
 
-The record analysis (`lr_curves`, `best_configs`, `sweep_costs`) works on the tidy rows of `lrm_mup.sweep.records`.
+Every number computed from the runs (the per-recipe summary, the width-scaling fits, and the analysis of sweep
+trials) is `lrm_mup.analysis`'s; this module plans and runs the transfer and reads run folders into records
+(`TransferSummary`, `MultiplierValues`).
 """
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, MissingError, TransferError
-from ..training import distributed
-from ..training.run import TrainConfig, TrainResult, train
+from .. import analysis
+from .._files import threads_per_worker, write_json_atomic
+from ..core.multipliers import multiplied_modules
+from ..data import load_corpus
+from ..errors import ConfigError, MissingError, RecordError, TransferError
+from ..records import LayerMultipliers, MultiplierScaling, MultiplierValues, SweepTrial, TransferRun, TransferSummary
+from ..training import TrainConfig, TrainResult, distributed, parametrized_model, train
+from . import sweep
+
+__all__ = ["run_transfer", "plan_runs", "PlannedRun", "run_one", "load_best", "sweep_spec", "sweep_records",
+           "load_transfer", "summarize", "multiplier_values", "multiplier_scaling", "format_scaling",
+           "format_summary", "default_widths", "shift_lr", "SUMMARY", "BEST", "DEFAULT_OFFSETS"]
 
 SUMMARY = "transfer.json"
 BEST = "best.json"
 DEFAULT_OFFSETS = (-2, -1, 1, 2)
 CPU_FACTORS = (4, 8)                # default target widths on CPU: 4× and 8× the proxy width
 GPU_WIDTHS = (1024, 2048, 4096)     # default target widths on CUDA (bf16 autocast and compile come with the device)
-MU_P_RECIPES = ("lr-only", "lr-wd", "mup", "lrm")
-SPREAD_OK = 1.0                     # REFERENCE §3: optimum log2 LR spread over widths ≤ 1 for μP
-
-# paper's width exponent of the total multiplier (Table 1 "through the multiplier", Fig. 5); Muon's spectral update
-# needs no width factor on hidden matrices (recipes.py), so their prediction under Muon is d⁰
-PREDICTED = {"embedding": 0.0, "input": 0.0, "readout": -1.0, "query×key": -2.0}
-HIDDEN_ROLES = ("query", "key", "value", "attn_out", "mlp_gate", "mlp_up", "mlp_down", "hidden")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# small helpers
 
 
 def _finite(x) -> float | None:
     """JSON-safe number: NaN/inf become None."""
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
-
-
-def _log2(x: float) -> float:
-    return math.log2(x)
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
-
-
-def _loss(record: dict) -> float:
-    """A record's final validation loss; diverged (or non-finite) counts as +inf, as in an argmin over a grid."""
-    value = record.get("val_bpb")
-    if record.get("status") == "diverged" or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return math.inf
-    return float(value)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# analysis of sweep records (tidy rows of lrm_mup.sweep.records)
-
-
-def usable(records: Iterable[dict]) -> list[dict]:
-    """Finished trials: status ok or diverged (pruned and unfinished trials say nothing about the final loss)."""
-    return [r for r in records if r.get("status") in ("ok", "diverged")]
-
-
-def lr_curves(records: Iterable[dict]) -> dict[str, dict[int, dict]]:
-    """{recipe: {width: {"log2_lr": [...], "val_bpb": [...] (seed mean, inf if a seed diverged), "seeds": [...],
-    "opt_log2_lr", "opt_val_bpb"}}}, LRs sorted. The optimum is the argmin of the seed-mean final loss
-    (REFERENCE §3); None when every point diverged."""
-    groups: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in usable(records):
-        groups[r["recipe"]][int(r["width"])][round(float(r["log2_lr"]), 9)].append(_loss(r))
-    out: dict = {}
-    for recipe in sorted(groups):
-        out[recipe] = {}
-        for width in sorted(groups[recipe]):
-            points = groups[recipe][width]
-            lrs = sorted(points)
-            vals = [_mean(points[x]) for x in lrs]
-            best = min(range(len(lrs)), key=lambda i: vals[i])
-            ok = math.isfinite(vals[best])
-            out[recipe][width] = {"log2_lr": lrs, "val_bpb": vals, "seeds": [len(points[x]) for x in lrs],
-                                  "opt_log2_lr": lrs[best] if ok else None, "opt_val_bpb": vals[best] if ok else None}
-    return out
-
-
-def optimum_spread(curves: dict[str, dict[int, dict]]) -> dict[str, dict]:
-    """Per recipe: optimum log2 LR per width and its spread (max − min over widths with a finite optimum)."""
-    out = {}
-    for recipe, by_width in curves.items():
-        opts = {w: c["opt_log2_lr"] for w, c in by_width.items() if c["opt_log2_lr"] is not None}
-        spread = max(opts.values()) - min(opts.values()) if len(opts) >= 2 else None
-        widths = sorted(by_width)
-        out[recipe] = {"widths": widths, "opt_log2_lr": {w: opts.get(w) for w in widths}, "spread": spread,
-                       "width_ratio": widths[-1] / widths[0] if widths else None,
-                       "transfers": None if spread is None else spread <= SPREAD_OK}
-    return out
-
-
-def best_configs(records: Iterable[dict], width: int | None = None) -> dict[str, dict]:
-    """{recipe: TrainConfig dict} of the best seed-mean point at `width` (default: each recipe's smallest width, the
-    proxy). The config is the first seed's; use it when a sweep has no `best_params` of its own."""
-    records = usable(records)
-    curves = lr_curves(records)
-    out = {}
-    for recipe, by_width in curves.items():
-        w = width if width is not None else min(by_width)
-        if w not in by_width or by_width[w]["opt_log2_lr"] is None:
-            continue
-        x = by_width[w]["opt_log2_lr"]
-        match = [r for r in records if r["recipe"] == recipe and int(r["width"]) == w
-                 and round(float(r["log2_lr"]), 9) == x]
-        match.sort(key=lambda r: (r.get("seed", 0), _loss(r)))
-        out[recipe] = dict(match[0]["config"])
-    if not out:
-        raise TransferError("no finished trial with a finite loss in the sweep records: nothing to transfer")
-    return out
-
-
-def sweep_costs(records: Iterable[dict], proxy_width: dict[str, int] | None = None) -> dict[str, dict]:
-    """Per recipe: trials, tokens, FLOPs and seconds of the whole sweep and of its proxy-width part (default: the
-    recipe's smallest width). Every trial counts, pruned and diverged included: they were paid for."""
-    by_recipe: dict = defaultdict(list)
-    for r in records:
-        if r.get("recipe") is not None:
-            by_recipe[r["recipe"]].append(r)
-    out = {}
-    for recipe, rows in sorted(by_recipe.items()):
-        widths = [int(r["width"]) for r in rows if r.get("width") is not None]
-        pw = (proxy_width or {}).get(recipe, min(widths) if widths else None)
-
-        def total(rs):
-            return {"trials": len(rs), "tokens": sum(r.get("tokens") or 0 for r in rs),
-                    "flops": float(sum(r.get("flops") or 0 for r in rs)),
-                    "seconds": float(sum(r.get("seconds") or 0 for r in rs))}
-
-        out[recipe] = {"proxy_width": pw, "all": total(rows),
-                       "proxy": total([r for r in rows if r.get("width") is not None and int(r["width"]) == pw])}
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -219,10 +119,8 @@ def load_best(source: str | os.PathLike | dict) -> dict[str, dict]:
 
 
 def _best_from_sweep(folder: Path) -> dict[str, dict]:
-    from . import sweep
-
     spec = sweep_spec(folder)
-    best = sweep.best_params(folder, spec) if spec is not None else best_configs(sweep.records(folder))
+    best = sweep.best_params(folder, spec) if spec is not None else analysis.best_configs(sweep.records(folder))
     if not best:
         raise TransferError(f"sweep {str(folder)!r} has no finished trial at its proxy width yet: nothing to transfer")
     return best
@@ -230,18 +128,14 @@ def _best_from_sweep(folder: Path) -> dict[str, dict]:
 
 def sweep_spec(folder: str | os.PathLike):
     """The SweepSpec a sweep run folder was run with (from its sweep.json manifest), or None."""
-    from . import sweep
-
     manifest = Path(folder) / sweep.MANIFEST
     if not manifest.is_file():
         return None
     return sweep.parse_sweep(json.loads(manifest.read_text())["spec"], source=str(manifest))
 
 
-def sweep_records(folder: str | os.PathLike) -> tuple[object, list[dict]]:
-    """(spec or None, records) of a sweep run folder."""
-    from . import sweep
-
+def sweep_records(folder: str | os.PathLike) -> tuple[object, list[SweepTrial]]:
+    """(spec or None, trials) of a sweep run folder."""
     folder = Path(folder)
     if not folder.exists():
         raise MissingError(f"sweep folder {str(folder)!r} does not exist")
@@ -265,7 +159,7 @@ class PlannedRun:
 
     @property
     def log2_lr(self) -> float:
-        return _log2(self.config["lr"])
+        return math.log2(self.config["lr"])
 
 
 def default_widths(proxy_width: int, device: str = "auto") -> list[int]:
@@ -361,8 +255,9 @@ def run_one(planned: PlannedRun, run_dir: Path, corpus=None, progress: bool = Fa
 def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None = None,
                  lr_offsets: Iterable[int] = DEFAULT_OFFSETS, lr_sweep_widths: list[int] | None = None,
                  seeds: list[int] | None = None, overrides: dict | None = None, include_proxy: bool = True,
-                 workers: int = 1, log: Callable[[str], None] | None = print, progress_bars: bool = False) -> dict:
-    """Train the plan (see the module doc) under `out_dir` and write `out_dir/transfer.json`; returns its dict.
+                 workers: int = 1, log: Callable[[str], None] | None = print,
+                 progress_bars: bool = False) -> TransferSummary:
+    """Train the plan (see the module doc) under `out_dir` and write `out_dir/transfer.json`; returns its record.
     `best`: anything `load_best` takes. `workers`: runs trained at once, each in its own process with its share of
     the cores (1: in this process). `log`: receives one line per run (None: silent)."""
     if not (isinstance(workers, int) and workers >= 1):
@@ -380,7 +275,7 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
 
     def write_best():
         (out / "runs").mkdir(parents=True, exist_ok=True)
-        (out / BEST).write_text(json.dumps(best, indent=1))
+        write_json_atomic(out / BEST, best)
 
     distributed.on_main(write_best, world)
     start = time.perf_counter()
@@ -402,13 +297,9 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
         for p in todo:
             report(p, _train_one(p, str(out / "runs" / p.name), progress_bars, log is not None), False)
     else:
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         todo.sort(key=lambda p: -p.width)  # the longest first: the pool stays busy to the end
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(max(1, cores // workers),)) as pool:
+                                 initializer=torch.set_num_threads, initargs=(threads_per_worker(workers),)) as pool:
             pending = {pool.submit(_train_one, p, str(out / "runs" / p.name), False, False): p for p in todo}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -420,10 +311,9 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
                         raise future.exception()
                     report(p, future.result(), False)
     summary = summarize(best, [(p, results[p.name]) for p in plan], out, source=source, lr_offsets=lr_offsets)
-    summary["seconds"] = time.perf_counter() - start
-    summary = _json_clean(summary)
+    summary = replace(summary, seconds=time.perf_counter() - start)
     if world.main:
-        (out / SUMMARY).write_text(json.dumps(summary, indent=1, allow_nan=False))
+        summary.to_json(out / SUMMARY)
     return summary
 
 
@@ -432,103 +322,55 @@ _CORPORA: dict = {}
 
 def _train_one(planned: PlannedRun, run_dir: str, progress: bool = False, verbose: bool = False) -> TrainResult:
     """One run in this process (a pool worker or the caller), the corpus loaded once per process."""
-    from .. import data as data_mod
-
     key = planned.config["data"]
     if key not in _CORPORA:
         world = distributed.setup()
-        _CORPORA[key] = distributed.main_first(lambda: data_mod.load_corpus(key, progress=verbose and world.main),
+        _CORPORA[key] = distributed.main_first(lambda: load_corpus(key, progress=verbose and world.main),
                                                world)
     return run_one(planned, Path(run_dir), _CORPORA[key], progress=progress)
 
 
-def _json_clean(x):
-    """NaN/inf -> None, recursively: transfer.json is strict JSON."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _json_clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_clean(v) for v in x]
-    return x
-
-
 def summarize(best: dict[str, dict], results: list[tuple[PlannedRun, TrainResult]], out: Path, *, source: str = "",
-              lr_offsets: Iterable[int] = DEFAULT_OFFSETS) -> dict:
-    runs = [{"name": p.name, "recipe": p.recipe, "width": p.width, "offset": p.offset, "seed": p.seed, "role": p.role,
-             "log2_lr": p.log2_lr, "lr": p.config["lr"], "status": r.status, "val_bpb": _finite(r.val_bpb),
-             "train_loss": _finite(r.train_loss), "tokens": r.tokens, "flops": r.flops, "seconds": r.seconds,
-             "path": str(Path("runs") / p.name)}
-            for p, r in results]
-    recipes = {}
-    for recipe, cfg in best.items():
-        mine = [x for x in runs if x["recipe"] == recipe]
-        recipes[recipe] = _recipe_summary(cfg, mine)
-    lrm_dirs = [out / x["path"] for x in runs if x["recipe"] == "lrm" and x["offset"] == 0 and x["status"] == "ok"]
+              lr_offsets: Iterable[int] = DEFAULT_OFFSETS) -> TransferSummary:
+    """The transfer's record from its plan and results: every run, `analysis.recipe_summary` per recipe, and the
+    width scaling of the multipliers of the finished `lrm` runs at the transferred LR (read from `out`)."""
+    runs = tuple(TransferRun(p.name, p.recipe, p.width, p.offset, p.seed, p.role, p.log2_lr, p.config["lr"], r.status,
+                             _finite(r.val_bpb), _finite(r.train_loss), r.tokens, r.flops, r.seconds,
+                             str(Path("runs") / p.name))
+                 for p, r in results)
+    recipes = {recipe: analysis.recipe_summary(cfg, [x for x in runs if x.recipe == recipe])
+               for recipe, cfg in best.items()}
+    lrm_dirs = [out / x.path for x in runs if x.recipe == "lrm" and x.offset == 0 and x.status == "ok"]
+    multipliers, error = None, None
     try:
         multipliers = multiplier_scaling(lrm_dirs) if len({_width_of(d) for d in lrm_dirs}) >= 2 else None
     except (TransferError, FileNotFoundError) as e:
-        multipliers = {"error": str(e)}
-    return {"version": 1, "source": source, "lr_offsets": sorted({int(o) for o in lr_offsets} - {0}),
-            "best": best, "recipes": recipes, "runs": runs, "multipliers": multipliers}
+        error = str(e)
+    return TransferSummary(source, tuple(sorted({int(o) for o in lr_offsets} - {0})), best, recipes, runs,
+                           multipliers, error)
 
 
 def _width_of(run_dir: Path) -> int:
     return json.loads((run_dir / "config.json").read_text())["width"]
 
 
-def _recipe_summary(cfg: dict, runs: list[dict]) -> dict:
-    """Seed means per (width, offset); the target is the largest width; gaps from its direct LR sweep."""
-    points: dict = defaultdict(list)
-    for x in runs:
-        points[(x["width"], x["offset"])].append(x)
-    loss = {k: _mean([v["val_bpb"] if v["val_bpb"] is not None and v["status"] != "diverged" else math.inf
-                      for v in vs]) for k, vs in points.items()}
-    widths = sorted({w for w, _ in points})
-    target = max(widths)
-    sweep = sorted((o, loss[(w, o)]) for (w, o) in points if w == target)
-    transferred_log2 = _log2(cfg["lr"])
-    best_offset, best_loss = min(sweep, key=lambda t: t[1])
-    at_zero = loss.get((target, 0), math.inf)
-    have_sweep = len(sweep) > 1
-    target_runs = points.get((target, 0), [])
-    return {
-        "proxy_width": cfg["width"],
-        "target_width": target,
-        "transferred_log2_lr": transferred_log2,
-        "val_bpb_by_width": {str(w): _finite(loss.get((w, 0), math.nan)) for w in widths},
-        "target_val_bpb": _finite(at_zero),
-        "lr_sweep": {"log2_lr": [transferred_log2 + o for o, _ in sweep], "offset": [o for o, _ in sweep],
-                     "val_bpb": [_finite(v) for _, v in sweep]},
-        "target_optimum_log2_lr": transferred_log2 + best_offset if have_sweep and math.isfinite(best_loss) else None,
-        "target_optimum_val_bpb": _finite(best_loss) if have_sweep else None,
-        "lr_gap_log2": -best_offset if have_sweep and math.isfinite(best_loss) else None,
-        "loss_gap_bpb": _finite(at_zero - best_loss) if have_sweep else None,
-        "optimum_at_edge": have_sweep and best_offset in (sweep[0][0], sweep[-1][0]) and best_offset != 0,
-        "target_cost": {"runs": len(target_runs),  # one target run (seed mean)
-                        **{k: _mean([v[k] for v in target_runs]) for k in ("tokens", "flops", "seconds")}},
-        "status": {x["name"]: x["status"] for x in runs},
-    }
-
-
-def load_transfer(transfer_dir: str | os.PathLike) -> dict:
+def load_transfer(transfer_dir: str | os.PathLike) -> TransferSummary:
     path = Path(transfer_dir) / SUMMARY
     if not path.exists():
         raise MissingError(f"no {SUMMARY} in {str(transfer_dir)!r}: run `lrm-mup transfer` into that folder first")
-    return json.loads(path.read_text())
+    try:
+        return TransferSummary.from_json(path)
+    except RecordError as e:
+        raise TransferError(f"{e}; run `lrm-mup transfer` into that folder again (finished runs are kept)") from None
 
 
 # ----------------------------------------------------------------------------------------------------------
 # width scaling of the learned multipliers (paper Fig. 5)
 
 
-def multiplier_values(run_dir: str | os.PathLike) -> dict:
+def multiplier_values(run_dir: str | os.PathLike) -> MultiplierValues:
     """One `lrm` run's multipliers: per layer its role, block, fixed μP factor, learned values (scalar s, mean |r|,
     mean |c|), learned = s·mean|r|·mean|c| and total = fixed_mult × learned."""
-    from ..core.multipliers import multiplied_modules
-    from ..core.recipes import parametrize
-    from ..core.shapes import base_shapes
-
     run_dir = Path(run_dir)
     for name in ("config.json", "checkpoint.pt"):
         if not (run_dir / name).exists():
@@ -537,11 +379,7 @@ def multiplier_values(run_dir: str | os.PathLike) -> dict:
     if cfg.recipe != "lrm":
         raise TransferError(f"{str(run_dir)!r} is a {cfg.recipe!r} run; learned multipliers need recipe 'lrm'")
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True, map_location="cpu")["model"]
-    with torch.device("meta"):  # only the layer table: roles and fixed factors
-        model = cfg.build(cfg.width)
-        shapes = base_shapes(cfg.build(cfg.base_width), cfg.build(cfg.delta_or_default))
-        parametrize(model, shapes, recipe=cfg.recipe, optimizer=cfg.optimizer, placement=cfg.placement,
-                    alphas=cfg.alphas or None)
+    model = parametrized_model(cfg, device="meta")  # only the layer table: roles and fixed factors
     layers = []
     for name, module in multiplied_modules(model):
         learned = {}
@@ -551,137 +389,47 @@ def multiplier_values(run_dir: str | os.PathLike) -> dict:
         product = math.prod(learned.values()) if learned else 1.0
         parts = name.split(".")
         block = int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() else None
-        layers.append({"module": name, "role": module.lrm_info.role, "kind": module.lrm_info.kind, "block": block,
-                       "fixed_mult": module.fixed_mult, "learned": learned, "learned_product": product,
-                       "total": module.fixed_mult * product})
-    return {"run": str(run_dir), "width": cfg.width, "optimizer": cfg.optimizer, "placement": cfg.placement or "all",
-            "layers": layers}
+        layers.append(LayerMultipliers(name, module.parametrization.role, module.parametrization.kind, block, module.fixed_mult,
+                                       learned, product, module.fixed_mult * product))
+    return MultiplierValues(str(run_dir), cfg.width, cfg.optimizer, cfg.placement or "all", tuple(layers))
 
 
-def _quantities(values: dict) -> dict[str, dict]:
-    """Per-run quantities {name: {"total", "fixed", "learned"}}: per role (geometric mean over the role's layers),
-    per role and multiplier kind (learned only), and the query·key product per block (geometric mean over blocks)."""
-    def gmean(xs):
-        xs = [abs(x) for x in xs]
-        return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs and all(x > 0 for x in xs) else float("nan")
-
-    by_role = defaultdict(list)
-    for layer in values["layers"]:
-        by_role[layer["role"]].append(layer)
-    out = {}
-    for role, layers in by_role.items():
-        if not any(layer["learned"] for layer in layers):
-            continue  # no learnable multiplier on this role under the placement
-        out[role] = {"total": gmean([x["total"] for x in layers]), "fixed": gmean([x["fixed_mult"] for x in layers]),
-                     "learned": gmean([x["learned_product"] for x in layers])}
-        for kind in ("scale", "row", "col"):
-            vals = [x["learned"][kind] for x in layers if kind in x["learned"]]
-            if vals:
-                out[f"{role}.{kind}"] = {"total": None, "fixed": None, "learned": gmean(vals)}
-    q = {x["block"]: x for x in by_role.get("query", [])}
-    k = {x["block"]: x for x in by_role.get("key", [])}
-    blocks = sorted(set(q) & set(k))
-    if blocks and any(q[b]["learned"] or k[b]["learned"] for b in blocks):
-        out["query×key"] = {key: gmean([q[b][src] * k[b][src] for b in blocks])
-                            for key, src in (("total", "total"), ("fixed", "fixed_mult"),
-                                             ("learned", "learned_product"))}
-    return out
+def multiplier_scaling(run_dirs: Iterable[str | os.PathLike]) -> MultiplierScaling:
+    """`analysis.multiplier_scaling` of the `lrm` run folders' `multiplier_values` (≥ 2 widths, one optimizer and
+    placement; seeds at one width are averaged geometrically)."""
+    return analysis.multiplier_scaling([multiplier_values(d) for d in run_dirs])
 
 
-def fit_exponent(widths: list[float], values: list[float]) -> dict:
-    """Least-squares slope of log2(value) on log2(width): value ∝ width^slope. Needs ≥ 2 widths, positive values."""
-    pts = [(math.log2(w), math.log2(v)) for w, v in zip(widths, values)
-           if v is not None and math.isfinite(v) and v > 0]
-    if len({x for x, _ in pts}) < 2:
-        return {"slope": None, "intercept": None, "r2": None, "n": len(pts)}
-    n = len(pts)
-    mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
-    sxx = sum((x - mx) ** 2 for x, _ in pts)
-    slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
-    intercept = my - slope * mx
-    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in pts)
-    ss_tot = sum((y - my) ** 2 for _, y in pts)
-    return {"slope": slope, "intercept": intercept, "r2": 1 - ss_res / ss_tot if ss_tot > 0 else 1.0, "n": n}
-
-
-def predicted_exponent(name: str, optimizer: str = "adamw") -> float | None:
-    """The paper's width exponent of the total multiplier of a quantity (None for per-kind learned series)."""
-    if "." in name:
-        return None
-    if name in PREDICTED:
-        return PREDICTED[name]
-    if name in HIDDEN_ROLES:
-        return 0.0 if optimizer == "muon" else -1.0
-    return None
-
-
-def multiplier_scaling(run_dirs: Iterable[str | os.PathLike]) -> dict:
-    """Width-scaling fits of the learned multipliers over `lrm` runs at ≥ 2 widths (runs at one width — seeds — are
-    averaged geometrically). Returns {"widths", "runs", "optimizer", "placement", "quantities": {name: {"widths",
-    "total", "fixed", "learned" (one value per width), "slope_total", "slope_fixed", "slope_learned", "r2_total",
-    "predicted"}}}."""
-    values = [multiplier_values(d) for d in run_dirs]
-    if not values:
-        raise TransferError("no lrm run folders given for the multiplier width-scaling fit")
-    combos = {(v["optimizer"], v["placement"]) for v in values}
-    if len(combos) > 1:
-        raise TransferError(f"runs mix optimizers/placements {sorted(combos)}: fit one combination at a time")
-    optimizer, placement = combos.pop()
-    per_width: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for v in values:
-        for name, q in _quantities(v).items():
-            for key, x in q.items():
-                if x is not None:
-                    per_width[name][v["width"]][key].append(x)
-    widths = sorted({v["width"] for v in values})
-    if len(widths) < 2:
-        raise TransferError(f"the width-scaling fit needs lrm runs at ≥ 2 widths, got {widths}")
-
-    def gmean(xs):
-        return math.exp(sum(math.log(abs(x)) for x in xs) / len(xs)) if xs and all(x != 0 for x in xs) else None
-
-    quantities = {}
-    for name in sorted(per_width):
-        ws = [w for w in widths if w in per_width[name]]
-        series = {key: [gmean(per_width[name][w].get(key, [])) for w in ws] for key in ("total", "fixed", "learned")}
-        fits = {key: fit_exponent(ws, series[key]) for key in series}
-        quantities[name] = {"widths": ws, **series, **{f"slope_{k}": f["slope"] for k, f in fits.items()},
-                            "r2_total": fits["total"]["r2"], "r2_learned": fits["learned"]["r2"],
-                            "predicted": predicted_exponent(name, optimizer)}
-    return {"widths": widths, "runs": [v["run"] for v in values], "optimizer": optimizer, "placement": placement,
-            "quantities": quantities}
-
-
-def format_scaling(scaling: dict, kinds: bool = False) -> str:
+def format_scaling(scaling: MultiplierScaling, kinds: bool = False) -> str:
     """A text table of the fits, one line per role (and per multiplier kind with `kinds`)."""
-    lines = [(f"multiplier width scaling over widths {scaling['widths']} (placement {scaling['placement']}): "
+    lines = [(f"multiplier width scaling over widths {list(scaling.widths)} (placement {scaling.placement}): "
               "slope of log2(multiplier) vs log2(width)"),
              f"  {'quantity':<18} {'total':>7} {'fixed μP':>9} {'learned':>8} {'paper':>6}"]
 
     def fmt(x) -> str:
         return f"{x:+.3f}" if isinstance(x, (int, float)) else "-"
 
-    for name, q in scaling["quantities"].items():
+    for name, q in scaling.quantities.items():
         if "." in name and not kinds:
             continue
-        paper = f"d^{q['predicted']:+.0f}" if q["predicted"] is not None else "-"
-        lines.append(f"  {name:<18} {fmt(q['slope_total']):>7} {fmt(q['slope_fixed']):>9} "
-                     f"{fmt(q['slope_learned']):>8} {paper:>6}")
+        paper = f"d^{q.predicted:+.0f}" if q.predicted is not None else "-"
+        lines.append(f"  {name:<18} {fmt(q.slope_total):>7} {fmt(q.slope_fixed):>9} "
+                     f"{fmt(q.slope_learned):>8} {paper:>6}")
     return "\n".join(lines)
 
 
-def format_summary(summary: dict) -> str:
+def format_summary(summary: TransferSummary) -> str:
     lines = []
-    for recipe, s in summary["recipes"].items():
-        line = (f"{recipe}: proxy w{s['proxy_width']} → target w{s['target_width']}, transferred LR "
-                f"2^{s['transferred_log2_lr']:.2f}, target val {_fmt(s['target_val_bpb'])} bpb")
-        if s["target_optimum_log2_lr"] is not None:
-            edge = " (grid edge: a lower bound)" if s["optimum_at_edge"] else ""
-            line += (f"; direct sweep optimum 2^{s['target_optimum_log2_lr']:.2f} ({_fmt(s['target_optimum_val_bpb'])}"
-                     f" bpb): LR gap {s['lr_gap_log2']:+.0f} in log2{edge}, loss gap {_fmt(s['loss_gap_bpb'])} bpb")
+    for recipe, s in summary.recipes.items():
+        line = (f"{recipe}: proxy w{s.proxy_width} → target w{s.target_width}, transferred LR "
+                f"2^{s.transferred_log2_lr:.2f}, target val {_fmt(s.target_val_bpb)} bpb")
+        if s.target_optimum_log2_lr is not None:
+            edge = " (grid edge: a lower bound)" if s.optimum_at_edge else ""
+            line += (f"; direct sweep optimum 2^{s.target_optimum_log2_lr:.2f} ({_fmt(s.target_optimum_val_bpb)}"
+                     f" bpb): LR gap {s.lr_gap_log2:+.0f} in log2{edge}, loss gap {_fmt(s.loss_gap_bpb)} bpb")
         lines.append(line)
-    if isinstance(summary.get("multipliers"), dict) and "quantities" in summary["multipliers"]:
-        lines.append(format_scaling(summary["multipliers"]))
+    if summary.multipliers is not None:
+        lines.append(format_scaling(summary.multipliers))
     return "\n".join(lines)
 
 

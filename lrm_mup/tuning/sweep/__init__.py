@@ -58,15 +58,18 @@ sweep goes on and the user attr ``status`` says ``diverged``. Every trial record
 training FLOPs), ``seconds`` (wall) and ``cpu_seconds`` as user attrs, so costs sum exactly. ``N`` local workers
 get ``cores // N`` torch threads each.
 
-Public API: `load_sweep`, `run_sweep`, `records`, `best_params` (and `summary_lines` for the CLI). The private
-modules each hold one concern: `_spec` (the file), `_storage` (Optuna storages, studies, locks), `_worker` (the
-parent and the worker loop), `_trial` (one trial's runs), `_results` (records and best settings).
+Public API: `load_sweep`, `run_sweep`, `records` (one `lrm_mup.records.SweepTrial` per trial), `best_params`
+(and `summary_lines` for the CLI, `optuna_figures` for the report). The private modules each hold one concern:
+`_spec` (the file), `_storage` (Optuna storages, studies, locks), `_worker` (the parent and the worker loop),
+`_trial` (one trial's runs), `_results` (records and best settings), `_plots` (Optuna's plots).
 """
 from __future__ import annotations
 
+from ._plots import optuna_figures
 from ._results import best_params, read_storage, records, summary_lines
 from ._spec import JOURNAL, MANIFEST, PRUNERS, SAMPLERS, STATUSES, Param, SweepSpec, load_sweep, parse_sweep
 from ._worker import run_sweep
 
 __all__ = ["load_sweep", "parse_sweep", "run_sweep", "records", "best_params", "summary_lines", "read_storage",
+           "optuna_figures",
            "SweepSpec", "Param", "JOURNAL", "MANIFEST", "SAMPLERS", "PRUNERS", "STATUSES"]

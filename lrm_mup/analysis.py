@@ -1,0 +1,643 @@
+"""What the records say: every number that answers "what is the best setting, and did it transfer?", computed here
+and nowhere else, from typed records (`lrm_mup.records`) alone — no training, no Optuna, no files.
+
+- sweep trials (`SweepTrial`): the best setting per recipe at a width (`best_settings`; `lrm_mup.tuning.sweep.
+  best_params`, the transfer's `load_best` and the report all use it), LR curves and their optimum per width
+  (`lr_curves`), how far the optimum moves over widths and whether that counts as a transfer (`optimum_spread`,
+  `SPREAD_OK`), what the sweep cost (`sweep_costs`);
+- a transfer's runs (`TransferRun`): per recipe the target loss, the direct LR sweep's optimum and the gaps
+  (`recipe_summary`);
+- the report's numbers and verdict (`tuning_numbers`, `tuning_verdict`);
+- the one log-log slope fit (`loglog_fit`, with two policies for bad points: `fit_exponent` drops them, `slope`
+  makes the whole fit NaN or inf), used by the coordinate check and the multipliers' width scaling;
+- the multipliers' width scaling from `MultiplierValues` records (`multiplier_scaling`, paper Fig. 5);
+- the coordinate check's verdicts from its measurements (`seed_means`, `slopes`, `judge`, `CoordCheckResult`).
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import os
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ._files import dumps, write_text_atomic
+from .errors import CoordCheckError, TransferError
+from .records import (
+    BestSetting,
+    CoordCheckVerdict,
+    LRCurve,
+    LRSweep,
+    MultiplierScaling,
+    MultiplierValues,
+    OptimumSpread,
+    QuantityScaling,
+    RecipeCosts,
+    RecipeTransfer,
+    RecipeVerdict,
+    SlopeFit,
+    SweepCost,
+    SweepTrial,
+    TargetCost,
+    TransferRun,
+    TransferSummary,
+    TuningVerdict,
+)
+
+__all__ = [
+    "SPREAD_OK", "MU_P_RECIPES", "gmean", "loglog_fit", "fit_exponent", "slope", "usable", "trial_loss",
+    "lr_curves", "optimum_spread", "best_settings", "best_configs", "sweep_costs", "recipe_summary",
+    "tuning_verdict", "tuning_numbers", "PREDICTED", "HIDDEN_ROLES", "predicted_exponent", "multiplier_quantities",
+    "multiplier_scaling", "QUANTITIES", "LOGITS", "Expected", "EXPECTED", "Verdict", "seed_means", "slopes",
+    "judge", "CoordCheckResult",
+]
+
+SPREAD_OK = 1.0                     # REFERENCE §3: optimum log2 LR spread over widths ≤ 1 for μP
+MU_P_RECIPES = ("lr-only", "lr-wd", "mup", "lrm")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# small numbers
+
+
+def _finite(x) -> float | None:
+    """JSON-safe number: NaN/inf become None."""
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def gmean(xs: Iterable[float]) -> float:
+    """Geometric mean of |x|, exp(mean log|x|); NaN when there is no value or one is zero (no logarithm)."""
+    xs = [abs(x) for x in xs]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs and all(x > 0 for x in xs) else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the one log-log slope fit
+
+
+def loglog_fit(widths: Sequence[float], values: Sequence[float]) -> SlopeFit:
+    """Least squares of y = log2(value) on x = log2(width): value ∝ width^slope. With x̄, ȳ the means,
+    slope = Σ(x−x̄)(y−ȳ) / Σ(x−x̄)², intercept = ȳ − slope·x̄, r² = 1 − Σ residual² / Σ(y−ȳ)² (1 for a flat y).
+    Every value must be positive and finite (the callers' policies below decide what to do with others); fewer than
+    two distinct widths fit nothing (slope None)."""
+    pts = [(math.log2(w), math.log2(v)) for w, v in zip(widths, values, strict=True)]
+    n = len(pts)
+    if len({x for x, _ in pts}) < 2:
+        return SlopeFit(None, None, None, n)
+    mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    slope_ = sum((x - mx) * (y - my) for x, y in pts) / sxx
+    intercept = my - slope_ * mx
+    ss_res = sum((y - intercept - slope_ * x) ** 2 for x, y in pts)
+    ss_tot = sum((y - my) ** 2 for _, y in pts)
+    return SlopeFit(slope_, intercept, 1 - ss_res / ss_tot if ss_tot > 0 else 1.0, n)
+
+
+def fit_exponent(widths: Sequence[float], values: Sequence[float | None]) -> SlopeFit:
+    """`loglog_fit` over the points with a positive, finite value (the others are left out): for series where a
+    missing width is no reason to fit nothing, such as the multipliers' width scaling."""
+    keep = [(w, v) for w, v in zip(widths, values) if v is not None and math.isfinite(v) and v > 0]
+    return loglog_fit([w for w, _ in keep], [v for _, v in keep])
+
+
+def slope(widths: Sequence[float], values: Sequence[float]) -> float:
+    """The slope of `loglog_fit` where every point must count (the coordinate check): NaN if a value is non-finite
+    or negative, +inf if one is zero (a quantity that vanishes at some widths is as width-dependent as it gets)."""
+    values = [float(v) for v in values]
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        return math.nan
+    if any(v == 0 for v in values):
+        return math.inf
+    fit = loglog_fit(widths, values)
+    return math.nan if fit.slope is None else fit.slope
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sweep trials
+
+
+def usable(trials: Iterable[SweepTrial]) -> list[SweepTrial]:
+    """Finished trials: status ok or diverged (pruned and unfinished trials say nothing about the final loss)."""
+    return [t for t in trials if t.status in ("ok", "diverged")]
+
+
+def trial_loss(trial: SweepTrial) -> float:
+    """A trial's final validation loss; diverged (or non-finite) counts as +inf, as in an argmin over a grid."""
+    value = trial.val_bpb
+    if trial.status == "diverged" or value is None or not math.isfinite(value):
+        return math.inf
+    return float(value)
+
+
+def lr_curves(trials: Iterable[SweepTrial]) -> dict[str, dict[int, LRCurve]]:
+    """{recipe: {width: LRCurve}} over the usable trials, recipes and widths sorted: per log2 LR (rounded to 9
+    digits) the seed mean of `trial_loss` (inf if a seed diverged; other search parameters are averaged over too).
+    The optimum is the argmin of the seed-mean final loss (REFERENCE §3), the smallest LR on a tie; None when every
+    point diverged."""
+    groups: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for t in usable(trials):
+        groups[t.recipe][int(t.width)][round(float(t.log2_lr), 9)].append(trial_loss(t))
+    out: dict[str, dict[int, LRCurve]] = {}
+    for recipe in sorted(groups):
+        out[recipe] = {}
+        for width in sorted(groups[recipe]):
+            points = groups[recipe][width]
+            lrs = sorted(points)
+            vals = [_mean(points[x]) for x in lrs]
+            best = min(range(len(lrs)), key=lambda i: vals[i])
+            ok = math.isfinite(vals[best])
+            out[recipe][width] = LRCurve(tuple(lrs), tuple(vals), tuple(len(points[x]) for x in lrs),
+                                         lrs[best] if ok else None, vals[best] if ok else None)
+    return out
+
+
+def optimum_spread(curves: dict[str, dict[int, LRCurve]], threshold: float = SPREAD_OK) -> dict[str, OptimumSpread]:
+    """Per recipe: the optimum log2 LR per width and its spread, max − min over the widths with a finite optimum.
+    The LR "transfers" when the spread is at most `threshold` (REFERENCE §3: ≤ 1 in log2 for μP)."""
+    out = {}
+    for recipe, by_width in curves.items():
+        opts = {w: c.opt_log2_lr for w, c in by_width.items() if c.opt_log2_lr is not None}
+        spread = max(opts.values()) - min(opts.values()) if len(opts) >= 2 else None
+        widths = sorted(by_width)
+        out[recipe] = OptimumSpread(tuple(widths), {w: opts.get(w) for w in widths}, spread,
+                                    widths[-1] / widths[0] if widths else None,
+                                    None if spread is None else spread <= threshold)
+    return out
+
+
+def _score(trial: SweepTrial) -> float:
+    """What a trial counts in a best-setting mean: its val_bpb as the study recorded it (a diverged grid trial at
+    the sweep's cap), +inf where that is not a finite number."""
+    v = trial.val_bpb
+    return float(v) if v is not None and math.isfinite(v) else math.inf
+
+
+def best_settings(trials: Iterable[SweepTrial], width: int | None = None, *,
+                  recipes: Sequence[str] | None = None) -> dict[str, BestSetting]:
+    """The best setting per recipe at `width` (default: each recipe's smallest width with a finished trial, the
+    proxy): the trials that completed with a value (state COMPLETE; a pruned trial has no final loss) are grouped by
+    their search parameters (log2_lr and `params`: the seeds of one grid point form a group, a multi-seed tpe trial
+    is one), each group scored by the mean of its trials' `_score`, and the lowest mean wins (the first such group
+    in trial order on a tie). Its config is that of the group's first trial. `recipes` gives the order (and
+    selection) of the result, default sorted; recipes without such a trial at the width are left out."""
+    by_recipe: dict[str, list[SweepTrial]] = defaultdict(list)
+    for t in trials:
+        if t.state == "COMPLETE" and t.val_bpb is not None and t.recipe is not None and t.width is not None:
+            by_recipe[t.recipe].append(t)
+    out = {}
+    for recipe in (recipes if recipes is not None else sorted(by_recipe)):
+        mine = by_recipe.get(recipe, [])
+        if not mine:
+            continue
+        w = width if width is not None else min(t.width for t in mine)
+        groups: dict[tuple, list[SweepTrial]] = {}
+        for t in mine:
+            if t.width == w:
+                groups.setdefault((t.log2_lr, *t.params.items()), []).append(t)
+        if not groups:
+            continue
+        scored = sorted(((sum(_score(t) for t in g) / len(g), g) for g in groups.values()), key=lambda s: s[0])
+        value, group = scored[0]
+        first = group[0]
+        out[recipe] = BestSetting(recipe, w, {"log2_lr": first.log2_lr, **first.params}, value, len(group),
+                                  dict(first.config))
+    return out
+
+
+def best_configs(trials: Iterable[SweepTrial], width: int | None = None, *,
+                 recipes: Sequence[str] | None = None) -> dict[str, dict]:
+    """{recipe: TrainConfig dict} of `best_settings`: what a transfer trains."""
+    return {r: b.config for r, b in best_settings(trials, width, recipes=recipes).items()}
+
+
+def sweep_costs(trials: Iterable[SweepTrial], proxy_width: dict[str, int] | None = None) -> dict[str, RecipeCosts]:
+    """Per recipe (sorted): trials, tokens, FLOPs and seconds of the whole sweep and of its proxy-width part
+    (default: the recipe's smallest width). Every trial counts, pruned and diverged included: they were paid for."""
+    by_recipe: dict[str, list[SweepTrial]] = defaultdict(list)
+    for t in trials:
+        if t.recipe is not None:
+            by_recipe[t.recipe].append(t)
+
+    def total(ts: list[SweepTrial]) -> SweepCost:
+        return SweepCost(len(ts), sum(t.tokens or 0 for t in ts), float(sum(t.flops or 0 for t in ts)),
+                         float(sum(t.seconds or 0 for t in ts)))
+
+    out = {}
+    for recipe, ts in sorted(by_recipe.items()):
+        widths = [int(t.width) for t in ts if t.width is not None]
+        pw = (proxy_width or {}).get(recipe, min(widths) if widths else None)
+        out[recipe] = RecipeCosts(pw, total(ts), total([t for t in ts if t.width is not None and int(t.width) == pw]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a transfer's runs
+
+
+def recipe_summary(cfg: dict, runs: Sequence[TransferRun]) -> RecipeTransfer:
+    """What one recipe's transfer runs say. Seed means per (width, offset), a diverged or lossless run counting +inf;
+    the target is the largest width, and its direct LR sweep (offsets from the transferred LR `cfg["lr"]`) gives the
+    target's own optimum: lr_gap_log2 = −(best offset) = transferred − optimum, loss_gap_bpb = loss at the
+    transferred LR − the optimum's (≥ 0), both only where the target has a sweep; an optimum at the sweep's edge
+    (not at offset 0) makes the gap a lower bound."""
+    points: dict[tuple[int, int], list[TransferRun]] = defaultdict(list)
+    for x in runs:
+        points[(x.width, x.offset)].append(x)
+    loss = {k: _mean([v.val_bpb if v.val_bpb is not None and v.status != "diverged" else math.inf for v in vs])
+            for k, vs in points.items()}
+    widths = sorted({w for w, _ in points})
+    target = max(widths)
+    sweep = sorted((o, loss[(w, o)]) for (w, o) in points if w == target)
+    transferred_log2 = math.log2(cfg["lr"])
+    best_offset, best_loss = min(sweep, key=lambda t: t[1])
+    at_zero = loss.get((target, 0), math.inf)
+    have_sweep = len(sweep) > 1
+    found = have_sweep and math.isfinite(best_loss)
+    target_runs = points.get((target, 0), [])
+    return RecipeTransfer(
+        proxy_width=cfg["width"],
+        target_width=target,
+        transferred_log2_lr=transferred_log2,
+        val_bpb_by_width={str(w): _finite(loss.get((w, 0), math.nan)) for w in widths},
+        target_val_bpb=_finite(at_zero),
+        lr_sweep=LRSweep(tuple(transferred_log2 + o for o, _ in sweep), tuple(o for o, _ in sweep),
+                         tuple(_finite(v) for _, v in sweep)),
+        target_optimum_log2_lr=transferred_log2 + best_offset if found else None,
+        target_optimum_val_bpb=_finite(best_loss) if have_sweep else None,
+        lr_gap_log2=-best_offset if found else None,
+        loss_gap_bpb=_finite(at_zero - best_loss) if have_sweep else None,
+        optimum_at_edge=have_sweep and best_offset in (sweep[0][0], sweep[-1][0]) and best_offset != 0,
+        target_cost=TargetCost(len(target_runs), *(_mean([getattr(v, k) for v in target_runs])
+                                                   for k in ("tokens", "flops", "seconds"))),
+        status={x.name: x.status for x in runs},
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# width scaling of the learned multipliers (paper Fig. 5)
+
+# paper's width exponent of the total multiplier (Table 1 "through the multiplier", Fig. 5); Muon's spectral update
+# needs no width factor on hidden matrices (core/recipes.py), so their prediction under Muon is d⁰
+PREDICTED = {"embedding": 0.0, "input": 0.0, "readout": -1.0, "query×key": -2.0}
+HIDDEN_ROLES = ("query", "key", "value", "attn_out", "mlp_gate", "mlp_up", "mlp_down", "hidden")
+
+
+def predicted_exponent(name: str, optimizer: str = "adamw") -> float | None:
+    """The paper's width exponent of the total multiplier of a quantity (None for per-kind learned series)."""
+    if "." in name:
+        return None
+    if name in PREDICTED:
+        return PREDICTED[name]
+    if name in HIDDEN_ROLES:
+        return 0.0 if optimizer == "muon" else -1.0
+    return None
+
+
+def multiplier_quantities(values: MultiplierValues) -> dict[str, dict[str, float | None]]:
+    """One run's quantities {name: {"total", "fixed", "learned"}}: per role (geometric mean over the role's layers),
+    per role and multiplier kind (learned only), and the query·key product per block (geometric mean over blocks)."""
+    by_role: dict[str, list] = defaultdict(list)
+    for layer in values.layers:
+        by_role[layer.role].append(layer)
+    out: dict[str, dict[str, float | None]] = {}
+    for role, layers in by_role.items():
+        if not any(layer.learned for layer in layers):
+            continue  # no learnable multiplier on this role under the placement
+        out[role] = {"total": gmean([x.total for x in layers]), "fixed": gmean([x.fixed_mult for x in layers]),
+                     "learned": gmean([x.learned_product for x in layers])}
+        for kind in ("scale", "row", "col"):
+            vals = [x.learned[kind] for x in layers if kind in x.learned]
+            if vals:
+                out[f"{role}.{kind}"] = {"total": None, "fixed": None, "learned": gmean(vals)}
+    q = {x.block: x for x in by_role.get("query", [])}
+    k = {x.block: x for x in by_role.get("key", [])}
+    blocks = sorted(set(q) & set(k))
+    if blocks and any(q[b].learned or k[b].learned for b in blocks):
+        out["query×key"] = {key: gmean([getattr(q[b], src) * getattr(k[b], src) for b in blocks])
+                            for key, src in (("total", "total"), ("fixed", "fixed_mult"),
+                                             ("learned", "learned_product"))}
+    return out
+
+
+def multiplier_scaling(values: Sequence[MultiplierValues]) -> MultiplierScaling:
+    """Width-scaling fits of the learned multipliers over `lrm` runs at ≥ 2 widths, one optimizer and placement
+    (runs at one width — seeds — are averaged geometrically): per quantity the total, fixed μP and learned values
+    per width and the `fit_exponent` slope of each, next to the paper's prediction."""
+    if not values:
+        raise TransferError("no lrm run folders given for the multiplier width-scaling fit")
+    combos = {(v.optimizer, v.placement) for v in values}
+    if len(combos) > 1:
+        raise TransferError(f"runs mix optimizers/placements {sorted(combos)}: fit one combination at a time")
+    optimizer, placement = combos.pop()
+    per_width: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for v in values:
+        for name, q in multiplier_quantities(v).items():
+            for key, x in q.items():
+                if x is not None:
+                    per_width[name][v.width][key].append(x)
+    widths = sorted({v.width for v in values})
+    if len(widths) < 2:
+        raise TransferError(f"the width-scaling fit needs lrm runs at ≥ 2 widths, got {widths}")
+    quantities = {}
+    for name in sorted(per_width):
+        ws = [w for w in widths if w in per_width[name]]
+        series = {key: tuple(_finite(gmean(per_width[name][w].get(key, []))) for w in ws)
+                  for key in ("total", "fixed", "learned")}
+        fits = {key: fit_exponent(ws, series[key]) for key in series}
+        quantities[name] = QuantityScaling(tuple(ws), series["total"], series["fixed"], series["learned"],
+                                           fits["total"].slope, fits["fixed"].slope, fits["learned"].slope,
+                                           fits["total"].r2, fits["learned"].r2, predicted_exponent(name, optimizer))
+    return MultiplierScaling(tuple(widths), tuple(v.run for v in values), optimizer, placement, quantities)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the tuning report's numbers and verdict
+
+
+def tuning_verdict(curves: dict[str, dict[int, LRCurve]], spread: dict[str, OptimumSpread],
+                   target: dict[str, RecipeTransfer] | None = None) -> TuningVerdict:
+    """Rank the recipes where it counts: at the transfer's target width, each at its transferred LR (with a
+    transfer), else at the sweep's widest width, each at its own optimum there. The winner has the lowest finite
+    loss; its margin is the runner-up's loss minus its own. Per recipe: its spread (and, for μP recipes, whether it
+    is within `SPREAD_OK`) and the transfer's gaps. `seeds`: the fewest seeds behind a ranked point."""
+    target = target or {}
+    if target:
+        scores = {r: (s.target_val_bpb, s.target_width) for r, s in target.items()}
+        where = "target"
+    else:
+        scores = {}
+        for r, by_width in curves.items():
+            w = max(by_width)
+            scores[r] = (by_width[w].opt_val_bpb, w)
+        where = "widest sweep width"
+    ranked = sorted((v, r) for r, (v, _) in scores.items() if v is not None and math.isfinite(v))
+    per_recipe = {}
+    for r in sorted(set(spread) | set(target)):
+        s, t = spread.get(r), target.get(r)
+        mu_p = r in MU_P_RECIPES
+        per_recipe[r] = RecipeVerdict(
+            mu_p=mu_p, spread=s.spread if s else None, widths=s.widths if s else None,
+            transfers=s.transfers if s and mu_p else None, target_val_bpb=scores.get(r, (None,))[0],
+            lr_gap_log2=t.lr_gap_log2 if t else None, loss_gap_bpb=t.loss_gap_bpb if t else None,
+            optimum_at_edge=t.optimum_at_edge if t else None)
+    if target:
+        seeds = min(s.target_cost.runs or 1 for s in target.values())
+    else:
+        seeds = min((n for by_width in curves.values() for c in by_width.values() for n in c.seeds), default=1)
+    won = {}
+    if ranked:
+        best_v, best = ranked[0]
+        won = {"winner": best, "target_width": scores[best][1], "winner_val_bpb": best_v}
+        if len(ranked) > 1:
+            won.update(runner_up=ranked[1][1], margin_bpb=ranked[1][0] - best_v)
+    return TuningVerdict(where, SPREAD_OK, tuple(r for _, r in ranked), per_recipe, seeds, **won)
+
+
+def tuning_numbers(trials: Sequence[SweepTrial], summary: TransferSummary | None = None) -> dict:
+    """Every number of the tuning report, as the strict-JSON document tuning.json holds (string keys, non-finite
+    numbers as null): "sweep" (LR curves and optima per width, spreads, trial count and statuses), "costs" (the
+    sweep's per recipe, a target run's, and their ratios), "transfer" (the summary's recipes, runs and offsets),
+    "multipliers" (their width scaling, or {"error": why}) and "verdict" (`tuning_verdict`)."""
+    curves = lr_curves(trials)
+    spread = optimum_spread(curves)
+    target = summary.recipes if summary is not None else {}
+    proxy_width = {r: s.proxy_width for r, s in target.items()}
+    costs = {}
+    for recipe, c in sweep_costs(trials, proxy_width or None).items():
+        t = target[recipe].target_cost if recipe in target else None
+        costs[recipe] = {**asdict(c), "target": None if t is None else asdict(t)}
+        for key in ("flops", "seconds", "tokens"):
+            costs[recipe][f"proxy_over_target_{key}"] = (getattr(c.proxy, key) / getattr(t, key)
+                                                         if t and getattr(t, key) else None)
+    if summary is None or summary.multipliers is not None:
+        multipliers = None if summary is None else asdict(summary.multipliers)
+    else:
+        multipliers = {"error": summary.multipliers_error} if summary.multipliers_error else None
+    numbers = {
+        "sweep": {"curves": {r: {w: asdict(c) for w, c in by_width.items()} for r, by_width in curves.items()},
+                  "spread": {r: asdict(s) for r, s in spread.items()}, "trials": len(trials),
+                  "statuses": {s: sum(t.status == s for t in trials) for s in ("ok", "diverged", "pruned")}},
+        "costs": costs,
+        "transfer": None if summary is None else {"recipes": {r: asdict(s) for r, s in target.items()},
+                                                  "runs": [asdict(x) for x in summary.runs],
+                                                  "lr_offsets": list(summary.lr_offsets)},
+        "multipliers": multipliers,
+        "verdict": asdict(tuning_verdict(curves, spread, target)),
+    }
+    return json.loads(dumps(numbers))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the coordinate check's verdicts (its measurements come from lrm_mup.tuning.coord_check)
+
+QUANTITIES = {
+    "act": "mean |activation|",
+    "dw": "‖ΔW‖/‖W‖ (spectral for hidden matrices)",
+    "dy": "‖ΔW·x‖/‖W·x‖",
+    "mult": "mean |multiplier|",
+}
+LOGITS = "logits"
+Verdict = CoordCheckVerdict
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A width dependence that μP itself prescribes, declared with its reason instead of being skipped. It applies
+    to recipes with μP's readout and attention (all but sp: the result's config lists them as "mup_readout"), to
+    series whose module matches `module` (a pattern) or has `role`, at `step` (None: every step)."""
+
+    name: str
+    quantity: str
+    module: str | None
+    role: str | None
+    step: int | None
+    exponent: float   # expected slope per doubling of `of`
+    of: str           # "width" or "head_dim"
+    reason: str
+
+    def applies(self, mup_readout: bool, module: str, quantity: str, step: int, roles: dict[str, str]) -> bool:
+        return (mup_readout and quantity == self.quantity and self.step in (None, step)
+                and (fnmatch.fnmatchcase(module, self.module) if self.module else roles.get(module) == self.role))
+
+
+EXPECTED = (
+    Expected("logits at init", "act", LOGITS, None, 0, -0.5, "width",
+             "μP readout init W ~ 1/width: the logits sum width terms of random sign, so they are ~ width^-1/2 "
+             "until the first updates (Θ(1)) dominate"),
+    Expected("attention logits at init", "act", "*.logits", None, 0, -0.5, "head_dim",
+             "μP attention α/d_head: q·k sums d_head independent terms at init (~ d_head^1/2), times 1/d_head gives "
+             "d_head^-1/2; no width dependence where widening adds heads at a fixed head dim"),
+    Expected("query output", "act", None, "query", None, -0.5, "head_dim",
+             "μP's α/d_head is applied as the query's fixed multiplier √(d_head,base/d_head) (SDPA keeps its "
+             "1/√d_head), so the query's output carries that factor at every step; none at a fixed head dim"),
+)
+
+
+def seed_means(records: list[dict]) -> dict[tuple, dict[int, dict[int, float]]]:
+    """(recipe, module, quantity) -> step -> width -> mean value over seeds."""
+    sums: dict = defaultdict(lambda: [0.0, 0])
+    for r in records:
+        acc = sums[(r["recipe"], r["module"], r["quantity"], r["step"], r["width"])]
+        acc[0] += r["value"]
+        acc[1] += 1
+    means: dict = defaultdict(lambda: defaultdict(dict))
+    for (recipe, module, quantity, step, width), (total, n) in sums.items():
+        means[(recipe, module, quantity)][step][width] = total / n
+    return means
+
+
+def slopes(records: list[dict], head_dims: dict | None = None, roles: dict | None = None,
+           mup_readout: Collection[str] = ()) -> list[dict]:
+    """One row per (recipe, module, quantity, step): the fitted `slope` of the seed means, the expected slope and
+    the declared exception behind it (if any). A step where the quantity is zero at every width gets slope None
+    and a note. head_dims: {width: head dim}, roles: {module: role}, mup_readout: the recipes with μP's readout and
+    attention, for the exceptions that depend on them."""
+    widths = sorted({r["width"] for r in records})
+    per_doubling = {"width": 1.0, "head_dim": _head_dim_exponent(head_dims or {}, widths)}
+    rows = []
+    for (recipe, module, quantity), by_step in seed_means(records).items():
+        for step, by_width in sorted(by_step.items()):
+            values = [by_width.get(w, math.nan) for w in widths]
+            declared = next((e for e in EXPECTED
+                             if e.applies(recipe in mup_readout, module, quantity, step, roles or {})), None)
+            row = {"recipe": recipe, "module": module, "quantity": quantity, "step": step,
+                   "slope": slope(widths, values), "values": values,
+                   "expected": declared.exponent * per_doubling[declared.of] + 0.0 if declared else 0.0,  # no -0.0
+                   "exception": declared.name if declared else None, "note": None}
+            if all(v == 0 for v in values):
+                row["slope"], row["note"] = None, "zero at every width"
+            elif not math.isfinite(row["slope"]):
+                row["note"] = "non-finite value" if math.isnan(row["slope"]) else "zero at some widths"
+            rows.append(row)
+    return rows
+
+
+def _head_dim_exponent(head_dims: dict, widths: list[int]) -> float:
+    """How the head dim grows with width (0: widening adds heads; 1: a fixed number of heads)."""
+    dims = [head_dims.get(w, head_dims.get(str(w))) for w in widths]
+    return round(slope(widths, dims), 6) + 0.0 if all(dims) else 0.0
+
+
+def judge(slope_rows: list[dict], steps: int, last_steps: int, threshold: float) -> list[Verdict]:
+    """A verdict per series from its slope at t=0 and its mean slope over the last `last_steps` steps, whichever is
+    further from the expected one; skipped steps (zero at every width) do not count."""
+    series = defaultdict(list)
+    for row in slope_rows:
+        series[(row["recipe"], row["module"], row["quantity"])].append(row)
+    verdicts = []
+    for key, rows in series.items():
+        checks = _checks(rows, steps, last_steps)
+        if checks:
+            at, slope_, expected = max(checks, key=lambda c: _deviation(c[1], c[2]))
+            verdicts.append(Verdict(*key, at, slope_, expected, _deviation(slope_, expected) < threshold))
+    return verdicts
+
+
+def _checks(rows: list[dict], steps: int, last_steps: int) -> list[tuple[str, float, float]]:
+    """(when, slope, expected) of one series: at t=0, and the means over the last `last_steps` steps."""
+    late = [r for r in rows if r["step"] > steps - last_steps and r["slope"] is not None]
+    checks = [("t=0", r["slope"], r["expected"]) for r in rows if r["step"] == 0 and r["slope"] is not None]
+    if late:
+        first, last = late[0]["step"], late[-1]["step"]
+        checks.append((f"t={first}..{last}" if first != last else f"t={first}",
+                       float(np.mean([r["slope"] for r in late])), float(np.mean([r["expected"] for r in late]))))
+    return checks
+
+
+def _deviation(slope_: float, expected: float) -> float:
+    d = abs(slope_ - expected)
+    return math.inf if math.isnan(d) else d
+
+
+class CoordCheckResult:
+    """Every recorded number (`records`, one dict per recipe, width, seed, step, module, quantity), the slopes per
+    step (`slopes`) and one `Verdict` per series (`verdicts`). `config` must name "mup_readout", the recipes with
+    μP's readout and attention (`lrm_mup.tuning.coord_check.CoordCheckResult` fills it in from the recipes)."""
+
+    def __init__(self, config: dict, records: list[dict]):
+        if "mup_readout" not in config:
+            raise CoordCheckError("a coordinate-check config must list 'mup_readout' (the recipes with μP's readout "
+                                  "and attention); build it with lrm_mup.tuning.coord_check.CoordCheckResult")
+        self.config, self.records = config, records
+        self.slopes = slopes(records, config.get("head_dims"), config.get("roles"), config["mup_readout"])
+        self.verdicts = judge(self.slopes, config["steps"], config["last_steps"], config["threshold"])
+
+    def passed(self, recipe: str) -> bool:
+        verdicts = [v for v in self.verdicts if v.recipe == recipe]
+        if not verdicts:
+            raise CoordCheckError(f"recipe {recipe!r} was not checked; checked: {', '.join(self.config['recipes'])}")
+        return all(v.passed for v in verdicts)
+
+    def failures(self, recipe: str) -> list[Verdict]:
+        """Failed series of `recipe`, worst first."""
+        return sorted((v for v in self.verdicts if v.recipe == recipe and not v.passed),
+                      key=lambda v: -_deviation(v.slope, v.expected))
+
+    def summary(self, worst: int = 5) -> str:
+        """The verdict per recipe with its worst series, the declared exceptions as measured, and what was skipped."""
+        c = self.config
+        late = f"t={c['steps'] - c['last_steps'] + 1}..{c['steps']}"
+        lines = [
+            f"coordinate check: widths {', '.join(map(str, c['widths']))} (base {c['base_width']}), "
+            f"{c['steps']} steps, {c['seeds']} seeds, {c['optimizer']} lr {c['lr']:g}, "
+            f"batch {c['batch_size']}×{c['context']} of {c['corpus']} "
+            f"({'a fresh batch per step' if c['fresh_batches'] else 'one fixed batch'})",
+            f"a series passes when its slope of log2 value against log2 width is within {c['threshold']:g} of the "
+            f"expected slope (0 unless declared below) at t=0 and on average over {late}",
+        ]
+        for recipe in c["recipes"]:
+            verdicts = [v for v in self.verdicts if v.recipe == recipe]
+            n_pass = sum(v.passed for v in verdicts)
+            lines.append(f"{recipe:8s} {'PASS' if n_pass == len(verdicts) else 'FAIL'}  "
+                         f"{n_pass}/{len(verdicts)} series pass")
+            for v in self.failures(recipe)[:worst]:
+                lines.append(f"    {v.quantity:4s} {v.module:28s} slope {v.slope:+.2f} at {v.at}"
+                             + (f" (expected {v.expected:+.2f})" if v.expected else ""))
+        lines.append("declared exceptions (slopes μP prescribes; judged against them instead of 0):")
+        for e in EXPECTED:
+            lines.append(f"    {e.name}: {e.reason}")
+            series = defaultdict(list)
+            for r in self.slopes:
+                if r["exception"] == e.name:
+                    series[(r["recipe"], r["module"])].append(r)
+            checks = {key: _checks(rows, c["steps"], c["last_steps"]) for key, rows in series.items()}
+            if not checks:
+                lines.append("        (no checked recipe has it)")
+            elif all(x == 0 for found in checks.values() for _, _, x in found):
+                worst_ = max(abs(s) for found in checks.values() for _, s, _ in found)
+                lines.append(f"        expected slope 0 here: the head dim is the same at every width "
+                             f"(measured |slope| <= {worst_:.2f})")
+            else:
+                for recipe in c["recipes"]:
+                    got = [f"{module} " + ", ".join(f"{s:+.2f} at {at} (expected {x:+.2f})" for at, s, x in found)
+                           for (r, module), found in checks.items() if r == recipe]
+                    if got:
+                        lines.append(f"        {recipe}: " + "; ".join(got))
+        skipped = sorted({(r["quantity"], r["step"]) for r in self.slopes if r["note"] == "zero at every width"})
+        if skipped:
+            lines.append("skipped, zero at every width: " + ", ".join(f"{q} at t={t}" for q, t in skipped)
+                         + " (no update has happened yet at t=0)")
+        return "\n".join(lines)
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Every number (config, the declared exceptions, verdicts, slopes, records) as JSON; NaN/inf kept as
+        JSON's NaN/Infinity so that `from_json` rebuilds the same verdicts."""
+        data = {"config": self.config, "exceptions": [asdict(e) for e in EXPECTED],
+                "verdicts": [asdict(v) for v in self.verdicts], "slopes": self.slopes, "records": self.records}
+        write_text_atomic(path, json.dumps(data, allow_nan=True))
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> CoordCheckResult:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        config = data["config"]
+        config["head_dims"] = {int(w): d for w, d in config.get("head_dims", {}).items()}
+        return cls(config, data["records"])

@@ -1,0 +1,24 @@
+"""The tuning report of a sweep folder and a transfer folder: gather the records (the sweep's trials, the transfer's
+summary) and Optuna's plots of the sweep, and hand them to `lrm_mup.report.write_tuning_report` (which reads no
+folder itself). What `lrm-mup report` and the demo's last stage run."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..report import write_tuning_report
+from ..tuning.sweep import optuna_figures
+from ..tuning.transfer import load_transfer, sweep_records
+
+
+def tuning_report(sweep_dir: str | os.PathLike, transfer_dir: str | os.PathLike | None, out_dir: str | os.PathLike,
+                  *, plotlyjs: str = "inline") -> Path:
+    """out_dir/index.html and out_dir/tuning.json of the sweep run folder `sweep_dir` (`lrm-mup sweep`) and the
+    transfer folder `transfer_dir` (`lrm-mup transfer`; None: the sweep alone). Returns the path of index.html."""
+    spec, trials = sweep_records(sweep_dir)
+    summary = load_transfer(transfer_dir) if transfer_dir is not None and trials else None
+    figures, notes = optuna_figures(sweep_dir, spec) if trials else ([], [])
+    return write_tuning_report(trials, summary, out_dir, sweep_name=getattr(spec, "name", None),
+                               sweep_folder=str(sweep_dir),
+                               transfer_folder=None if transfer_dir is None else str(transfer_dir),
+                               figures=figures, notes=notes, plotlyjs=plotlyjs)
