@@ -6,13 +6,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import time
 from dataclasses import fields
+from pathlib import Path
+
+import torch
 
 from . import data as data_mod
+from .core.optim import OPTIMIZERS
+from .core.recipes import PLACEMENTS, RECIPES, describe
 from .errors import ConfigError, LrmMupError
+from .models import MODELS, GPTConfig
+from .pipelines.demo import run_demo
+from .pipelines.tuning_report import tuning_report
+from .report import write_coord_check_report
+from .training import DEVICES, EXECUTION, PATHS, SCHEDULES, TrainConfig, distributed, parametrized_model, train
+from .training.distributed import PARALLEL
+from .tuning import coord_check as cc
+from .tuning.sweep import JOURNAL, load_sweep, run_sweep, summary_lines
+from .tuning.transfer import format_summary, run_transfer
 
 DATA_PARALLEL = ("train", "transfer")  # the commands that run under torchrun
 USER_ERRORS = (LrmMupError, FileExistsError, FileNotFoundError)
@@ -35,12 +50,6 @@ def _alpha(text: str) -> tuple[str, float]:
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """Flags for every TrainConfig field; only flags given on the command line reach the config."""
-    from .core.optim import OPTIMIZERS
-    from .core.recipes import PLACEMENTS, RECIPES
-    from .models import MODELS
-    from .training import DEVICES, PATHS, SCHEDULES
-    from .training.distributed import PARALLEL
-
     a = p.add_argument
     a("--recipe", choices=list(RECIPES), help="parametrization (default lrm)")
     a("--optimizer", choices=OPTIMIZERS, help="matrix optimizer (default adamw)")
@@ -80,8 +89,6 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_config(args: argparse.Namespace):
-    from .training import TrainConfig
-
     names = {f.name for f in fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "alphas" in given:
@@ -94,17 +101,10 @@ def train_config(args: argparse.Namespace):
 
 def _timestamped(prefix: str) -> str:
     """PREFIX-TIME: a default output folder, the same on every rank under torchrun (rank 0's clock)."""
-    from .training import distributed
-
     return distributed.on_main(lambda: f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}", distributed.setup())
 
 
 def cmd_train(args) -> int:
-    import json
-    from pathlib import Path
-
-    from .training import EXECUTION, TrainConfig, train
-
     if args.resume:
         if args.out is None:
             raise ConfigError("--resume needs --out DIR, the run folder to continue")
@@ -132,9 +132,6 @@ def cmd_data(args) -> int:
 
 
 def cmd_describe(args) -> int:
-    from .core.recipes import describe
-    from .training import parametrized_model
-
     model = parametrized_model(train_config(args), device="meta")  # the layer table only: nothing allocated
     rows = describe(model)
     cols = list(rows[0])
@@ -155,8 +152,6 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_transfer(args) -> int:
-    from .tuning.transfer import format_summary, run_transfer
-
     overrides = {k: getattr(args, k) for k in ("device", "compile", "parallel", "micro_batch", "steps")
                  if getattr(args, k) is not None}
     out = args.out or _timestamped("runs/transfer")
@@ -173,13 +168,6 @@ def _name_list(text: str) -> list[str]:
 
 
 def cmd_coord_check(args) -> int:
-    import torch
-
-    from .core.recipes import RECIPES
-    from .models import MODELS, GPTConfig
-    from .report import write_coord_check_report
-    from .tuning import coord_check as cc
-
     bad = [r for r in args.recipes if r not in RECIPES]
     if bad:
         raise ConfigError(f"--recipes: {bad[0]!r} is not a recipe; allowed: {', '.join(RECIPES)}")
@@ -210,25 +198,19 @@ def cmd_coord_check(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .tuning.sweep import JOURNAL, load_sweep, run_sweep, summary_lines
-
     spec = load_sweep(args.config)
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {args.workers}")
     out = args.out or f"runs/{spec.name}"
     run_sweep(spec, out, storage=args.storage, workers=args.workers, progress=not args.quiet)
     where = args.storage or f"{out}/{JOURNAL}"
-    print(f"sweep {spec.name!r} done: results in {out} (storage {where}; lrm_mup.sweep.records({out!r}))")
+    print(f"sweep {spec.name!r} done: results in {out} (storage {where}; lrm_mup.tuning.sweep.records({out!r}))")
     for line in summary_lines(args.storage or out, spec):
         print("  " + line)
     return 0
 
 
 def cmd_report(args) -> int:
-    from pathlib import Path
-
-    from .pipelines.tuning_report import tuning_report
-
     out = args.out or f"reports/{Path(args.sweep).resolve().name}"
     path = tuning_report(args.sweep, args.transfer, out, plotlyjs=args.plotlyjs)
     print(f"tuning report: {path}")
@@ -236,8 +218,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .pipelines.demo import run_demo
-
     run_demo(args.out, quick=args.quick, data=args.data, sweep_file=args.sweep, workers=args.workers,
              log=lambda line: print(line, flush=True))
     return 0
@@ -335,8 +315,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .training import distributed
-
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     try:

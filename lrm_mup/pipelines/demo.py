@@ -1,7 +1,7 @@
 """`lrm-mup demo`: the whole story at CPU scale on the real corpus, one stage after the other.
 
-1. coordinate check of every recipe of the sweep (`lrm_mup.coord_check`), report in OUT/coord_check/
-2. the LR-transfer sweep of `sweeps/demo.toml` (`lrm_mup.sweep`), run folder OUT/sweep/
+1. coordinate check of every recipe of the sweep (`lrm_mup.tuning.coord_check`), report in OUT/coord_check/
+2. the LR-transfer sweep of `sweeps/demo.toml` (`lrm_mup.tuning.sweep`), run folder OUT/sweep/
 3. transfer of each recipe's best proxy settings to a wider target, with a direct LR sweep there, OUT/transfer/
 4. the tuning report, OUT/report/index.html (+ tuning.json)
 
@@ -20,8 +20,17 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MissingError
+from .._files import available_cores
+from ..data import load_corpus
+from ..errors import ConfigError, MissingError
+from ..models import MODELS
 from ..records import SweepTrial
+from ..report import write_coord_check_report
+from ..training import TrainConfig
+from ..tuning import sweep as sweep_mod
+from ..tuning.coord_check import CoordCheckResult, coord_check
+from ..tuning.transfer import format_summary, run_transfer
+from .tuning_report import tuning_report
 
 DEMO_TOML = Path(__file__).resolve().parent / "demo.toml"  # package data: a wheel install has it
 
@@ -68,9 +77,6 @@ def target_width(spec, records: list[SweepTrial], workers: int = 1,
     width (multiples of the proxy width) whose transfer stage (per recipe: the proxy run and 1 + len(LR_OFFSETS)
     target runs, over `workers`) fits in `budget_s` at the speed (seconds per FLOP) the sweep measured at its widest
     width; the narrowest candidate if none fits. Returns (width, estimated seconds of the stage or None)."""
-    from ..errors import ConfigError
-    from ..training import TrainConfig
-
     widths = sorted(spec.widths)
     proxy, widest = widths[0], widths[-1]
     raw = {4 * proxy, 2 * widest, proxy * round(1.5 * widest / proxy)}
@@ -114,14 +120,6 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
              log: Callable[[str], None] = print) -> Path:
     """Run the four stages (module doc) under `out`; returns the report's index.html. `workers`: processes of the
     sweep and of the transfer (default: 2 cores' worth, one thread each; 1 with `quick`)."""
-    from ..data import load_corpus
-    from ..models import MODELS
-    from ..report import write_coord_check_report
-    from ..tuning import sweep as sweep_mod
-    from ..tuning.coord_check import CoordCheckResult, coord_check
-    from ..tuning.transfer import format_summary, run_transfer
-    from .tuning_report import tuning_report
-
     if workers is not None and not (isinstance(workers, int) and workers >= 1):
         raise sweep_mod.SweepError(f"workers must be a positive integer, not {workers!r}")
     out = Path(out)
@@ -134,7 +132,7 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
         raise sweep_mod.SweepError(f"{sweep_file}: not valid TOML: {e}") from None
     spec = sweep_mod.parse_sweep(demo_spec(raw, quick=quick, data=data), source=str(sweep_file))
     if workers is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = available_cores()
         workers = 1 if quick else max(1, min(2, cores))
     threads = torch.get_num_threads()
     if quick:

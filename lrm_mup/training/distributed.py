@@ -25,6 +25,9 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 T = TypeVar("T")
 
@@ -152,9 +155,6 @@ def wrap(model: torch.nn.Module, world: World, parallel: str, device: torch.devi
         return model
     broadcast_parameters(model, world)
     if parallel == "fsdp":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
         mesh = init_device_mesh(device.type, (world.size,))
         # innermost lists first: FSDP2 wants a module's sub-units sharded before the module itself
         for blocks in reversed([m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]):
@@ -164,8 +164,6 @@ def wrap(model: torch.nn.Module, world: World, parallel: str, device: torch.devi
         return model
     if not ddp:
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     # buffers (rotary tables) are computed alike on every rank: no broadcast before each forward
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False,
                gradient_as_bucket_view=True)

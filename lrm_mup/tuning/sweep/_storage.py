@@ -3,6 +3,7 @@ locks that let many workers share them."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import re
 import time
 import warnings
@@ -65,8 +66,6 @@ def _driver_url(url: str) -> str:
     would otherwise look for psycopg 3."""
     scheme, sep, rest = url.partition("://")
     if scheme in ("postgresql", "postgres"):
-        import importlib.util
-
         if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
             return f"postgresql+psycopg2{sep}{rest}"
         return f"postgresql{sep}{rest}"
