@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
@@ -23,14 +22,14 @@ from .models import MODELS, GPTConfig
 from .pipelines.demo import run_demo
 from .pipelines.tuning_report import tuning_report
 from .report import write_coord_check_report
-from .training import DEVICES, EXECUTION, PATHS, SCHEDULES, TrainConfig, distributed, parametrized_model, train
+from .training import DEVICES, PATHS, SCHEDULES, TrainConfig, distributed, parametrized_model, resumed_config, train
 from .training.distributed import PARALLEL
 from .tuning import coord_check as cc
 from .tuning.sweep import JOURNAL, load_sweep, run_sweep, summary_lines
 from .tuning.transfer import format_summary, run_transfer
 
 DATA_PARALLEL = ("train", "transfer")  # the commands that run under torchrun
-USER_ERRORS = (LrmMupError, FileExistsError, FileNotFoundError)
+USER_ERRORS = (LrmMupError,)  # every error a user can fix (lrm_mup.errors)
 
 
 class Parser(argparse.ArgumentParser):
@@ -109,12 +108,7 @@ def cmd_train(args) -> int:
         if args.out is None:
             raise ConfigError("--resume needs --out DIR, the run folder to continue")
         given = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(TrainConfig)} and v is not None}
-        fixed = sorted(set(given) - set(EXECUTION))
-        if fixed:
-            allowed = ", ".join("--" + k.replace("_", "-") for k in EXECUTION)
-            raise ConfigError(f"--{fixed[0].replace('_', '-')} cannot change when resuming (the run's settings are in "
-                              f"{args.out}/config.json); only {allowed} can")
-        cfg = TrainConfig.from_dict({**json.loads((Path(args.out) / "config.json").read_text()), **given})
+        cfg = resumed_config(args.out, **given)
     else:
         cfg = train_config(args)
     out = args.out or _timestamped(f"runs/train-{cfg.recipe}-w{cfg.width}")

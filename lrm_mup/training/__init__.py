@@ -12,7 +12,7 @@ from ..records import RunResult
 from .build import config_base_shapes, parametrized_model
 from .config import DEVICES, EXECUTION, PATHS, SCHEDULES, TrainConfig, lr_factor
 from .engine import Run, diverged, lockstep
-from .run_folder import TrainResult, train
+from .run_folder import TrainResult, resumed_config, train
 
 __all__ = ["TrainConfig", "lr_factor", "EXECUTION", "SCHEDULES", "DEVICES", "PATHS", "parametrized_model",
-           "config_base_shapes", "Run", "lockstep", "diverged", "RunResult", "TrainResult", "train"]
+           "config_base_shapes", "Run", "lockstep", "diverged", "RunResult", "TrainResult", "train", "resumed_config"]

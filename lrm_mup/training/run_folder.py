@@ -80,6 +80,25 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
     return result
 
 
+def resumed_config(out: str | os.PathLike, **execution) -> TrainConfig:
+    """The config of the run folder `out`, with only the execution settings (`EXECUTION`: how a step is computed,
+    not what it computes) replaced by `execution`; what `train(cfg, out, resume=True)` continues."""
+    fixed = sorted(set(execution) - set(EXECUTION))
+    if fixed:
+        allowed = ", ".join("--" + k.replace("_", "-") for k in EXECUTION)
+        raise ConfigError(f"--{fixed[0].replace('_', '-')} cannot change when resuming (the run's settings are in "
+                          f"{out}/config.json); only {allowed} can")
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise MissingError(f"nothing to resume: no config.json in {str(out)!r}")
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RunFolderError(f"{path} is not a readable run config ({type(e).__name__}); start afresh in another "
+                             "--out") from None
+    return TrainConfig.from_dict({**saved, **execution})
+
+
 def _row(record: StepRecord) -> dict:
     """A metrics row: the record's fields, `val_bpb` only on a step that evaluated."""
     row = asdict(record)

@@ -389,8 +389,9 @@ def multiplier_values(run_dir: str | os.PathLike) -> MultiplierValues:
         product = math.prod(learned.values()) if learned else 1.0
         parts = name.split(".")
         block = int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() else None
-        layers.append(LayerMultipliers(name, module.parametrization.role, module.parametrization.kind, block, module.fixed_mult,
-                                       learned, product, module.fixed_mult * product))
+        record = module.parametrization
+        layers.append(LayerMultipliers(name, record.role, record.kind, block, record.fixed_mult, learned, product,
+                                       record.fixed_mult * product))
     return MultiplierValues(str(run_dir), cfg.width, cfg.optimizer, cfg.placement or "all", tuple(layers))
 
 
