@@ -1,5 +1,8 @@
+"""Shared fixtures."""
 import pytest
 import torch
+
+from tests.waiting import Spawns
 
 
 def pytest_configure(config):
@@ -13,3 +16,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def spawns(monkeypatch):
+    """The worker processes a sweep started in this test (see waiting.Spawns); a gate, if set, is open at the end."""
+    s = Spawns(monkeypatch)
+    yield s
+    s.close()

@@ -10,17 +10,17 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from datetime import datetime, timedelta
 from itertools import product
 from pathlib import Path
 
 import pytest
 
 optuna = pytest.importorskip("optuna")
+psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is not installed: pip install psycopg2-binary")
 from optuna.trial import TrialState
 
 from lrm_mup.tuning.sweep import parse_sweep, records, run_sweep
+from tests.waiting import DEADLINE, mid_trial, stop_if, wait_for
 
 SLICE = str(Path(__file__).parent / "data" / "shakespeare")
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +50,6 @@ def postgres():
     initdb, pg_ctl = _server_binary("initdb"), _server_binary("pg_ctl")
     if not initdb or not pg_ctl:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql")
-    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is not installed: pip install psycopg2-binary")
     as_user = []
     root = Path(tempfile.mkdtemp(prefix="lrm_mup_pg-"))
     if os.geteuid() == 0:
@@ -67,7 +66,8 @@ def postgres():
     data, log, port = root / "data", root / "server.log", _free_port()
 
     def run(*cmd):
-        proc = subprocess.run(as_user + list(cmd), capture_output=True, text=True, timeout=120, check=False)
+        proc = subprocess.run(as_user + list(cmd), capture_output=True, text=True, timeout=DEADLINE,
+                              check=False)  # a last resort
         if proc.returncode != 0:
             tail = (log.read_text()[-2000:] if log.exists() else "") + proc.stdout[-1000:] + proc.stderr[-1000:]
             raise RuntimeError(f"{' '.join(cmd[:2])} failed ({proc.returncode}): {tail}")
@@ -76,7 +76,7 @@ def postgres():
     try:
         run(initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
-        run(pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
+        run(pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "600", "start")
         started = True
         conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
         conn.autocommit = True
@@ -89,10 +89,13 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def spec_dict(name: str, steps: int, log2_lrs: list) -> dict:
+def spec_dict(name: str, steps: int, log2_lrs: list, grace: int = 3) -> dict:
+    """`grace`: seconds without a heartbeat before a RUNNING trial counts as dead. The kill test keeps it short (its
+    retry waits that long); where nothing is killed it is generous, so that a worker starved of CPU on a busy
+    machine is never taken for a dead one."""
     return {"name": name, "recipes": ["mup"], "widths": [16], "seeds": [0, 1] if steps < 100 else [0], "steps": steps,
             "model": dict(MODEL), "search": {"log2_lr": log2_lrs}, "sampler": {"type": "grid"},
-            "trial": {"report_every": 5}, "heartbeat": {"interval": 1, "grace": 3, "max_retry": 2}}
+            "trial": {"report_every": 5}, "heartbeat": {"interval": 1, "grace": grace, "max_retry": 2}}
 
 
 def write(tmp_path: Path, d: dict) -> Path:
@@ -118,15 +121,41 @@ def point(t):
     return t.params["width"], t.params["seed"], float(t.params["log2_lr"])
 
 
-def test_two_workers_share_one_study_over_postgres(postgres, tmp_path):
-    d = spec_dict("pg-share", 10, [-9, -8, -7, -6, 14])
+class AdvisoryGate:
+    """The PostgreSQL sweep's claim lock (an advisory lock keyed by the sweep's name), held by the test on its own
+    connection: `queued()` counts the sessions waiting for it."""
+
+    def __init__(self, url: str, name: str):
+        self.url, self.key, self.conn = url, f"lrm_mup:{name}", None  # the key of sweep._storage._ClaimLock
+
+    def close(self):
+        self.conn = psycopg2.connect(self.url)
+        self.conn.autocommit = True
+        self.conn.cursor().execute("SELECT pg_advisory_lock(hashtext(%s))", (self.key,))
+
+    def queued(self, pids) -> int:  # the workers' server sessions, whose pids are not theirs: count every waiter
+        cur = self.conn.cursor()
+        cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        return cur.fetchone()[0]
+
+    def open(self):
+        self.conn.cursor().execute("SELECT pg_advisory_unlock(hashtext(%s))", (self.key,))
+        self.conn.close()
+
+
+def test_two_workers_share_one_study_over_postgres(postgres, tmp_path, spawns):
+    d = spec_dict("pg-share", 10, [-9, -8, -7, -6, 14], grace=120)
     spec = parse_sweep(d)
+    spawns.gate(AdvisoryGate(postgres, spec.name), 2)  # no trial is claimed before both workers wait for one
     run_sweep(spec, tmp_path / "out", storage=postgres, workers=2, progress=False)
+    spawns.join()
+    assert spawns.all_queued and len(spawns.procs) == 2
     trials = optuna.load_study(study_name="pg-share/mup", storage=rdb(postgres)).get_trials()
     assert all(t.state == TrialState.COMPLETE for t in trials)
     expected = set(product([16], [0, 1], [-9.0, -8.0, -7.0, -6.0, 14.0]))
     assert sorted(map(point, trials)) == sorted(expected)  # every grid point exactly once
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes took trials
+    assert {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials} == {p.pid for p in spawns.procs}
     rows = records(postgres, spec)
     assert len(rows) == 10 and {r.status for r in rows} == {"ok", "diverged"}
     assert all(r.tokens > 0 and r.flops > 0 and r.seconds > 0 for r in rows)
@@ -150,24 +179,38 @@ def test_a_worker_killed_mid_trial_is_retried_by_the_other(postgres, tmp_path):
             return []
 
     a, b = start("a"), start("b")  # two "machines": separate processes and folders, one study
+    by_pid = {a.pid: a, b.pid: b}
+
+    def owner(t):
+        return by_pid.get(int(t.user_attrs.get("worker", ":0").rsplit(":", 1)[1]))
+
+    def victim_now():
+        """A trial that a worker is mid-way through training, once another trial has completed (so that completed
+        trials exist to survive the kill); whichever of the two workers runs it is the victim."""
+        now = trials()
+        if not any(t.state == TrialState.COMPLETE for t in now):
+            return None
+        return next((t for t in now if owner(t) is not None and mid_trial(t, d["steps"])), None)
+
+    def stopped_mid_trial():  # its worker is SIGSTOPped, then the trial is checked again: still mid-trial
+        t = victim_now()
+        if t is None or not stop_if(owner(t).pid, lambda: mid_trial(trials()[t.number], d["steps"])):
+            return None
+        return t
+
     try:
-        deadline, victim = time.time() + 90, None
-        while time.time() < deadline and victim is None:
-            now = trials()
-            # the victim: a RUNNING trial of a's that started < 0.5 s ago (trials take seconds): killed mid-trial
-            if any(t.state == TrialState.COMPLETE for t in now):
-                victim = next((t for t in now if t.state == TrialState.RUNNING and "config" in t.user_attrs
-                               and t.user_attrs.get("worker", "").endswith(f":{a.pid}")
-                               and datetime.now() - t.datetime_start < timedelta(seconds=0.5)), None)
-            if a.poll() is not None or b.poll() is not None:
-                ended = a if a.poll() is not None else b
-                pytest.fail(f"a worker ended early: {ended.stderr.read().decode()[-2000:]}")
-            time.sleep(0.05)
-        assert victim is not None, "worker a never ran a trial after the first one completed"
-        os.kill(a.pid, signal.SIGKILL)  # mid-trial: its heartbeat stops, its trial stays RUNNING
-        a.wait()
+        victim = wait_for(stopped_mid_trial, "a worker mid-way through a trial after the first one completed",
+                          procs=[a, b])
+        killed = owner(victim)
+        survivor = b if killed is a else a
+        os.kill(killed.pid, signal.SIGKILL)  # mid-trial: its heartbeat stops, its trial stays RUNNING
+        killed.wait()
         complete_before = {t.number: point(t) for t in trials() if t.state == TrialState.COMPLETE}
-        assert b.wait(timeout=120) == 0, b.stderr.read().decode()[-2000:]
+        try:
+            code = survivor.wait(timeout=DEADLINE)  # a last resort: it exits once every trial is done
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the surviving worker did not finish within {DEADLINE:.0f} s")
+        assert code == 0, survivor.stderr.read().decode()[-2000:]
     finally:
         for p in (a, b):
             if p.poll() is None:
@@ -180,7 +223,7 @@ def test_a_worker_killed_mid_trial_is_retried_by_the_other(postgres, tmp_path):
     retries = [t for t in final if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == victim.params  # the same params
-    assert retries[0].user_attrs["worker"].endswith(f":{b.pid}")  # run by the surviving worker
+    assert retries[0].user_attrs["worker"].endswith(f":{survivor.pid}")  # run by the surviving worker
     complete = [t for t in final if t.state == TrialState.COMPLETE]
     assert sorted(map(point, complete)) == sorted(product([16], [0], [-9.0, -8.0, -7.0, -6.0]))  # each point once
     assert {n: point(final[n]) for n in complete_before} == complete_before  # no COMPLETE trial lost

@@ -2,10 +2,8 @@
 worker processes, resume after a killed run, divergence, TPE budgets and pruning, the records() rows, the CLI."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from itertools import product
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from optuna.trial import TrialState
 from lrm_mup.cli import main
 from lrm_mup.errors import SweepError
 from lrm_mup.tuning.sweep import JOURNAL, best_params, load_sweep, parse_sweep, records, run_sweep
+from tests.waiting import FlockGate, mid_trial, stop_if, wait_for
 
 SLICE = str(Path(__file__).parent / "data" / "shakespeare")
 REPO = Path(__file__).resolve().parent.parent
@@ -147,11 +146,16 @@ def test_cli_exits_2_on_a_bad_file_and_writes_nothing(tmp_path, capsys):
 # grid: two worker processes, divergence, records, resume
 
 
-def test_grid_with_two_workers_runs_every_point_once_and_records_divergence(tmp_path, capfd):
+def test_grid_with_two_workers_runs_every_point_once_and_records_divergence(tmp_path, capfd, spawns):
     d = grid_spec()
     path = write(tmp_path, d)
     out = tmp_path / "out"
+    # no trial is claimed before both workers wait for one: on a busy machine one worker could otherwise run the
+    # whole grid while the other is still importing torch
+    spawns.gate(FlockGate(out / ".claim.lock"), 2)
     assert main(["sweep", str(path), "--out", str(out), "--workers", "2"]) == 0
+    spawns.join()
+    assert spawns.all_queued and len(spawns.procs) == 2
     printed = capfd.readouterr().out  # the workers' lines come from their own processes
     assert f"results in {out}" in printed and printed.count("] trial ") == 12  # one line per finished trial
     assert "diverged" in printed and "w16: log2_lr=" in printed  # the per-recipe summary
@@ -168,6 +172,7 @@ def test_grid_with_two_workers_runs_every_point_once_and_records_divergence(tmp_
             else:
                 assert t.user_attrs["status"] == "ok" and 0 < t.value < 8.5
     assert len(workers) == 2 and all(int(w.rsplit(":", 1)[1]) != os.getpid() for w in workers)
+    assert {int(w.rsplit(":", 1)[1]) for w in workers} == {p.pid for p in spawns.procs}  # the two it started
 
     spec = load_sweep(path)
     rows = records(out, spec)
@@ -184,9 +189,9 @@ def test_grid_with_two_workers_runs_every_point_once_and_records_divergence(tmp_
 
     # re-running the same command resumes: nothing is left to run, nothing is re-run
     before = {r: len(study(out, f"g/{r}").trials) for r in d["recipes"]}
-    t0 = time.perf_counter()
+    started = len(spawns.procs)
     run_sweep(spec, out, workers=2, progress=False)
-    assert time.perf_counter() - t0 < 10  # no worker was even started
+    assert len(spawns.procs) == started  # no worker was even started
     assert {r: len(study(out, f"g/{r}").trials) for r in d["recipes"]} == before
     # another sweep file in the same folder is refused, nothing changes
     with pytest.raises(SweepError, match="other settings"):
@@ -200,22 +205,20 @@ def test_a_killed_run_resumes_without_rerunning_finished_points(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "lrm_mup.cli", "sweep", str(path), "--out", str(out), "--quiet"],
                             cwd=REPO, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:  # kill it once it has finished a trial and is training the next one
-            try:
-                trials = study(out, "k/mup").get_trials(deepcopy=False)
-            except (KeyError, FileNotFoundError):  # not created yet
-                trials = []
-            if any(t.state == TrialState.COMPLETE for t in trials) and trials[-1].state == TrialState.RUNNING \
-                    and "config" in trials[-1].user_attrs:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"the sweep ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.02)
-        else:
-            pytest.fail("the sweep never got going")
+
+    def now():
+        try:
+            return study(out, "k/mup").get_trials(deepcopy=False)
+        except (KeyError, FileNotFoundError):  # not created yet
+            return []
+
+    def training_the_next():  # it has finished a trial and is mid-way through training the next one
+        trials = now()
+        return any(t.state == TrialState.COMPLETE for t in trials) and mid_trial(trials[-1], d["steps"])
+
+    try:  # kill it once it has finished a trial and is training the next one: stopped first, then checked, then killed
+        wait_for(lambda: training_the_next() and stop_if(proc.pid, training_the_next), "a second trial under way",
+                 procs=[proc])
     finally:
         proc.kill()
         proc.wait()
