@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
+from ._version import __version__
 from .core.optim import OPTIMIZERS
 from .core.recipes import PLACEMENTS, RECIPES, describe
 from .errors import ConfigError, LrmMupError
@@ -219,6 +220,7 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="lrm-mup", description="μP and learnable multipliers for hyperparameter transfer")
+    parser.add_argument("--version", action="version", version=f"lrm-mup {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("train", help="train the proxy model under one recipe")
