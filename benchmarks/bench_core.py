@@ -27,6 +27,7 @@ import time
 import torch
 
 import lrm_mup
+from _bench import add_common_args, train_step
 from lrm_mup.training import TrainConfig, parametrized_model
 
 
@@ -34,12 +35,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", type=int, nargs="+", default=[256, 512])
     p.add_argument("--base", type=int, default=64, help="base width for parametrize (delta = 2 × base)")
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--context", type=int, default=128)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps per model")
-    p.add_argument("--rounds", type=int, default=15, help="timed steps per model (interleaved)")
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    add_common_args(p, batch=8, threads=os.cpu_count())
     p.add_argument("--lr", type=float, default=1e-3)
     return p.parse_args(argv)
 
@@ -57,28 +53,10 @@ def make_steppers(width: int, args) -> dict:
 
     def core_step(model, path=None):
         opt = lrm_mup.build_optimizer(model, "adamw", lr=args.lr, weight_decay=0.1)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            _, loss = model(x, y)
-            loss.backward()
-            if path is not None:
-                path.map_grads()
-            lrm_mup.clip_grad_norm_(model, 1.0)
-            opt.step()
-            if path is not None:
-                path.refresh()
-        return step
+        return train_step(model, opt, x, y, path=path, clip=1.0)
 
     def plain_step(model):
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            _, loss = model(x, y)
-            loss.backward()
-            opt.step()
-        return step
+        return train_step(model, torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1), x, y)
 
     lrm_auto, lrm_eff = parametrized("lrm"), parametrized("lrm")
     torch.manual_seed(0)

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from _bench import add_common_args
 from lrm_mup.data import load_corpus
 from lrm_mup.training import Run, TrainConfig, distributed
 
@@ -33,12 +34,7 @@ from lrm_mup.training import Run, TrainConfig, distributed
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--width", type=int, default=256)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--context", type=int, default=128)
-    p.add_argument("--batch", type=int, default=16, help="global batch")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process (CPU)")
+    add_common_args(p, batch=16, threads=1)  # --batch is the global batch
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--data", help="text file or folder (default: the Shakespeare corpus)")
     return p.parse_args(argv)

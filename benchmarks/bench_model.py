@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lrm_mup
+from _bench import add_common_args, train_step
 from lrm_mup.models import GPT, GPTConfig
 from lrm_mup.training import TrainConfig, parametrized_model
 
@@ -115,13 +116,8 @@ def check_same_logits(cfg: GPTConfig) -> float:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--width", type=int, default=256)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--context", type=int, default=128)
-    p.add_argument("--batch", type=int, default=8)
+    add_common_args(p, batch=8, threads=os.cpu_count())
     p.add_argument("--base", type=int, default=64, help="base width for parametrize (delta = 2 × base)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--lr", type=float, default=1e-3)
     return p.parse_args(argv)
 
@@ -136,12 +132,7 @@ def steppers(args) -> dict:
         return GPT(GPTConfig(width=width, depth=args.depth, context=args.context))
 
     def stepper(model, opt):
-        def step():
-            opt.zero_grad(set_to_none=True)
-            _, loss = model(x, y)
-            loss.backward()
-            opt.step()
-        return step
+        return train_step(model, opt, x, y)
 
     def ours(recipe):
         model = parametrized_model(TrainConfig(recipe=recipe, width=args.width, depth=args.depth, context=args.context,
