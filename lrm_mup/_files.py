@@ -1,12 +1,15 @@
-"""The few file-system primitives every stage shares: atomic writes, an exclusive file lock, strict JSON, and how
-many torch threads a worker process gets. One implementation of each (stages never roll their own).
+"""The few file-system primitives every stage shares: atomic writes, an exclusive file lock, strict JSON, checking
+that an output folder can be written and undoing a failed start in it, and how many torch threads a worker process
+gets. One implementation of each (stages never roll their own).
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +49,50 @@ def dumps(x, **kw) -> str:
 
 def write_json_atomic(path: str | os.PathLike, x, indent: int | None = 1) -> None:
     write_text_atomic(path, dumps(x, indent=indent) + "\n")
+
+
+def unwritable_folder(path: str | os.PathLike) -> str | None:
+    """Why the folder `path` cannot be written, or created with its missing parents, or None if it can: what every
+    stage checks before writing its first byte. ("is a file", "is under the file X", "is not writable", ...)."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            return "is a file, not a folder"
+        return None if os.access(path, os.W_OK | os.X_OK) else "is a folder this user cannot write to"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {str(parent)!r} is a file"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: this user cannot write to {str(parent)!r}"
+    return None
+
+
+@contextlib.contextmanager
+def undo_on_error(folder: str | os.PathLike):
+    """Remove what the block created in `folder` if it raises (any exception, Ctrl-C included): the folder itself if
+    it did not exist before (with the missing parents it was created with), else the entries it added at its top
+    level. A failed start leaves nothing behind, so the same command can simply be run again."""
+    folder = Path(folder)
+    existed = folder.exists()
+    top = folder  # the outermost folder that this block may create
+    while not existed and not top.parent.exists() and top.parent != top.parent.parent:
+        top = top.parent
+    before = set(os.listdir(folder)) if existed and folder.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(top, ignore_errors=True)
+        elif folder.is_dir():
+            for name in set(os.listdir(folder)) - before:
+                entry = folder / name
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        raise
 
 
 class FileLock:

@@ -1,10 +1,10 @@
 """What the records say: every number that answers "what is the best setting, and did it transfer?", computed here
 and nowhere else, from typed records (`lrm_mup.records`) alone — no training, no Optuna, no files.
 
-- sweep trials (`SweepTrial`): the best setting per recipe at a width (`best_settings`; `lrm_mup.tuning.sweep.
-  best_params`, the transfer's `load_best` and the report all use it), LR curves and their optimum per width
-  (`lr_curves`), how far the optimum moves over widths and whether that counts as a transfer (`optimum_spread`,
-  `SPREAD_OK`), what the sweep cost (`sweep_costs`);
+- sweep trials (`SweepTrial`): the one ranking of settings, status before loss (`rank`), the best setting per
+  recipe at a width (`best_settings`; `lrm_mup.tuning.sweep.best_params`, the transfer's `load_best` and the report
+  all use it), LR curves and their optimum per width (`lr_curves`), how far the optimum moves over widths and
+  whether that counts as a transfer (`optimum_spread`, `SPREAD_OK`), what the sweep cost (`sweep_costs`);
 - a transfer's runs (`TransferRun`): per recipe the target loss, the direct LR sweep's optimum and the gaps
   (`recipe_summary`);
 - the report's numbers and verdict (`tuning_numbers`, `tuning_verdict`);
@@ -49,7 +49,7 @@ from .records import (
 )
 
 __all__ = [
-    "SPREAD_OK", "MU_P_RECIPES", "gmean", "loglog_fit", "fit_exponent", "slope", "usable", "trial_loss",
+    "SPREAD_OK", "MU_P_RECIPES", "gmean", "loglog_fit", "fit_exponent", "slope", "usable", "trial_loss", "rank",
     "lr_curves", "optimum_spread", "best_settings", "best_configs", "sweep_costs", "recipe_summary",
     "tuning_verdict", "tuning_numbers", "PREDICTED", "HIDDEN_ROLES", "predicted_exponent", "multiplier_quantities",
     "multiplier_scaling", "QUANTITIES", "LOGITS", "Expected", "EXPECTED", "Verdict", "seed_means", "slopes",
@@ -137,23 +137,33 @@ def trial_loss(trial: SweepTrial) -> float:
     return float(value)
 
 
+def rank(group: Sequence[SweepTrial]) -> tuple[bool, float]:
+    """The one ranking of settings (a setting: the trials of one grid point, its seeds), lowest first: by status
+    first, a setting with a diverged (or lossless) seed below every setting whose seeds all converged, then by the
+    seed mean of the recorded value (`_score`: a diverged grid trial at the sweep's cap). Status first because the
+    cap is not a loss: a uniform byte model's 8 bits/byte beats a converged run that is still at 8.018, and a
+    diverged setting must never be transferred nor called the optimum. `best_settings` and `lr_curves` both rank
+    with it, so the best setting and the LR curves' optimum agree."""
+    return any(trial_loss(t) == math.inf for t in group), _mean([_score(t) for t in group])
+
+
 def lr_curves(trials: Iterable[SweepTrial]) -> dict[str, dict[int, LRCurve]]:
     """{recipe: {width: LRCurve}} over the usable trials, recipes and widths sorted: per log2 LR (rounded to 9
     digits) the seed mean of `trial_loss` (inf if a seed diverged; other search parameters are averaged over too).
-    The optimum is the argmin of the seed-mean final loss (REFERENCE §3), the smallest LR on a tie; None when every
-    point diverged."""
+    The optimum is the lowest-ranked point (`rank`: status, then the seed-mean final loss, REFERENCE §3), the
+    smallest LR on a tie; None when no point has every seed converged."""
     groups: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for t in usable(trials):
-        groups[t.recipe][int(t.width)][round(float(t.log2_lr), 9)].append(trial_loss(t))
+        groups[t.recipe][int(t.width)][round(float(t.log2_lr), 9)].append(t)
     out: dict[str, dict[int, LRCurve]] = {}
     for recipe in sorted(groups):
         out[recipe] = {}
         for width in sorted(groups[recipe]):
             points = groups[recipe][width]
             lrs = sorted(points)
-            vals = [_mean(points[x]) for x in lrs]
-            best = min(range(len(lrs)), key=lambda i: vals[i])
-            ok = math.isfinite(vals[best])
+            vals = [_mean([trial_loss(t) for t in points[x]]) for x in lrs]
+            best = min(range(len(lrs)), key=lambda i: (rank(points[lrs[i]]), lrs[i]))
+            ok = not rank(points[lrs[best]])[0]
             out[recipe][width] = LRCurve(tuple(lrs), tuple(vals), tuple(len(points[x]) for x in lrs),
                                          lrs[best] if ok else None, vals[best] if ok else None)
     return out
@@ -185,9 +195,11 @@ def best_settings(trials: Iterable[SweepTrial], width: int | None = None, *,
     """The best setting per recipe at `width` (default: each recipe's smallest width with a finished trial, the
     proxy): the trials that completed with a value (state COMPLETE; a pruned trial has no final loss) are grouped by
     their search parameters (log2_lr and `params`: the seeds of one grid point form a group, a multi-seed tpe trial
-    is one), each group scored by the mean of its trials' `_score`, and the lowest mean wins (the first such group
-    in trial order on a tie). Its config is that of the group's first trial. `recipes` gives the order (and
-    selection) of the result, default sorted; recipes without such a trial at the width are left out."""
+    is one), the groups ordered by `rank` (every seed converged first, then the lowest seed mean), and the first
+    wins (the first such group in trial order on a tie). Its config is that of the group's first trial. A diverged
+    setting never wins: a recipe with no setting whose seeds all converged at the width has no best setting.
+    `recipes` gives the order (and selection) of the result, default sorted; recipes without a best setting at the
+    width are left out."""
     by_recipe: dict[str, list[SweepTrial]] = defaultdict(list)
     for t in trials:
         if t.state == "COMPLETE" and t.val_bpb is not None and t.recipe is not None and t.width is not None:
@@ -204,8 +216,9 @@ def best_settings(trials: Iterable[SweepTrial], width: int | None = None, *,
                 groups.setdefault((t.log2_lr, *t.params.items()), []).append(t)
         if not groups:
             continue
-        scored = sorted(((sum(_score(t) for t in g) / len(g), g) for g in groups.values()), key=lambda s: s[0])
-        value, group = scored[0]
+        (failed, value), group = min(((rank(g), g) for g in groups.values()), key=lambda s: s[0])
+        if failed:
+            continue
         first = group[0]
         out[recipe] = BestSetting(recipe, w, {"log2_lr": first.log2_lr, **first.params}, value, len(group),
                                   dict(first.config))

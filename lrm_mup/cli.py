@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
+from ._secrets import mask_url
 from ._version import __version__
 from .core.optim import OPTIMIZERS
 from .core.recipes import PLACEMENTS, RECIPES, describe
@@ -26,10 +27,12 @@ from .report import write_coord_check_report
 from .training import DEVICES, PATHS, SCHEDULES, TrainConfig, distributed, parametrized_model, resumed_config, train
 from .training.distributed import PARALLEL
 from .tuning import coord_check as cc
-from .tuning.sweep import JOURNAL, load_sweep, run_sweep, summary_lines
+from .tuning.sweep import JOURNAL, STORAGE_ENV, load_sweep, run_sweep, summary_lines
 from .tuning.transfer import format_summary, run_transfer
 
 DATA_PARALLEL = ("train", "transfer")  # the commands that run under torchrun
+STORAGE_HELP = (f"database URL of a sweep swept into one (its sweep.json shows it masked); default ${STORAGE_ENV}, so "
+                "that the password need not be on the command line")
 USER_ERRORS = (LrmMupError,)  # every error a user can fix (lrm_mup.errors)
 
 
@@ -152,7 +155,7 @@ def cmd_transfer(args) -> int:
     out = args.out or _timestamped("runs/transfer")
     summary = run_transfer(args.source, out, widths=args.widths, lr_offsets=args.lr_offsets,
                            lr_sweep_widths=args.lr_sweep_widths, seeds=args.seeds, overrides=overrides or None,
-                           workers=args.workers, log=None if args.quiet else print)
+                           workers=args.workers, log=None if args.quiet else print, storage=args.storage)
     print(format_summary(summary))
     print(f"[{out}/transfer.json]")
     return 0
@@ -197,17 +200,18 @@ def cmd_sweep(args) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {args.workers}")
     out = args.out or f"runs/{spec.name}"
-    run_sweep(spec, out, storage=args.storage, workers=args.workers, progress=not args.quiet)
-    where = args.storage or f"{out}/{JOURNAL}"
+    storage = args.storage or os.environ.get(STORAGE_ENV)  # the environment keeps a password off the command line
+    run_sweep(spec, out, storage=storage, workers=args.workers, progress=not args.quiet)
+    where = mask_url(storage) if storage else f"{out}/{JOURNAL}"
     print(f"sweep {spec.name!r} done: results in {out} (storage {where}; lrm_mup.tuning.sweep.records({out!r}))")
-    for line in summary_lines(args.storage or out, spec):
+    for line in summary_lines(out, spec, storage=storage):
         print("  " + line)
     return 0
 
 
 def cmd_report(args) -> int:
     out = args.out or f"reports/{Path(args.sweep).resolve().name}"
-    path = tuning_report(args.sweep, args.transfer, out, plotlyjs=args.plotlyjs)
+    path = tuning_report(args.sweep, args.transfer, out, plotlyjs=args.plotlyjs, storage=args.storage)
     print(f"tuning report: {path}")
     return 0
 
@@ -264,14 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="sweep file (TOML), e.g. sweeps/demo.toml")
     p.add_argument("--out", help="run folder (default runs/<sweep name>); re-running resumes it")
     p.add_argument("--storage", help="database URL shared by workers on many machines, e.g. "
-                   "postgresql://user@host/db (default: <out>/optuna.journal)")
+                   f"postgresql://user@host/db (default: ${STORAGE_ENV}, else <out>/optuna.journal); shown masked")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     p.add_argument("--quiet", action="store_true", help="no line per finished trial")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("transfer",
                        help="train the proxy's best settings at target widths, with a direct LR sweep there")
-    p.add_argument("source", help="sweep run folder (runs/NAME with optuna.journal) or JSON {recipe: config}")
+    p.add_argument("source", help="sweep run folder (runs/NAME) or JSON {recipe: config}")
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--out", help="transfer folder (default runs/transfer-TIME); a finished run in it is not redone")
     p.add_argument("--widths", type=_int_list, help="target widths, e.g. 256,512 (default: 4x,8x the proxy on "
                    "CPU; 1024,2048,4096 on CUDA)")
@@ -292,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="tuning report (HTML + JSON) of an LR-transfer sweep and its transfer")
     p.add_argument("sweep", help="sweep run folder (runs/NAME)")
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("transfer", nargs="?",
                    help="transfer folder (lrm-mup transfer --out); leave out for the sweep alone")
     p.add_argument("--out", help="report folder (default reports/NAME, NAME the sweep folder's name)")

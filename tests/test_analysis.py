@@ -67,13 +67,31 @@ def test_best_settings_pick_the_lowest_seed_mean_per_recipe_and_width():
     assert list(analysis.best_configs(grid(), recipes=["sp", "mup", "lrm"])) == ["sp", "mup"]  # no lrm trial
 
 
-def test_a_capped_diverged_trial_ranks_at_the_cap_and_pruned_ones_not_at_all():
+def test_a_capped_diverged_trial_never_ranks_above_a_converged_one_and_pruned_ones_not_at_all():
     trials = [trial("sp", 16, -6, 9.0, n=0), trial("sp", 16, 0, CAP, status="diverged", n=1),
               trial("sp", 16, 2, None, status="pruned", state="PRUNED", n=2)]
     best = analysis.best_settings(trials)["sp"]
-    assert best.params == {"log2_lr": 0} and best.val_bpb == CAP  # today's ranking (issue 14 revisits it)
+    assert best.params == {"log2_lr": -6} and best.val_bpb == 9.0  # issue 14: status first, the cap is no loss
     nan_diverged = [trial("sp", 16, -6, 9.0, n=0), trial("sp", 16, 0, math.nan, status="diverged", n=1)]
     assert analysis.best_settings(nan_diverged)["sp"].params == {"log2_lr": -6}  # a NaN loss never wins
+
+
+def test_diverged_grid_points_never_rank_above_converged_ones():
+    """The issue-14 case: a diverged grid point scores the cap (8.0 bits/byte), which is below a converged run still
+    at 8.018; ranking by status first, the converged point is best, and the LR curve's optimum agrees."""
+    trials = [trial("mup", 16, -8, 8.018, seed=0, n=0), trial("mup", 16, -8, 8.02, seed=1, n=1),
+              trial("mup", 16, 10, CAP, seed=0, status="diverged", n=2),
+              trial("mup", 16, 10, CAP, seed=1, status="diverged", n=3),
+              trial("mup", 16, 9, 7.9, seed=0, n=4), trial("mup", 16, 9, CAP, seed=1, status="diverged", n=5)]
+    best = analysis.best_settings(trials)["mup"]
+    assert best.params == {"log2_lr": -8} and best.val_bpb == pytest.approx(8.019) and best.trials == 2
+    assert analysis.best_configs(trials)["mup"]["lr"] == 2.0 ** -8
+    curve = analysis.lr_curves(trials)["mup"][16]
+    assert curve.opt_log2_lr == -8 == best.params["log2_lr"] and curve.opt_val_bpb == pytest.approx(8.019)
+    assert analysis.rank(trials[4:6]) > analysis.rank(trials[:2])  # one diverged seed is enough to rank below
+    only_diverged = trials[2:4]
+    assert analysis.best_settings(only_diverged) == {}  # nothing converged: no best setting to transfer
+    assert analysis.lr_curves(only_diverged)["mup"][16].opt_log2_lr is None
 
 
 def test_best_settings_group_seeds_by_every_search_parameter():

@@ -19,6 +19,7 @@ optuna = pytest.importorskip("optuna")
 psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is not installed: pip install psycopg2-binary")
 from optuna.trial import TrialState
 
+from lrm_mup.cli import main
 from lrm_mup.tuning.sweep import parse_sweep, records, run_sweep
 from tests.waiting import DEADLINE, mid_trial, stop_if, wait_for
 
@@ -46,7 +47,8 @@ def _free_port() -> int:
 def postgres():
     """postgresql:// URL of a fresh database on a throwaway server: initdb into a temporary folder, pg_ctl start on a
     free localhost port, stopped and deleted afterwards. PostgreSQL refuses to run as root, so under root the server
-    runs as the `postgres` OS user (runuser), in a folder it owns."""
+    runs as the `postgres` OS user (runuser), in a folder it owns. Its superuser `postgres` connects without a
+    password (trust); `password_role` adds a role that must give one."""
     initdb, pg_ctl = _server_binary("initdb"), _server_binary("pg_ctl")
     if not initdb or not pg_ctl:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql")
@@ -228,3 +230,96 @@ def test_a_worker_killed_mid_trial_is_retried_by_the_other(postgres, tmp_path):
     assert sorted(map(point, complete)) == sorted(product([16], [0], [-9.0, -8.0, -7.0, -6.0]))  # each point once
     assert {n: point(final[n]) for n in complete_before} == complete_before  # no COMPLETE trial lost
     assert all(final[n].state == TrialState.COMPLETE for n in complete_before)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a password in the storage URL: sweep -> transfer -> report, and it is printed and written nowhere
+
+PASSWORD = "Pw@sw33p-T0ken"  # an @ in it: the userinfo ends at the last @ before the host
+
+
+def password_role(postgres: str, role: str, password: str, database: str) -> str:
+    """A role that must give `password` over TCP (scram-sha-256 for it in pg_hba.conf, first match, reloaded), owning
+    a database of its own; returns its URL with the password. Waits until the server refuses a wrong password: then
+    the password is what lets the sweep in."""
+    conn = psycopg2.connect(postgres.replace("/sweeps", "/postgres"))
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute(f"CREATE ROLE {role} LOGIN PASSWORD %s", (password,))
+    cur.execute(f"CREATE DATABASE {database} OWNER {role}")
+    cur.execute("SHOW hba_file")
+    hba = Path(cur.fetchone()[0])
+    hba.write_text(f"host {database} {role} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    cur.execute("SELECT pg_reload_conf()")
+    conn.close()
+    host_port = postgres.split("@", 1)[1].split("/", 1)[0]
+
+    def refused():
+        try:
+            psycopg2.connect(f"postgresql://{role}:wrong@{host_port}/{database}").close()
+        except psycopg2.OperationalError as e:
+            return "password authentication failed" in str(e)
+        return False
+
+    wait_for(refused, "the server to ask for a password")
+    psycopg2.connect(host=host_port.split(":")[0], port=int(host_port.split(":")[1]), user=role, password=password,
+                     dbname=database).close()
+    return f"postgresql://{role}:{password}@{host_port}/{database}"
+
+
+def test_a_password_in_the_storage_url_appears_in_no_output_and_no_file(postgres, tmp_path, capfd, monkeypatch):
+    url = password_role(postgres, "lrm_secret", PASSWORD, "secretdb")
+    host_port = url.rsplit("@", 1)[1].split("/", 1)[0]
+    masked = f"postgresql://lrm_secret:***@{host_port}/secretdb"
+    path = write(tmp_path, spec_dict("pg-secret", 6, [-8, -6], grace=120))
+    sweep_dir, transfer_dir, report_dir = tmp_path / "sweep", tmp_path / "transfer", tmp_path / "report"
+    outputs = []
+
+    def cli(*args, storage_env=None, code=0):
+        env = {k: v for k, v in ONE_THREAD.items() if k != "LRM_MUP_STORAGE"}
+        env.update({"LRM_MUP_STORAGE": storage_env} if storage_env else {})
+        proc = subprocess.run([sys.executable, "-m", "lrm_mup.cli", *map(str, args)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=DEADLINE, check=False)  # a last resort
+        outputs.append(proc.stdout + proc.stderr)
+        assert proc.returncode == code, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return proc
+
+    # the password on the command line, in the environment, and with --storage again
+    done = cli("sweep", path, "--out", sweep_dir, "--storage", url)
+    assert f"storage {masked}" in done.stdout
+    assert json.loads((sweep_dir / "sweep.json").read_text())["storage"] == masked
+    cli("transfer", sweep_dir, "--out", transfer_dir, "--widths", "32", "--lr-offsets=1", storage_env=url)
+    assert (transfer_dir / "transfer.json").exists()
+    cli("report", sweep_dir, transfer_dir, "--out", report_dir, "--storage", url)
+    assert (report_dir / "index.html").exists()
+
+    # what a user is told instead (one line each, no password of any spelling, nothing written), in this process
+    monkeypatch.delenv("LRM_MUP_STORAGE", raising=False)
+    other_db = postgres.replace("/sweeps", "/postgres")
+    for args, env, message in [
+        ((), None, "pass its URL with --storage URL or in the environment variable LRM_MUP_STORAGE"),
+        (("--storage", url.replace(PASSWORD, "WRONG-pass-1")), None, "password authentication failed"),
+        (("--storage", f"postgresql://lrm_secret@{host_port}/secretdb?password={PASSWORD}"), None, "not postgresql"),
+        (("--storage", f"postgresql://:{PASSWORD}@{host_port}/secretdb"), None, f"was swept into {masked}"),
+        ((), other_db, f"was swept into {masked}, not {other_db}"),
+    ]:
+        for command in (["report", sweep_dir, "--out", tmp_path / "r2"],
+                        ["transfer", sweep_dir, "--out", tmp_path / "t2", "--widths", "32"]):
+            with monkeypatch.context() as m:
+                if env:
+                    m.setenv("LRM_MUP_STORAGE", env)
+                assert main([str(a) for a in (*command, *args)]) == 2
+            printed = capfd.readouterr()
+            outputs.append(printed.out + printed.err)
+            err = printed.err.strip()
+            assert message in err and "\n" not in err and "Traceback" not in err, err
+            assert not (tmp_path / "r2").exists() and not (tmp_path / "t2").exists()
+
+    spellings = {PASSWORD, PASSWORD.replace("@", "%40"), "WRONG-pass-1"}
+    for text in outputs:
+        assert not any(s in text for s in spellings), text[-2000:]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) > 10 and any(p.suffix == ".pt" for p in files)  # runs, checkpoints, records, the report
+    for p in files:
+        data = p.read_bytes()
+        assert not any(s.encode() in data for s in spellings), p

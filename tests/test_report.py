@@ -2,6 +2,7 @@
 HTML, the expected figures and traces, the verdict, and JSON numbers that match the sweep's records."""
 import json
 import re
+import shutil
 
 import pytest
 
@@ -128,6 +129,38 @@ def test_cli_report_and_missing_folders(report, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["report", str(root / "sweep"), str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     assert "no transfer.json" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_corrupt_files_of_ours_are_one_line_with_the_remedy(report, tmp_path, capsys):
+    """A damaged journal, sweep.json, transfer.json or best.json given to `report` or `transfer`: exit 2, one line
+    that names the file and says what to do, no traceback, and no report or transfer folder written."""
+    root, _, _ = report
+    sweep_dir, transfer_dir = tmp_path / "sweep", tmp_path / "transfer"
+    shutil.copytree(root / "sweep", sweep_dir)
+    shutil.copytree(root / "transfer", transfer_dir)
+    report_cmd = ["report", str(sweep_dir), str(transfer_dir), "--out", str(tmp_path / "r")]
+    transfer_cmd = ["transfer", str(sweep_dir), "--out", str(tmp_path / "t"), "--widths", "64", "--quiet"]
+    journal, manifest = (sweep_dir / "optuna.journal").read_bytes(), (sweep_dir / "sweep.json").read_bytes()
+    cases = [  # (file, its damaged bytes, the commands given it, what the line says)
+        ("sweep/optuna.journal", b"\x00\xffnot a journal\n" * 3, [report_cmd, transfer_cmd],
+         ["optuna.journal is corrupt", "run the sweep again"]),
+        ("sweep/sweep.json", b'{"spec": {"name": "ti', [report_cmd, transfer_cmd],
+         ["sweep.json is corrupt", "re-run the `lrm-mup sweep` command"]),
+        ("sweep/sweep.json", b"[]", [report_cmd, transfer_cmd], ["sweep.json is corrupt"]),
+        ("transfer/transfer.json", b"\x89PNG\x00binary", [report_cmd], ["transfer.json", "run `lrm-mup transfer`"]),
+        ("transfer/best.json", b"{oops", [["transfer", str(transfer_dir), "--out", str(tmp_path / "t"), "--quiet"]],
+         ["best.json", "not a readable JSON file"]),
+    ]
+    for name, damaged, commands, says in cases:
+        (sweep_dir / "optuna.journal").write_bytes(journal)
+        (sweep_dir / "sweep.json").write_bytes(manifest)
+        (tmp_path / name).write_bytes(damaged)
+        for command in commands:
+            assert main(command) == 2, (name, command[0])
+            err = capsys.readouterr().err.strip()
+            assert err.startswith(f"lrm-mup {command[0]}: error:") and "\n" not in err and "Traceback" not in err
+            assert all(s in err for s in says), err
+            assert not (tmp_path / "r").exists() and not (tmp_path / "t").exists()
 
 
 def test_demo_quick_runs_every_stage_and_resumes(tmp_path):

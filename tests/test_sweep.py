@@ -1,9 +1,12 @@
 """Sweeps end to end on real Optuna journal storage and the committed corpus slice: validation, a grid over two real
 worker processes, resume after a killed run, divergence, TPE budgets and pruning, the records() rows, the CLI."""
 import json
+import multiprocessing.connection
 import os
+import signal
 import subprocess
 import sys
+import threading
 from itertools import product
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from optuna.trial import TrialState
 from lrm_mup.cli import main
 from lrm_mup.errors import SweepError
 from lrm_mup.tuning.sweep import JOURNAL, best_params, load_sweep, parse_sweep, records, run_sweep
-from tests.waiting import FlockGate, mid_trial, stop_if, wait_for
+from tests.waiting import DEADLINE, FlockGate, mid_trial, stop_if, wait_for
 
 SLICE = str(Path(__file__).parent / "data" / "shakespeare")
 REPO = Path(__file__).resolve().parent.parent
@@ -271,3 +274,101 @@ def test_tpe_sweep_has_equal_budgets_and_pruned_trials_carry_a_reason(tmp_path):
             assert r.state == "COMPLETE" and r.reason is None and r.val_bpb < 8.5
     best = best_params(out, spec)
     assert set(best) == {"sp", "lrm"} and best["lrm"]["mult_lr"] is not None and best["sp"]["mult_lr"] is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bad input leaves nothing on disk; a worker that dies
+
+
+def tree(path: Path) -> dict:
+    """Every entry under `path` with its bytes (None for a folder): a snapshot to compare before and after."""
+    if not path.exists():
+        return {}
+    if path.is_file():
+        return {".": path.read_bytes()}
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else None) for p in sorted(path.rglob("*"))}
+
+
+def test_a_sweep_with_bad_input_writes_nothing(tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("to be or not to be " * 10)  # 190 bytes: a validation split of 19, shorter than the context
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (grid_spec(model={**MODEL, "data": str(tmp_path / "missing")}), tmp_path / "out", "does not exist"),
+        (grid_spec(model={**MODEL, "data": str(short)}), tmp_path / "out", "context 32 is too long"),
+        (grid_spec(model={**MODEL, "data": str(short)}), empty, "context 32 is too long"),  # an existing folder
+        (grid_spec(), afile, "is a file"),
+        (grid_spec(), afile / "out", "is a file"),  # a folder under a file
+    ]
+    for d, out, message in cases:
+        before = {p: tree(p) for p in (tmp_path / "out", afile, empty)}
+        assert main(["sweep", str(write(tmp_path, d)), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("lrm-mup sweep: error:") and message in err and "\n" not in err, err
+        assert {p: tree(p) for p in before} == before  # nothing created, nothing modified
+
+
+def test_a_dead_worker_is_a_warning_when_the_others_finish_every_trial(tmp_path, capfd, spawns):
+    d = grid_spec(name="dead", recipes=["mup"], widths=[16], search={"log2_lr": [-8, -6]}, steps=6)
+    spec = parse_sweep(d)
+    out = tmp_path / "out"
+    killed = []
+
+    def kill_one(procs):  # both workers wait for the claim lock, holding no trial: one of them dies right there
+        os.kill(procs[1].pid, signal.SIGKILL)
+        multiprocessing.connection.wait([procs[1].sentinel])  # dead (readable once it exited; not reaped here)
+        killed.append(procs[1].pid)
+
+    spawns.gate(FlockGate(out / ".claim.lock"), 2, when_queued=kill_one)
+    run_sweep(spec, out, workers=2, progress=False)  # returns normally: the other worker ran every trial
+    spawns.join()
+    assert spawns.all_queued and killed
+    err = capfd.readouterr().err.strip()
+    assert f"sweep worker 1 (pid {killed[0]}) was killed by signal 9 (SIGKILL)" in err and "\n" not in err, err
+    assert "finished every trial" in err and "Traceback" not in err
+    trials = study(out, "dead/mup").get_trials()
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_a_worker_killed_mid_trial_is_one_line_and_a_resume_retries_its_trial(tmp_path, capfd):
+    d = grid_spec(name="mid", recipes=["mup"], widths=[16], search={"log2_lr": [-9, -8]}, steps=60)
+    path = write(tmp_path, d)
+    out = tmp_path / "out"
+    command = ["sweep", str(path), "--out", str(out), "--workers", "2", "--quiet"]
+    code = []
+    parent = threading.Thread(target=lambda: code.append(main(command)), daemon=True)  # the CLI, its workers real
+    parent.start()
+
+    def now():
+        try:
+            return study(out, "mid/mup").get_trials(deepcopy=False)
+        except (KeyError, FileNotFoundError, ValueError):  # not created yet
+            return []
+
+    def owner(t):
+        return int(t.user_attrs["worker"].rsplit(":", 1)[1]) if "worker" in t.user_attrs else None
+
+    def worker_mid_trial():  # a worker frozen mid-way through a trial (stopped first, then checked): (trial, pid)
+        assert parent.is_alive() or code, "the sweep ended before a worker was seen mid-trial"
+        t = next((t for t in now() if mid_trial(t, d["steps"]) and owner(t)), None)
+        if t is None or not stop_if(owner(t), lambda: mid_trial(now()[t.number], d["steps"])):
+            return None
+        return t, owner(t)
+
+    victim, pid = wait_for(worker_mid_trial, "a sweep worker mid-way through a trial")
+    os.kill(pid, signal.SIGKILL)
+    parent.join(timeout=DEADLINE)  # a last resort: the other worker finishes its trial, then the parent returns
+    err = capfd.readouterr().err.strip()
+    assert code == [2] and "\n" not in err and "Traceback" not in err, err
+    assert err.startswith("lrm-mup sweep: error: sweep worker") and f"(pid {pid}) was killed by signal 9" in err
+    assert "1 trial(s) are unfinished: re-run the same command" in err
+    assert now()[victim.number].state == TrialState.RUNNING  # its trial, left by the dead worker
+
+    run_sweep(load_sweep(path), out, progress=False)  # resuming retries the dead worker's trial with its params
+    trials = study(out, "mid/mup").get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(map(point, complete)) == sorted(grid_points(d))
+    assert [point(t) for t in complete if t.system_attrs.get("failed_trial") == victim.number] == [point(victim)]

@@ -167,3 +167,42 @@ def test_bad_input_is_a_clear_error(tmp_path, records, transfer, capsys):
     err = capsys.readouterr().err
     assert "does not exist" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "t").exists()
+
+
+def tree(path) -> dict:
+    """Every entry under `path` with its bytes (None for a folder): a snapshot to compare before and after."""
+    if not path.exists():
+        return {}
+    if path.is_file():
+        return {".": path.read_bytes()}
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else None) for p in sorted(path.rglob("*"))}
+
+
+def test_a_transfer_with_bad_input_writes_nothing(tmp_path, records, capsys):
+    best = best_configs(records)
+    short = tmp_path / "short.txt"
+    short.write_text("to be or not to be " * 10)  # a validation split of 19 bytes, shorter than the context
+    afile, empty = tmp_path / "afile", tmp_path / "empty"
+    afile.write_text("mine")
+    empty.mkdir()
+
+    def source(**over) -> str:
+        path = tmp_path / f"best{len(list(tmp_path.glob('best*.json')))}.json"
+        path.write_text(json.dumps({r: {**cfg, **over} for r, cfg in best.items()}))
+        return str(path)
+
+    cases = [
+        ([source(data=str(tmp_path / "missing"))], tmp_path / "out", "does not exist"),
+        ([source(data=str(short))], tmp_path / "out", "context 32 is too long"),
+        ([source(data=str(short))], empty, "context 32 is too long"),
+        ([source()], afile, "is a file"),
+        ([source()], afile / "out", "is a file"),
+        ([source(), "--storage", "postgresql://u:pw@h/db"], tmp_path / "out", "leave --storage out"),
+    ]
+    for args, out, message in cases:
+        before = {p: tree(p) for p in (tmp_path / "out", afile, empty)}
+        assert main(["transfer", *args, "--out", str(out), "--widths", "32", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("lrm-mup transfer: error:") and message in err and "\n" not in err, err
+        assert "pw@" not in err
+        assert {p: tree(p) for p in before} == before  # nothing created, nothing modified

@@ -97,10 +97,12 @@ class Spawns:
     starts (after the parent's own use of it) and releases it only once all `n` workers are blocked on it, so that
     every worker is ready before any trial is claimed: which worker claims first is still the kernel's choice, but
     none can take the whole grid while another is still importing torch. `all_queued` says the gate opened because
-    every worker was queued (and not because one exited or the deadline passed)."""
+    every worker was queued (and not because one exited or the deadline passed). `when_queued(procs)`, if given to
+    `gate`, runs at that moment, before the gate opens (e.g. to kill a worker that holds no trial)."""
 
     def __init__(self, monkeypatch):
         self.procs, self.all_queued, self._gate, self._n, self._thread = [], False, None, 0, None
+        self._when_queued = None
         self._stop = threading.Event()
         original = multiprocessing.context.SpawnProcess.start
 
@@ -115,8 +117,8 @@ class Spawns:
 
         monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start)
 
-    def gate(self, lock, n: int):
-        self._gate, self._n = lock, n
+    def gate(self, lock, n: int, when_queued=None):
+        self._gate, self._n, self._when_queued = lock, n, when_queued
 
     def _open_when_queued(self):
         end = time.monotonic() + DEADLINE
@@ -125,6 +127,8 @@ class Spawns:
             while time.monotonic() < end and not self._stop.is_set():
                 if self._gate.queued({p.pid for p in self.procs}) == self._n:
                     self.all_queued = True
+                    if self._when_queued is not None:
+                        self._when_queued(self.procs)
                     return
                 if multiprocessing.connection.wait(sentinels, timeout=POLL):
                     return  # a worker exited before it queued: open the gate, the test's asserts say the rest

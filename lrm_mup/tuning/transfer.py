@@ -47,13 +47,14 @@ from pathlib import Path
 import torch
 
 from .. import analysis
-from .._files import threads_per_worker, write_json_atomic
+from .._files import threads_per_worker, undo_on_error, unwritable_folder, write_json_atomic
 from ..core.multipliers import multiplied_modules
 from ..data import load_corpus
 from ..errors import ConfigError, MissingError, RecordError, TransferError
 from ..records import LayerMultipliers, MultiplierScaling, MultiplierValues, SweepTrial, TransferRun, TransferSummary
 from ..training import TrainConfig, TrainResult, distributed, parametrized_model, train
 from . import sweep
+from ._inputs import check_contexts
 
 __all__ = ["run_transfer", "plan_runs", "PlannedRun", "run_one", "load_best", "sweep_spec", "sweep_records",
            "load_transfer", "summarize", "multiplier_values", "multiplier_scaling", "format_scaling",
@@ -75,12 +76,14 @@ def _finite(x) -> float | None:
 # where the proxy's best settings come from
 
 
-def load_best(source: str | os.PathLike | dict) -> dict[str, dict]:
+def load_best(source: str | os.PathLike | dict, *, storage: str | None = None) -> dict[str, dict]:
     """The best proxy config per recipe, {recipe: TrainConfig dict}, from
 
     - a dict of that form,
     - a JSON file of that form (or a transfer folder's best.json),
-    - a sweep run folder (`runs/<name>/` holding optuna.journal): `lrm_mup.sweep.best_params`.
+    - a sweep run folder (`runs/<name>/` from `lrm-mup sweep`, its trials in its optuna.journal or in the database its
+      sweep.json names): `lrm_mup.tuning.sweep.best_params`. `storage`: that database's URL where sweep.json masks it
+      (default: the environment variable LRM_MUP_STORAGE; `lrm_mup.tuning.sweep.folder_storage`).
     """
     if isinstance(source, dict):
         raw = source
@@ -88,20 +91,23 @@ def load_best(source: str | os.PathLike | dict) -> dict[str, dict]:
         path = Path(source)
         if not path.exists():
             raise MissingError(f"best-settings source {str(path)!r} does not exist: pass a sweep run folder "
-                                    "(runs/NAME with optuna.journal) or a JSON file {recipe: config}")
-        if path.is_dir():
-            if (path / "optuna.journal").exists():
-                raw = _best_from_sweep(path)
-            elif (path / BEST).exists():
-                raw = json.loads((path / BEST).read_text())
-            else:
-                raise MissingError(f"{str(path)!r} is not a sweep run folder (no optuna.journal) "
-                                        f"nor a transfer folder (no {BEST})")
+                               "(runs/NAME from `lrm-mup sweep`) or a JSON file {recipe: config}")
+        if path.is_dir() and _is_sweep_folder(path):
+            raw = _best_from_sweep(path, storage)
+        elif path.is_dir() and not (path / BEST).exists():
+            raise MissingError(f"{str(path)!r} is not a sweep run folder (no {sweep.MANIFEST} nor "
+                               f"{sweep.JOURNAL}) nor a transfer folder (no {BEST})")
         else:
+            path = path / BEST if path.is_dir() else path
+            if storage is not None:
+                raise TransferError(f"--storage is for a sweep folder, and {str(path)!r} is a best-settings file: "
+                                    "leave --storage out")
             try:
-                raw = json.loads(path.read_text())
-            except ValueError as e:
-                raise TransferError(f"{str(path)!r} is not JSON ({e}); expected {{recipe: config}}") from None
+                raw = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                raise TransferError(f"{str(path)!r} is not a readable JSON file ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''}); expected {{recipe: config}}, as "
+                                    f"a transfer writes into {BEST}") from None
     if not isinstance(raw, dict) or not raw:
         raise TransferError("best settings must be a non-empty {recipe: TrainConfig dict}")
     out = {}
@@ -118,29 +124,35 @@ def load_best(source: str | os.PathLike | dict) -> dict[str, dict]:
     return out
 
 
-def _best_from_sweep(folder: Path) -> dict[str, dict]:
+def _is_sweep_folder(path: Path) -> bool:
+    return (path / sweep.MANIFEST).exists() or (path / sweep.JOURNAL).exists()
+
+
+def _best_from_sweep(folder: Path, storage: str | None = None) -> dict[str, dict]:
     spec = sweep_spec(folder)
-    best = sweep.best_params(folder, spec) if spec is not None else analysis.best_configs(sweep.records(folder))
+    best = (sweep.best_params(folder, spec, storage=storage) if spec is not None else
+            analysis.best_configs(sweep.records(folder, storage=storage)))
     if not best:
-        raise TransferError(f"sweep {str(folder)!r} has no finished trial at its proxy width yet: nothing to transfer")
+        raise TransferError(f"sweep {str(folder)!r} has no setting whose seeds all converged at its proxy width (no "
+                            "finished trial yet, or every one diverged): nothing to transfer")
     return best
 
 
 def sweep_spec(folder: str | os.PathLike):
-    """The SweepSpec a sweep run folder was run with (from its sweep.json manifest), or None."""
-    manifest = Path(folder) / sweep.MANIFEST
-    if not manifest.is_file():
+    """The SweepSpec a sweep run folder was run with (from its sweep.json manifest), or None without one."""
+    manifest = sweep.read_manifest(folder)
+    if manifest is None:
         return None
-    return sweep.parse_sweep(json.loads(manifest.read_text())["spec"], source=str(manifest))
+    return sweep.parse_sweep(manifest.spec, source=str(Path(folder) / sweep.MANIFEST))
 
 
-def sweep_records(folder: str | os.PathLike) -> tuple[object, list[SweepTrial]]:
-    """(spec or None, trials) of a sweep run folder."""
+def sweep_records(folder: str | os.PathLike, *, storage: str | None = None) -> tuple[object, list[SweepTrial]]:
+    """(spec or None, trials) of a sweep run folder; `storage` as for `load_best`."""
     folder = Path(folder)
     if not folder.exists():
         raise MissingError(f"sweep folder {str(folder)!r} does not exist")
     spec = sweep_spec(folder)
-    return spec, sweep.records(folder, spec)
+    return spec, sweep.records(folder, spec, storage=storage)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -225,12 +237,17 @@ def plan_runs(best: dict[str, dict], widths: list[int] | None = None, *, lr_offs
 
 
 def _finished(run_dir: Path) -> dict | None:
-    """The final status row of a complete run folder, else None."""
+    """The final status row of a complete run folder, else None (also for a metrics file whose last line does not
+    parse: a run that stopped mid-write is not complete, and `run_one` continues it)."""
     metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists():
+    if not metrics.is_file():
         return None
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return rows[-1] if rows and "status" in rows[-1] and rows[-1]["status"] != "stopped" else None
+    lines = [line for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    try:
+        last = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return last if isinstance(last, dict) and "status" in last and last["status"] != "stopped" else None
 
 
 def run_one(planned: PlannedRun, run_dir: Path, corpus=None, progress: bool = False) -> TrainResult:
@@ -239,7 +256,13 @@ def run_one(planned: PlannedRun, run_dir: Path, corpus=None, progress: bool = Fa
     cfg = TrainConfig.from_dict(planned.config)
     final = _finished(run_dir)
     if final is not None:
-        diff = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())).differences(cfg)
+        try:
+            done = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, ValueError) as e:  # ConfigError is a ValueError too
+            raise TransferError(f"run folder {str(run_dir)!r} has no readable config.json ({type(e).__name__}); "
+                                "delete that run folder and run the transfer again (it retrains that run only)") \
+                from None
+        diff = done.differences(cfg)
         if diff:
             raise TransferError(f"run folder {str(run_dir)!r} holds a different config ({', '.join(diff)}): "
                                 "use another --out")
@@ -256,10 +279,12 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
                  lr_offsets: Iterable[int] = DEFAULT_OFFSETS, lr_sweep_widths: list[int] | None = None,
                  seeds: list[int] | None = None, overrides: dict | None = None, include_proxy: bool = True,
                  workers: int = 1, log: Callable[[str], None] | None = print,
-                 progress_bars: bool = False) -> TransferSummary:
+                 progress_bars: bool = False, storage: str | None = None) -> TransferSummary:
     """Train the plan (see the module doc) under `out_dir` and write `out_dir/transfer.json`; returns its record.
-    `best`: anything `load_best` takes. `workers`: runs trained at once, each in its own process with its share of
-    the cores (1: in this process). `log`: receives one line per run (None: silent)."""
+    `best`: anything `load_best` takes (`storage`: the database URL of a sweep folder, as there). `workers`: runs
+    trained at once, each in its own process with its share of the cores (1: in this process). `log`: receives one
+    line per run (None: silent). Bad input (the source, the plan, the folder, the data) is refused before anything
+    is written; a start that fails before the first run leaves nothing in `out_dir`."""
     if not (isinstance(workers, int) and workers >= 1):
         raise TransferError(f"workers must be a positive integer, not {workers!r}")
     world = distributed.setup()
@@ -267,15 +292,22 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
         raise TransferError(f"workers={workers} under torchrun: the {world.size} processes already share every run; "
                             "leave workers at 1")
     source = str(best) if not isinstance(best, dict) else "dict"
-    best = distributed.on_main(lambda: load_best(best), world)  # a sweep's journal is read once
+    best = distributed.on_main(lambda: load_best(best, storage=storage), world)  # a sweep is read once
     plan = plan_runs(best, widths, lr_offsets=lr_offsets, lr_sweep_widths=lr_sweep_widths, seeds=seeds,
                      overrides=overrides, include_proxy=include_proxy)
     out = Path(out_dir)
+    why = unwritable_folder(out)
+    if why:
+        raise TransferError(f"--out {str(out)!r} {why}; pass another --out")
+    for data in dict.fromkeys(p.config["data"] for p in plan):  # the data, and every context fitting it
+        contexts = (p.config["context"] for p in plan if p.config["data"] == data)
+        check_contexts(_corpus(data, log is not None), contexts)
     log = log if world.main else None
 
     def write_best():
-        (out / "runs").mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / BEST, best)
+        with undo_on_error(out):
+            (out / "runs").mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out / BEST, best)
 
     distributed.on_main(write_best, world)
     start = time.perf_counter()
@@ -320,14 +352,17 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
 _CORPORA: dict = {}
 
 
+def _corpus(data, verbose: bool = False):
+    """The corpus of `data` (a TrainConfig's), loaded once per process (rank 0 first: it may fetch it)."""
+    if data not in _CORPORA:
+        world = distributed.setup()
+        _CORPORA[data] = distributed.main_first(lambda: load_corpus(data, progress=verbose and world.main), world)
+    return _CORPORA[data]
+
+
 def _train_one(planned: PlannedRun, run_dir: str, progress: bool = False, verbose: bool = False) -> TrainResult:
     """One run in this process (a pool worker or the caller), the corpus loaded once per process."""
-    key = planned.config["data"]
-    if key not in _CORPORA:
-        world = distributed.setup()
-        _CORPORA[key] = distributed.main_first(lambda: load_corpus(key, progress=verbose and world.main),
-                                               world)
-    return run_one(planned, Path(run_dir), _CORPORA[key], progress=progress)
+    return run_one(planned, Path(run_dir), _corpus(planned.config["data"], verbose), progress=progress)
 
 
 def summarize(best: dict[str, dict], results: list[tuple[PlannedRun, TrainResult]], out: Path, *, source: str = "",

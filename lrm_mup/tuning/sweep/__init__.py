@@ -58,18 +58,27 @@ sweep goes on and the user attr ``status`` says ``diverged``. Every trial record
 training FLOPs), ``seconds`` (wall) and ``cpu_seconds`` as user attrs, so costs sum exactly. ``N`` local workers
 get ``cores // N`` torch threads each.
 
+``<out>/sweep.json`` (the manifest: `read_manifest`) records the spec and the storage, a URL only masked (its
+password and secret query parameters as ``***``: `lrm_mup._secrets`, used by every line, error and file that shows
+a URL). Whatever reads a sweep folder afterwards (`records`, `best_params`, `lrm-mup transfer`, `lrm-mup report`)
+opens the storage the manifest names (`folder_storage`): the journal, or the database, whose URL it takes from
+``storage=`` (``--storage``) or else the environment variable ``LRM_MUP_STORAGE`` (`STORAGE_ENV`), so that a
+password never has to be on a command line; a URL that does not mask to the manifest's is refused.
+
 Public API: `load_sweep`, `run_sweep`, `records` (one `lrm_mup.records.SweepTrial` per trial), `best_params`
-(and `summary_lines` for the CLI, `optuna_figures` for the report). The private modules each hold one concern:
-`_spec` (the file), `_storage` (Optuna storages, studies, locks), `_worker` (the parent and the worker loop),
-`_trial` (one trial's runs), `_results` (records and best settings), `_plots` (Optuna's plots).
+(and `summary_lines` for the CLI, `optuna_figures` for the report; `read_manifest`, `folder_storage`). The private
+modules each hold one concern: `_spec` (the file), `_storage` (Optuna storages, the manifest, studies, locks),
+`_worker` (the parent and the worker loop), `_trial` (one trial's runs), `_results` (records and best settings),
+`_plots` (Optuna's plots).
 """
 from __future__ import annotations
 
 from ._plots import optuna_figures
 from ._results import best_params, read_storage, records, summary_lines
 from ._spec import JOURNAL, MANIFEST, PRUNERS, SAMPLERS, STATUSES, Param, SweepSpec, load_sweep, parse_sweep
+from ._storage import STORAGE_ENV, Manifest, folder_storage, read_manifest
 from ._worker import run_sweep
 
 __all__ = ["load_sweep", "parse_sweep", "run_sweep", "records", "best_params", "summary_lines", "read_storage",
-           "optuna_figures",
-           "SweepSpec", "Param", "JOURNAL", "MANIFEST", "SAMPLERS", "PRUNERS", "STATUSES"]
+           "optuna_figures", "read_manifest", "folder_storage", "Manifest",
+           "SweepSpec", "Param", "JOURNAL", "MANIFEST", "SAMPLERS", "PRUNERS", "STATUSES", "STORAGE_ENV"]

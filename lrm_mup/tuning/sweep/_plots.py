@@ -8,23 +8,31 @@ import optuna
 import plotly.graph_objects as go
 from optuna import visualization as vis
 
-from ._results import read_storage
+from ...errors import LrmMupError
+from ._results import _resolve
 from ._spec import SweepSpec
+from ._storage import storage_errors
 
 
-def optuna_figures(where, spec: SweepSpec | None = None) -> tuple[list[go.Figure], list[str]]:
+def optuna_figures(where, spec: SweepSpec | None = None, *,
+                   storage: str | None = None) -> tuple[list[go.Figure], list[str]]:
     """Per study of the sweep at `where` (a run folder, a storage URL or a storage; `spec`: its studies, default every
-    study there): optimization history, parameter importances (PED-ANOVA, numpy only; fANOVA would need
-    scikit-learn) and slices, each titled and named in its layout's meta ({"figure": "optuna_history:STUDY"}, ...).
+    study there; `storage`: the database URL of a folder whose manifest masks it): optimization history, parameter
+    importances (PED-ANOVA, numpy only; fANOVA would need scikit-learn) and slices, each titled and named in its layout's meta ({"figure": "optuna_history:STUDY"}, ...).
     Anything that cannot be drawn becomes a note (the second list) instead."""
+    try:
+        store, url = _resolve(where, storage)
+        with storage_errors(url):
+            return _figures(store, spec)
+    except LrmMupError as e:  # one line, any URL in it masked; the rest of the report does not depend on it
+        return [], [f"Optuna plots skipped: cannot read the sweep's storage ({e})"]
+
+
+def _figures(storage, spec: SweepSpec | None) -> tuple[list[go.Figure], list[str]]:
     figures: list[go.Figure] = []
     notes: list[str] = []
-    try:
-        storage = read_storage(where)
-        names = [spec.study_name(r) for r in spec.recipes] if spec is not None else \
-            sorted(optuna.get_all_study_names(storage))
-    except Exception as e:  # noqa: BLE001 - the rest of the report does not depend on it
-        return [], [f"Optuna plots skipped: cannot open the sweep's storage ({e})"]
+    names = [spec.study_name(r) for r in spec.recipes] if spec is not None else \
+        sorted(optuna.get_all_study_names(storage))
     for name in names:
         try:
             study = optuna.load_study(study_name=name, storage=storage)

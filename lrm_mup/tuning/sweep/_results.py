@@ -2,7 +2,6 @@
 summary."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -13,31 +12,29 @@ from optuna.trial import TrialState
 from ...analysis import best_configs, best_settings
 from ...errors import SweepError
 from ...records import SweepTrial
-from ._spec import JOURNAL, MANIFEST, STATUSES, SweepSpec
-from ._storage import _is_url, _open_storage
+from ._spec import STATUSES, SweepSpec
+from ._storage import _is_url, _open_storage, folder_storage, storage_errors
 from ._worker import _fmt
 
 
-def read_storage(where):
-    """A storage from a run folder, a storage URL, or an optuna storage object."""
+def read_storage(where, storage: str | None = None):
+    """A storage from a sweep folder (the one its manifest names: `folder_storage`, with `storage` the database URL
+    where the manifest's is masked), a storage URL, or an optuna storage object."""
+    return _resolve(where, storage)[0]
+
+
+def _resolve(where, storage: str | None):
+    """(storage, its URL or None for a journal) of `where` (see `read_storage`)."""
     if _is_url(where):
-        return _open_storage(None, None, where)
+        return _open_storage(None, None, where), where
     if not isinstance(where, (str, os.PathLike)):
-        return where
-    out = Path(where)
-    if (out / JOURNAL).is_file():
-        return _open_storage(None, out, None)
-    manifest = out / MANIFEST
-    if manifest.is_file():
-        url = json.loads(manifest.read_text()).get("storage", "")
-        if "***" in url:
-            raise SweepError(f"{out} was swept with storage {url}; pass that URL (with its password) instead")
-        if _is_url(url):
-            return _open_storage(None, None, url)
-    raise SweepError(f"{str(out)!r} holds no sweep ({JOURNAL} or {MANIFEST}); pass a run folder or a storage URL")
+        return where, getattr(where, "url", None)
+    url, _ = folder_storage(where, storage)
+    return _open_storage(None, Path(where) if url is None else None, url), url
 
 
-def records(out_dir_or_storage, spec: SweepSpec | None = None, *, unfinished: bool = False) -> list[SweepTrial]:
+def records(out_dir_or_storage, spec: SweepSpec | None = None, *, unfinished: bool = False,
+            storage: str | None = None) -> list[SweepTrial]:
     """One `SweepTrial` per finished trial (COMPLETE or PRUNED; with `unfinished`, also RUNNING/WAITING/FAIL), in
     study then trial order; `SweepTrial.row()` is the tidy dict of one.
 
@@ -45,9 +42,15 @@ def records(out_dir_or_storage, spec: SweepSpec | None = None, *, unfinished: bo
     the cap for a diverged trial and None if pruned; train_loss NaN where not finite; status ok/diverged/pruned (for
     unfinished trials running/waiting/failed); cpu_seconds the worker process's CPU time (comparable on a busy
     machine); config the TrainConfig dict of the first seed. `spec` limits the trials to that sweep's studies;
-    without it every lrm-mup sweep in the storage counts.
+    without it every lrm-mup sweep in the storage counts. `storage`: the database URL of a sweep folder whose
+    manifest masks it (`read_storage`).
     """
-    storage = read_storage(out_dir_or_storage)
+    store, url = _resolve(out_dir_or_storage, storage)
+    with storage_errors(url):
+        return _records(store, spec, unfinished)
+
+
+def _records(storage, spec: SweepSpec | None, unfinished: bool) -> list[SweepTrial]:
     rows = []
     keep = (TrialState.COMPLETE, TrialState.PRUNED) if not unfinished else tuple(TrialState)
     for summary in sorted(optuna.get_all_study_summaries(storage, include_best_trial=False),
@@ -78,19 +81,20 @@ def records(out_dir_or_storage, spec: SweepSpec | None = None, *, unfinished: bo
     return rows
 
 
-def best_params(out_dir_or_storage, spec: SweepSpec, *, width: int | None = None) -> dict[str, dict]:
+def best_params(out_dir_or_storage, spec: SweepSpec, *, width: int | None = None,
+                storage: str | None = None) -> dict[str, dict]:
     """{recipe: TrainConfig dict} of the best seed-mean val_bpb per recipe (`lrm_mup.analysis.best_settings`), at
     `width` (default: the sweep's smallest width, the proxy). Recipes with no finished trial at that width are left
-    out."""
+    out. `storage`: as for `records`."""
     width = width if width is not None else min(spec.widths)
     if width not in spec.widths:
         raise SweepError(f"width {width} is not one of the sweep's widths {list(spec.widths)}")
-    return best_configs(records(out_dir_or_storage, spec), width, recipes=spec.recipes)
+    return best_configs(records(out_dir_or_storage, spec, storage=storage), width, recipes=spec.recipes)
 
 
-def summary_lines(out_dir_or_storage, spec: SweepSpec) -> list[str]:
+def summary_lines(out_dir_or_storage, spec: SweepSpec, *, storage: str | None = None) -> list[str]:
     """A short per-recipe summary: trials, divergences, cost and the best setting (per width for a grid)."""
-    trials = records(out_dir_or_storage, spec)
+    trials = records(out_dir_or_storage, spec, storage=storage)
     lines = []
     for recipe in spec.recipes:
         mine = [t for t in trials if t.recipe == recipe]

@@ -1,12 +1,15 @@
-"""Where a sweep lives: Optuna storages (journal file or an RDB URL), its studies, samplers and pruners, and the
-locks that let many workers share them."""
+"""Where a sweep lives: Optuna storages (journal file or an RDB URL), the folder's manifest that names them, its
+studies, samplers and pruners, and the locks that let many workers share them. A storage URL is shown only masked
+(`lrm_mup._secrets`), and a database's or a damaged journal's errors become one-line SweepErrors."""
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import re
+import json
+import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -14,10 +17,12 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from ..._files import FileLock
-from ...errors import SweepError
-from ._spec import JOURNAL, SweepSpec
+from ..._files import FileLock, write_json_atomic
+from ..._secrets import driver_url, mask_text, mask_url
+from ...errors import LrmMupError, MissingError, SweepError
+from ._spec import JOURNAL, MANIFEST, SweepSpec
 
 
 def _quiet_optuna() -> None:
@@ -31,19 +36,31 @@ def _quiet_optuna() -> None:
 _quiet_optuna()
 
 
-def _mask(url: str) -> str:
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+STORAGE_ENV = "LRM_MUP_STORAGE"  # the storage URL where --storage is not given: no password on a command line
+_CORRUPT = (ValueError, KeyError, TypeError, IndexError, AttributeError)  # what replaying a damaged journal raises
 
 
 def _is_url(storage) -> bool:
     return isinstance(storage, str) and "://" in storage
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _db_error(url: str, e: BaseException) -> SweepError:
+    """A database error as one line, its driver's text masked (drivers echo the URL or parts of it)."""
+    return SweepError(f"storage {mask_url(url)}: {mask_text(_first_line(e), url)}")
+
+
 def _open_storage(spec: SweepSpec | None, out: Path | None, url: str | None):
     if url is None:
         # flock: the kernel drops it when its holder dies, so a SIGKILLed worker never leaves the journal locked
         # (optuna's default symlink lock would stall every other process for its 30 s grace)
-        return JournalStorage(JournalFileBackend(str(out / JOURNAL), lock_obj=FileLock(out / (JOURNAL + ".flock"))))
+        journal = out / JOURNAL
+        with _journal_errors(journal):
+            return JournalStorage(JournalFileBackend(str(journal), lock_obj=FileLock(out / (JOURNAL + ".flock"))))
     kw = {}
     if spec is not None:
         hb = spec.heartbeat
@@ -56,20 +73,131 @@ def _open_storage(spec: SweepSpec | None, out: Path | None, url: str | None):
             return optuna.storages.RDBStorage(_driver_url(url), **kw)
         except Exception as e:  # noqa: BLE001 - sqlalchemy/driver errors, reported in one line below
             last = e
+            if isinstance(e, OperationalError) and getattr(e.orig, "pgcode", None) is None:
+                break  # no connection at all (a wrong password, no server; no SQL state): not a race, no retry
             time.sleep(0.5 * (attempt + 1))
-    first = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
-    raise SweepError(f"cannot open storage {_mask(url)}: {first}")
+    raise SweepError(f"cannot open storage {mask_url(url)}: {mask_text(_first_line(last), url)}")
+
+
+@contextlib.contextmanager
+def _journal_errors(journal: Path):
+    """A journal that optuna cannot replay (damaged, or not a journal at all) as one line with the remedy."""
+    try:
+        yield
+    except LrmMupError:
+        raise
+    except _CORRUPT as e:
+        raise SweepError(f"{journal} is corrupt, optuna cannot read it ({type(e).__name__}: {_first_line(e)}); "
+                         "restore it from a copy, or run the sweep again with another --out") from None
+
+
+@contextlib.contextmanager
+def storage_errors(url: str | None):
+    """A database's errors while a sweep reads or writes it, as one-line SweepErrors, the driver's text masked
+    (`url`: the storage's URL; None for a journal, whose damage `_open_storage` reports when it replays it)."""
+    try:
+        yield
+    except SQLAlchemyError as e:
+        raise _db_error(str(url or "(database)"), e) from None
 
 
 def _driver_url(url: str) -> str:
-    """postgresql:// (or postgres://) -> postgresql+psycopg2:// when psycopg2 is what is installed: SQLAlchemy 2.1
-    would otherwise look for psycopg 3."""
-    scheme, sep, rest = url.partition("://")
+    """The URL SQLAlchemy is given: `driver_url` (a raw @ in the password encoded), and postgresql:// (or
+    postgres://) -> postgresql+psycopg2:// when psycopg2 is what is installed: SQLAlchemy 2.1 would otherwise look
+    for psycopg 3."""
+    scheme, sep, rest = driver_url(url).partition("://")
     if scheme in ("postgresql", "postgres"):
         if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
             return f"postgresql+psycopg2{sep}{rest}"
         return f"postgresql{sep}{rest}"
-    return url
+    return f"{scheme}{sep}{rest}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the manifest: which sweep a folder holds, and where its trials are
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """<out>/sweep.json: the sweep's spec (its dict) and its storage, JOURNAL or the URL masked (`mask_url`)."""
+
+    spec: dict
+    storage: str
+
+    @property
+    def journal(self) -> bool:
+        return self.storage == JOURNAL
+
+
+def _rewrite_hint(out: Path) -> str:
+    return (f"re-run the `lrm-mup sweep` command that made {out} (same sweep file, --out and --storage): it rewrites "
+            f"{MANIFEST} and re-runs nothing that finished")
+
+
+def read_manifest(out: str | os.PathLike) -> Manifest | None:
+    """The manifest of the sweep folder `out`, None without one; a damaged one raises SweepError with the remedy."""
+    path = Path(out) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise SweepError(f"{path} is corrupt ({type(e).__name__}: {_first_line(e)}); {_rewrite_hint(Path(out))}") \
+            from None
+    if not (isinstance(raw, dict) and isinstance(raw.get("spec"), dict) and isinstance(raw.get("storage"), str)):
+        raise SweepError(f"{path} is corrupt (not an object with a spec and a storage); {_rewrite_hint(Path(out))}")
+    return Manifest(raw["spec"], raw["storage"])
+
+
+def write_manifest(out: Path, spec: SweepSpec, url: str | None, *, check_only: bool = False) -> None:
+    """Write <out>/sweep.json, or check that the one there is this sweep's (a resume); a damaged one is rewritten."""
+    manifest = Manifest(spec.to_dict(), mask_url(url) if url else JOURNAL)
+    try:
+        old = read_manifest(out)
+    except SweepError:
+        old = None
+    if old is not None:
+        if old.storage != manifest.storage:
+            raise SweepError(f"{out} was swept with storage {old.storage}, not {manifest.storage}; pass the same "
+                             f"--storage (or {STORAGE_ENV}) or another --out")
+        if old.spec != manifest.spec:
+            a, b = old.spec, manifest.spec
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise SweepError(f"{out} holds sweep {a.get('name')!r} with other settings ({', '.join(diff)} "
+                             "differ); use the same sweep file to resume, or another --out")
+        return
+    if not check_only:
+        write_json_atomic(out / MANIFEST, {"spec": manifest.spec, "storage": manifest.storage})
+
+
+def folder_storage(out: str | os.PathLike, storage: str | None = None) -> tuple[str | None, Manifest | None]:
+    """(URL or None for the journal, manifest) of the sweep folder `out`: the storage its manifest names. A folder
+    swept into a database needs its URL when the manifest's is masked: `storage`, else the environment variable
+    LRM_MUP_STORAGE; either must mask to the manifest's URL (the same database)."""
+    out = Path(out)
+    if not out.exists():
+        raise MissingError(f"sweep folder {str(out)!r} does not exist")
+    if not out.is_dir():
+        raise SweepError(f"{str(out)!r} is a file, not a sweep folder (runs/NAME from `lrm-mup sweep`)")
+    manifest = read_manifest(out)
+    if manifest is None or manifest.journal:
+        if storage is not None:
+            raise SweepError(f"{out} was swept into its own {JOURNAL}, not a database: leave --storage out")
+        if not (out / JOURNAL).is_file():
+            what = f"{MANIFEST} names {JOURNAL}, but it is missing" if manifest else f"no {JOURNAL} nor {MANIFEST}"
+            raise SweepError(f"{str(out)!r} holds no sweep results ({what}); pass the folder `lrm-mup sweep --out` "
+                             "wrote, or run the sweep again")
+        return None, manifest
+    url = storage or os.environ.get(STORAGE_ENV) or (None if "***" in manifest.storage else manifest.storage)
+    if url is None:
+        raise SweepError(f"{out} was swept into the database {manifest.storage}: pass its URL with --storage URL "
+                         f"or in the environment variable {STORAGE_ENV}")
+    if not _is_url(url):
+        raise SweepError(f"storage {mask_url(url)!r} is not a database URL (postgresql://user@host/db)")
+    if mask_url(url) != manifest.storage:
+        raise SweepError(f"{out} was swept into {manifest.storage}, not {mask_url(url)}: pass the URL it was swept "
+                         f"with (--storage or {STORAGE_ENV})")
+    return url, manifest
 
 
 def _sampler(spec: SweepSpec, recipe: str, worker: int):

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import threading
@@ -15,38 +15,38 @@ import optuna
 import torch
 
 from ... import data as data_mod
-from ..._files import threads_per_worker
-from ...errors import SweepError
-from ._spec import JOURNAL, MANIFEST, SweepSpec, _is_int
-from ._storage import _ClaimLock, _has_room, _is_url, _mask, _open_storage, _requeue_failed, _run_lock, _studies
+from ..._files import threads_per_worker, undo_on_error, unwritable_folder
+from ..._secrets import mask_text, mask_url
+from ...errors import LrmMupError, SweepError
+from ...training import TrainConfig
+from .._inputs import check_contexts
+from ._spec import SweepSpec, _is_int
+from ._storage import (
+    _ClaimLock,
+    _has_room,
+    _is_url,
+    _open_storage,
+    _requeue_failed,
+    _run_lock,
+    _studies,
+    storage_errors,
+    write_manifest,
+)
 from ._trial import _run_trial, _warm_up
 
 
-def _write_manifest(out: Path, spec: SweepSpec, url: str | None, *, check_only: bool = False) -> None:
-    """Write <out>/sweep.json, or check that the one there is this sweep's (a resume)."""
-    manifest = {"spec": spec.to_dict(), "storage": _mask(url) if url else JOURNAL}
-    path = out / MANIFEST
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = None
-        if old is not None:
-            if old.get("storage") != manifest["storage"]:
-                raise SweepError(f"{out} was swept with storage {old.get('storage')}, not {manifest['storage']}; "
-                                 "pass the same --storage or another --out")
-            if old.get("spec") != manifest["spec"]:
-                a, b = old.get("spec") or {}, manifest["spec"]
-                diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-                raise SweepError(f"{out} holds sweep {a.get('name')!r} with other settings ({', '.join(diff)} "
-                                 "differ); use the same sweep file to resume, or another --out")
-            return
-    if check_only:
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, path)
+def _check_start(spec: SweepSpec, out: Path, progress: bool):
+    """What a sweep needs that can be checked before its first byte is written: a folder that can be written, the
+    corpus, and every recipe's context fitting both of its splits. Returns the corpus."""
+    why = unwritable_folder(out)
+    if why:
+        raise SweepError(f"--out {str(out)!r} {why}; pass another --out")
+    corpus = data_mod.load_corpus(spec.model.get("data"), progress=progress)
+    sample = {r: {p.name: (p.values[0] if p.values is not None else p.low) for p in spec.params_for(r)}
+              for r in spec.recipes}
+    check_contexts(corpus, (TrainConfig(**spec.config(r, min(spec.widths), spec.seeds[0], sample[r])).context
+                            for r in spec.recipes))
+    return corpus
 
 
 def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, storage: str | None = None, workers: int = 1,
@@ -54,43 +54,51 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, storage: str | Non
     """Run (or resume) every study of the sweep until each recipe's budget is used.
 
     `storage`: None for ``<out_dir>/optuna.journal``, or an RDB URL (``postgresql://user@host/db``) shared by
-    workers on many machines. `workers`: local worker processes (spawned; each opens its own storage), so a script
-    that calls this with workers > 1 needs the usual ``if __name__ == "__main__":`` guard.
+    workers on many machines; it is shown and recorded (``<out_dir>/sweep.json``) masked only (`lrm_mup._secrets`).
+    `workers`: local worker processes (spawned; each opens its own storage), so a script that calls this with
+    workers > 1 needs the usual ``if __name__ == "__main__":`` guard.
+
+    Bad input (the folder, the data, the storage, another sweep in the folder) is refused before anything is
+    written, and a start that fails before the first trial leaves nothing in `out_dir`. A worker that dies (killed,
+    or an error) does not stop the others: when they finish every trial (with heartbeats, retrying the dead one's)
+    this ends normally with a warning line on stderr; otherwise it raises SweepError saying which worker died how,
+    and re-running the same call retries the trials left.
     """
     if not _is_int(workers) or workers < 1:
         raise SweepError(f"workers must be a positive integer, not {workers!r}")
     if storage is not None and not _is_url(storage):
-        raise SweepError(f"storage {storage!r} is not a database URL (postgresql://user@host/db); leave it out to "
-                         "use the journal file in the run folder")
+        raise SweepError(f"storage {mask_url(storage)!r} is not a database URL (postgresql://user@host/db); leave it "
+                         "out to use the journal file in the run folder")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise SweepError(f"out {str(out)!r} is a file, not a folder")
-    _write_manifest(out, spec, storage, check_only=True)  # nothing is written before the storage opens
+    write_manifest(out, spec, storage, check_only=True)  # another sweep in the folder: refused before any work
+    corpus = _check_start(spec, out, progress)
     store = _open_storage(spec, out, storage) if storage is not None else None
-    _write_manifest(out, spec, storage)
-    with _run_lock(out) as alone:
-        store = store or _open_storage(spec, out, storage)
-        studies = _studies(spec, store)
-        with _ClaimLock(store, out, spec.name):
-            for s in studies.values():
-                if storage is not None:
-                    optuna.storages.fail_stale_trials(s)  # dead workers' trials come back as WAITING retries
-            requeued = sum(_requeue_failed(s, spec, fail_running=alone and storage is None)
-                           for s in studies.values())
+    with contextlib.ExitStack() as held:
+        with undo_on_error(out), storage_errors(storage):  # a failed start leaves no folder, no journal
+            out.mkdir(parents=True, exist_ok=True)
+            write_manifest(out, spec, storage)
+            alone = held.enter_context(_run_lock(out))  # held until the workers are done
+            store = store or _open_storage(spec, out, storage)
+            studies = _studies(spec, store)
+            with _ClaimLock(store, out, spec.name):
+                for s in studies.values():
+                    if storage is not None:
+                        optuna.storages.fail_stale_trials(s)  # dead workers' trials come back as WAITING retries
+                requeued = sum(_requeue_failed(s, spec, fail_running=alone and storage is None)
+                               for s in studies.values())
+            pending = _pending(spec, studies, heartbeat=storage is not None)
+            if hasattr(store, "engine"):
+                store.engine.dispose()  # the workers open their own connections
+            del studies, store
         if requeued and progress:
             print(f"{spec.name}: retrying {requeued} failed or interrupted trial(s)", flush=True)
-        running = optuna.trial.TrialState.RUNNING
-        pending = any(_has_room(spec, r, s.get_trials(deepcopy=False)) or
-                      (storage is not None and s.get_trials(deepcopy=False, states=(running,)))
-                      for r, s in studies.items())  # with heartbeats, a worker stays to retry stale trials
-        if hasattr(store, "engine"):
-            store.engine.dispose()  # the workers open their own connections
-        del studies, store
         if not pending:  # finished already: resuming a finished sweep starts no worker
             return
         if workers == 1:
-            _worker(spec, str(out), storage, 0, 1, progress)
+            with storage_errors(storage):
+                _worker(spec, str(out), storage, 0, 1, progress, corpus)
             return
+        del corpus  # each worker loads its own
         ctx = multiprocessing.get_context("spawn")
         procs = [ctx.Process(target=_worker_process, args=(spec, str(out), storage, i, workers, progress),
                              name=f"lrm-mup-sweep-{i}") for i in range(workers)]
@@ -106,22 +114,66 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, storage: str | Non
                     if p.is_alive():
                         p.terminate()
             raise
-    bad = [f"worker {i} exited with {'signal ' + str(-p.exitcode) if p.exitcode < 0 else 'status ' + str(p.exitcode)}"
-           for i, p in enumerate(procs) if p.exitcode != 0]
-    if bad:
-        raise RuntimeError(f"{'; '.join(bad)} (its error is printed above); re-run the same command to retry the "
-                           "trials it left")
+    dead = [_death(i, p) for i, p in enumerate(procs) if p.exitcode != 0]
+    if dead:
+        left = _unfinished(spec, out, storage)
+        if not left:
+            print(f"lrm-mup sweep: warning: {'; '.join(dead)}; the other workers finished every trial",
+                  file=sys.stderr, flush=True)
+            return
+        raise SweepError(f"{'; '.join(dead)}, and {left} trial(s) are unfinished: re-run the same command to retry "
+                         "them (finished trials are kept)")
+
+
+def _pending(spec: SweepSpec, studies: dict, heartbeat: bool) -> bool:
+    """Whether a worker has anything to do: a recipe with room in its budget, or (with heartbeats) a RUNNING trial
+    that may go stale and come back to be retried."""
+    running = optuna.trial.TrialState.RUNNING
+    return any(_has_room(spec, r, s.get_trials(deepcopy=False)) or
+               (heartbeat and s.get_trials(deepcopy=False, states=(running,)))
+               for r, s in studies.items())
+
+
+def _unfinished(spec: SweepSpec, out: Path, url: str | None) -> int:
+    """Trials the sweep still lacks: per recipe its budget minus its finished (COMPLETE or PRUNED) trials."""
+    store = _open_storage(spec, out, url)
+    with storage_errors(url):
+        done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        left = sum(max(0, spec.budget(r) - len(s.get_trials(deepcopy=False, states=done)))
+                   for r, s in _studies(spec, store, create=False).items())
+    if hasattr(store, "engine"):
+        store.engine.dispose()
+    return left
+
+
+def _death(index: int, proc) -> str:
+    """How a worker process ended, in words."""
+    code = proc.exitcode
+    if code < 0:
+        try:
+            how = f"was killed by signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    elif code == 2:
+        how = "stopped on the error printed above"
+    else:
+        how = f"exited with status {code} (its traceback is above)"
+    return f"sweep worker {index} (pid {proc.pid}) {how}"
 
 
 def _worker_process(spec: SweepSpec, out: str, url: str | None, index: int, workers: int, progress: bool) -> None:
     try:
-        with _run_lock(Path(out)):  # a worker that outlives its parent still counts as a live run
-            _worker(spec, out, url, index, workers, progress)
+        with _run_lock(Path(out)), storage_errors(url):
+            _worker(spec, out, url, index, workers, progress)  # a worker that outlives its parent is a live run
+    except LrmMupError as e:  # one line, as the CLI says it; the parent names the worker and what to do
+        print(f"lrm-mup sweep: worker {index}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C reaches every worker: its trial is marked failed, retried on resume
         sys.exit(130)
 
 
-def _worker(spec: SweepSpec, out: str, url: str | None, index: int, workers: int, progress: bool) -> None:
+def _worker(spec: SweepSpec, out: str, url: str | None, index: int, workers: int, progress: bool,
+            corpus=None) -> None:
     if workers > 1:
         torch.set_num_threads(threads_per_worker(workers))
     out = Path(out)
@@ -129,7 +181,8 @@ def _worker(spec: SweepSpec, out: str, url: str | None, index: int, workers: int
     studies = _studies(spec, store, worker=index, create=False)
     lock = _ClaimLock(store, out, spec.name)
     heartbeat = url is not None
-    corpus = data_mod.load_corpus(spec.model.get("data"), progress=progress and index == 0)
+    if corpus is None:
+        corpus = data_mod.load_corpus(spec.model.get("data"), progress=progress and index == 0)
     _warm_up(spec, corpus)
     me = f"{socket.gethostname()}:{os.getpid()}"
     while (claim := _claim(spec, studies, lock, heartbeat)) is not None:
@@ -148,7 +201,7 @@ def _worker(spec: SweepSpec, out: str, url: str | None, index: int, workers: int
             continue
         except BaseException as e:
             with contextlib.suppress(Exception):
-                trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+                trial.set_user_attr("error", mask_text(f"{type(e).__name__}: {e}", *filter(None, [url]))[:500])
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         if progress:
