@@ -102,7 +102,12 @@ def _studies(spec: SweepSpec, storage, worker: int = 0, create: bool = True) -> 
               "pruner": _pruner(spec)}
         if create:
             study = optuna.create_study(direction="minimize", load_if_exists=True, **kw)
+            if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objective
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(["val bits/byte"])
             if "lrm_mup_sweep" not in study.user_attrs:
+                study.set_user_attr("description", spec.description)
                 study.set_user_attr("lrm_mup_sweep", spec.name)
                 study.set_user_attr("recipe", recipe)
                 study.set_user_attr("spec", spec.to_dict())
