@@ -25,9 +25,9 @@ import statistics
 import time
 
 import torch
+from _bench import add_common_args, train_step
 
 import lrm_mup
-from _bench import add_common_args, train_step
 from lrm_mup.training import TrainConfig, parametrized_model
 
 

@@ -24,9 +24,9 @@ import time
 
 import torch
 import torch.distributed as dist
+from _bench import add_common_args
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from _bench import add_common_args
 from lrm_mup.data import load_corpus
 from lrm_mup.training import Run, TrainConfig, distributed
 

@@ -24,10 +24,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _bench import add_common_args, train_step
 from torch import nn
 
 import lrm_mup
-from _bench import add_common_args, train_step
 from lrm_mup.models import GPT, GPTConfig
 from lrm_mup.training import TrainConfig, parametrized_model
 

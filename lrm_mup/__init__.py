@@ -9,24 +9,49 @@ The flow, one subpackage a stage: `core` (parametrize, optimizers) → `models` 
 its folder) → `tuning` (coordinate checks, sweeps, transfer) → `analysis` (what the records say) → `report` (HTML);
 `pipelines` chains them (the demo) and `cli` is a thin layer over all of it.
 """
+from __future__ import annotations
+
+import importlib
+
 from ._version import __version__
-from .core.multipliers import EffectivePath, merge, multiplier_parameters
-from .core.optim import build_optimizer, clip_grad_norm_, param_groups
-from .core.parametrization import LayerParametrization, ModelParametrization, parametrization_of
-from .core.recipes import PLACEMENTS, RECIPES, apply_parametrization, describe, parametrize
-from .core.roles import ROLES
-from .core.shapes import BaseShapes, base_shapes
 from .errors import (
                      ConfigError,
                      DataError,
                      LrmMupError,
                      RecipeError,
+                     RecordError,
                      RoleError,
                      RunFolderError,
                      ShapeError,
                      SweepError,
                      TransferError,
 )
+
+# The torch-backed API, imported on first use (PEP 562): every `lrm-mup` command imports this package first, and
+# `lrm-mup --help` / `--version` must not pay torch's import (seconds) to print a few lines. `lrm_mup.parametrize`
+# and `from lrm_mup import parametrize` work as before.
+_LAZY = {
+    "EffectivePath": "core.multipliers", "merge": "core.multipliers", "multiplier_parameters": "core.multipliers",
+    "build_optimizer": "core.optim", "clip_grad_norm_": "core.optim", "param_groups": "core.optim",
+    "LayerParametrization": "core.parametrization", "ModelParametrization": "core.parametrization",
+    "parametrization_of": "core.parametrization",
+    "PLACEMENTS": "core.recipes", "RECIPES": "core.recipes", "apply_parametrization": "core.recipes",
+    "describe": "core.recipes", "parametrize": "core.recipes",
+    "ROLES": "core.roles", "BaseShapes": "core.shapes", "base_shapes": "core.shapes",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lrm_mup' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # the next access is a plain lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "parametrize", "build_optimizer", "clip_grad_norm_", "merge", "EffectivePath", "base_shapes", "BaseShapes",

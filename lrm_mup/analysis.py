@@ -53,7 +53,8 @@ __all__ = [
     "lr_curves", "optimum_spread", "best_settings", "best_configs", "sweep_costs", "recipe_summary",
     "tuning_verdict", "tuning_numbers", "PREDICTED", "HIDDEN_ROLES", "predicted_exponent", "multiplier_quantities",
     "multiplier_scaling", "QUANTITIES", "LOGITS", "Expected", "EXPECTED", "Verdict", "seed_means", "slopes",
-    "judge", "CoordCheckResult",
+    "judge", "CoordCheckResult", "TRANSFER_LOSS_OK", "TRANSFER_CRITERION", "SECONDS_NOISE", "grid_edge_optima",
+    "timing_noise", "tuning_headline", "judgeable",
 ]
 
 SPREAD_OK = 1.0                     # REFERENCE §3: optimum log2 LR spread over widths ≤ 1 for μP
@@ -570,6 +571,21 @@ def _deviation(slope_: float, expected: float) -> float:
     return math.inf if math.isnan(d) else d
 
 
+MIN_JUDGED_WIDTHS, MIN_JUDGED_SEEDS = 3, 2
+
+
+def judgeable(config: dict) -> list[str]:
+    """Why a coordinate check's numbers cannot carry a verdict (empty: they can). A slope through two widths has no
+    residual, so a bend or an outlier at one width reads as a width dependence; one seed leaves the seed-to-seed
+    noise of a mean unmeasured, and at tiny widths and few steps that noise alone exceeds the threshold."""
+    reasons = []
+    if len(config["widths"]) < MIN_JUDGED_WIDTHS:
+        reasons.append(f"{len(config['widths'])} widths, a judged slope needs at least {MIN_JUDGED_WIDTHS}")
+    if config["seeds"] < MIN_JUDGED_SEEDS:
+        reasons.append(f"{config['seeds']} seed, averaging out seed noise needs at least {MIN_JUDGED_SEEDS}")
+    return reasons
+
+
 class CoordCheckResult:
     """Every recorded number (`records`, one dict per recipe, width, seed, step, module, quantity), the slopes per
     step (`slopes`) and one `Verdict` per series (`verdicts`). `config` must name "mup_readout", the recipes with
@@ -600,17 +616,22 @@ class CoordCheckResult:
         late = f"t={c['steps'] - c['last_steps'] + 1}..{c['steps']}"
         lines = [
             f"coordinate check: widths {', '.join(map(str, c['widths']))} (base {c['base_width']}), "
-            f"{c['steps']} steps, {c['seeds']} seeds, {c['optimizer']} lr {c['lr']:g}, "
+            f"{c['steps']} steps, {c['seeds']} seed{'s' if c['seeds'] != 1 else ''}, {c['optimizer']} lr {c['lr']:g}, "
             f"batch {c['batch_size']}×{c['context']} of {c['corpus']} "
             f"({'a fresh batch per step' if c['fresh_batches'] else 'one fixed batch'})",
             f"a series passes when its slope of log2 value against log2 width is within {c['threshold']:g} of the "
             f"expected slope (0 unless declared below) at t=0 and on average over {late}",
         ]
+        cannot = judgeable(c)
+        if cannot:
+            lines.append(f"NO VERDICT: too little data to judge ({'; '.join(cannot)}); the slopes below are shown, "
+                         "not judged")
         for recipe in c["recipes"]:
             verdicts = [v for v in self.verdicts if v.recipe == recipe]
             n_pass = sum(v.passed for v in verdicts)
-            lines.append(f"{recipe:8s} {'PASS' if n_pass == len(verdicts) else 'FAIL'}  "
-                         f"{n_pass}/{len(verdicts)} series pass")
+            status = "n/a " if cannot else "PASS" if n_pass == len(verdicts) else "FAIL"
+            lines.append(f"{recipe:8s} {status}  {n_pass}/{len(verdicts)} series "
+                         + ("within the threshold" if cannot else "pass"))
             for v in self.failures(recipe)[:worst]:
                 lines.append(f"    {v.quantity:4s} {v.module:28s} slope {v.slope:+.2f} at {v.at}"
                              + (f" (expected {v.expected:+.2f})" if v.expected else ""))
@@ -654,3 +675,121 @@ class CoordCheckResult:
         config = data["config"]
         config["head_dims"] = {int(w): d for w, d in config.get("head_dims", {}).items()}
         return cls(config, data["records"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the headline: who won, by how much against the seed spread, whether each LR transferred, what the data cannot say
+
+TRANSFER_LOSS_OK = 0.02   # bits/byte the transferred LR may lose at the target against the target's own optimum
+SECONDS_NOISE = 1.5       # max / min seconds of trials with identical FLOPs above which timings reflect machine load
+TRANSFER_CRITERION = (f"an LR transferred when its optimum log2 LR moves by at most {SPREAD_OK:g} over the sweep's "
+                      f"widths and, at the target, the transferred LR is within {TRANSFER_LOSS_OK:g} bits/byte of "
+                      "the best LR of the direct sweep there; an optimum on the edge of an LR grid leaves it open")
+
+
+def grid_edge_optima(curves: dict[str, dict[int, LRCurve]]) -> dict[str, list[int]]:
+    """Per recipe, the widths whose optimum is the smallest or the largest LR of that width's grid: the true
+    optimum may lie beyond it, so neither the optimum nor its spread over widths is known there."""
+    return {r: [w for w, c in by_width.items() if c.opt_log2_lr is not None and len(c.log2_lr) > 1
+                and c.opt_log2_lr in (min(c.log2_lr), max(c.log2_lr))] for r, by_width in curves.items()}
+
+
+def _transferred(spread: OptimumSpread | None, edges: list[int], t: RecipeTransfer | None) -> tuple[bool | None, str]:
+    """`TRANSFER_CRITERION` for one recipe: (True / False / None for open, the reason in a few words)."""
+    if spread is None or spread.spread is None:
+        return None, "one width in the sweep: nothing to compare"
+    if spread.spread > SPREAD_OK:
+        return False, (f"the optimum moves by {spread.spread:g} in log2 over widths "
+                       f"{', '.join(map(str, spread.widths))}")
+    if t is not None and t.loss_gap_bpb is not None:
+        if t.loss_gap_bpb > TRANSFER_LOSS_OK:
+            return False, (f"at width {t.target_width} the transferred LR loses {t.loss_gap_bpb:.3f} bits/byte to "
+                           f"the direct sweep's optimum ({t.lr_gap_log2:+d} in log2"
+                           + (", at the sweep's edge: at least" if t.optimum_at_edge else "") + ")")
+    if edges:
+        return None, (f"the sweep's optimum is on its LR grid's edge at width {', '.join(map(str, edges))}: it may "
+                      "lie outside the grid")
+    if t is None or t.loss_gap_bpb is None:
+        return True, f"the optimum moves by {spread.spread:g} in log2 (no direct LR sweep at a target)"
+    return True, (f"spread {spread.spread:g}; at width {t.target_width} within {t.loss_gap_bpb:.3f} bits/byte of "
+                  "the direct sweep's optimum")
+
+
+def _seed_values(trials: Sequence[SweepTrial], summary: TransferSummary | None, verdict: TuningVerdict
+                 ) -> dict[str, list[float]]:
+    """Per recipe, the per-seed losses behind its ranked point: the target runs at the transferred LR (with a
+    transfer), else the sweep's trials at its widest width and its optimum LR there."""
+    out: dict[str, list[float]] = {}
+    if summary is not None:
+        for r, s in summary.recipes.items():
+            out[r] = [x.val_bpb for x in summary.runs if x.recipe == r and x.width == s.target_width
+                      and x.offset == 0 and x.val_bpb is not None and x.status != "diverged"]
+        return out
+    curves = lr_curves(trials)
+    for r, by_width in curves.items():
+        w = max(by_width)
+        opt = by_width[w].opt_log2_lr
+        out[r] = [trial_loss(t) for t in usable(trials) if t.recipe == r and t.width == w and opt is not None
+                  and round(float(t.log2_lr), 9) == opt and math.isfinite(trial_loss(t))]
+    return out
+
+
+def timing_noise(trials: Iterable[SweepTrial]) -> float | None:
+    """The largest max / min ratio of wall seconds among finished trials of identical FLOPs (same recipe, width and
+    steps): 1 on an idle machine, more where other jobs competed for the cores. None without such a pair."""
+    groups: dict = defaultdict(list)
+    for t in trials:
+        if t.status == "ok" and t.flops and t.seconds and t.seconds > 0:
+            groups[(t.recipe, t.width, float(t.flops))].append(float(t.seconds))
+    ratios = [max(s) / min(s) for s in groups.values() if len(s) > 1]
+    return max(ratios) if ratios else None
+
+
+def tuning_headline(trials: Sequence[SweepTrial], summary: TransferSummary | None = None) -> dict:
+    """The report's headline card and the terminal's last lines, as JSON-ready numbers and sentences: the winner
+    (`tuning_verdict`), its margin against the seed-to-seed range of the two best recipes, whether each recipe's LR
+    transferred by `TRANSFER_CRITERION`, and warnings where the data cannot carry a claim (one seed, an optimum on
+    an LR grid's edge, a direct sweep at the target whose optimum is on its edge, timings shaped by machine load)."""
+    curves = lr_curves(trials)
+    spread = optimum_spread(curves)
+    target = summary.recipes if summary is not None else {}
+    verdict = tuning_verdict(curves, spread, target)
+    edges = grid_edge_optima(curves)
+    seeds = _seed_values(trials, summary, verdict)
+    seed_range = {r: (max(v) - min(v) if len(v) > 1 else None) for r, v in seeds.items()}
+    recipes = {}
+    for r in list(verdict.ranking) + sorted(set(verdict.recipes) - set(verdict.ranking)):
+        ok, why = _transferred(spread.get(r), edges.get(r, []), target.get(r))
+        v = verdict.recipes[r]
+        recipes[r] = {"mu_p": v.mu_p, "val_bpb": _finite(v.target_val_bpb), "transferred": ok, "why": why,
+                      "spread": v.spread, "edge_widths": edges.get(r, []), "lr_gap_log2": v.lr_gap_log2,
+                      "loss_gap_bpb": _finite(v.loss_gap_bpb), "target_optimum_at_edge": v.optimum_at_edge,
+                      "seeds": len(seeds.get(r, [])), "seed_range_bpb": _finite(seed_range.get(r))}
+    warnings = []
+    n_seeds = min((len(v) for v in seeds.values() if v), default=0)
+    if n_seeds == 1:
+        warnings.append("One seed per point: seed-to-seed noise is not measured, so a margin or a loss gap of a "
+                        "few hundredths of a bit/byte may be noise.")
+    at_edge = [f"{r} (width {', '.join(map(str, ws))})" for r, ws in edges.items() if ws]
+    if at_edge:
+        warnings.append("The sweep's optimum is on the edge of its LR grid for " + "; ".join(at_edge)
+                        + ": the true optimum may lie outside the grid, so these spreads are not known (widen it).")
+    target_edge = [f"{r} (width {t.target_width})" for r, t in target.items() if t.optimum_at_edge]
+    if target_edge:
+        warnings.append("The direct LR sweep at the target has its optimum on its edge for " + "; ".join(target_edge)
+                        + ": their loss gaps are lower bounds.")
+    noise = timing_noise(trials)
+    if noise is not None and noise > SECONDS_NOISE:
+        warnings.append(f"Wall seconds of trials with identical FLOPs differ up to {noise:.1f}x: the machine was "
+                        "loaded, so time ratios are unreliable; compare costs in FLOPs.")
+    head = {"where": verdict.where, "target_width": verdict.target_width, "winner": verdict.winner,
+            "winner_val_bpb": _finite(verdict.winner_val_bpb), "runner_up": verdict.runner_up,
+            "margin_bpb": _finite(verdict.margin_bpb), "margin_percent": None, "clear_win": None,
+            "seeds": n_seeds, "criterion": TRANSFER_CRITERION, "recipes": recipes, "warnings": warnings,
+            "timing_noise": _finite(noise)}
+    if verdict.winner is not None and verdict.runner_up is not None:
+        head["margin_percent"] = 100 * verdict.margin_bpb / (verdict.winner_val_bpb + verdict.margin_bpb)
+        ranges = [seed_range.get(r) for r in (verdict.winner, verdict.runner_up)]
+        if all(x is not None for x in ranges):
+            head["clear_win"] = verdict.margin_bpb > max(ranges)
+    return json.loads(dumps(head))

@@ -4,6 +4,7 @@ report read and write only records like these, never each other's internals.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -44,9 +45,10 @@ class RunResult(Record):
     seconds: float
 
     def summary(self) -> str:
-        return (f"{self.status}: step {self.step}, train loss {self.train_loss:.4f} nats, "
-                f"val {self.val_bpb:.4f} bits/byte, {self.tokens:,} tokens, {self.flops:.3g} FLOPs, "
-                f"{self.seconds:.1f} s")
+        """One line, losses in one unit: bits/byte (byte tokens: nats / ln 2), the train loss's nats in brackets."""
+        return (f"{self.status}: step {self.step}, train {self.train_loss / math.log(2):.4f} bits/byte "
+                f"({self.train_loss:.4f} nats), val {self.val_bpb:.4f} bits/byte, {self.tokens:,} tokens, "
+                f"{self.flops:.3g} FLOPs, {self.seconds:.1f} s")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -180,9 +180,68 @@ def test_demo_quick_runs_every_stage_and_resumes(tmp_path):
     assert str(path) in lines[-1]
     numbers = json.loads((tmp_path / "demo" / "report" / "tuning.json").read_text())
     assert numbers["verdict"]["winner"] is not None
+    verdict = next(i for i, line in enumerate(lines) if line.startswith("verdict: Winner at width 64 (target)"))
+    assert len(lines) - verdict <= 10  # the demo ends with the verdict
+    assert "the time left follows each trial" in text  # a fresh sweep: no estimate before a trial is measured
     lines.clear()
     run_demo(tmp_path / "demo", quick=True, data=SLICE, sweep_file=sweep_file, log=lines.append)  # all done before
     text = "\n".join(lines)
     assert "done before: re-using its saved result" in text
+    assert "24 trials (24 done before)" in text and "transfer to width 64 with a direct LR sweep (-1, +1 in log2) " \
+        "(done before)" in text and "roughly" not in text  # nothing to do: no time estimate
     runs = [line for line in lines if line.lstrip().startswith("[") and " w" in line and "bpb" in line]
     assert runs and all("done before" in line for line in runs)
+
+
+def test_the_page_opens_with_the_headline_verdict_then_html_tables_and_wrapped_text(report):
+    root, path, _ = report
+    page = path.read_text()
+    body = page[page.index("<body>"):]
+    card = body[body.index('<div class="card">'):body.index("<h2>Tuning cost</h2>")]
+    assert body.index('<div class="card">') < body.index("Plotly.newPlot")  # the verdict comes before any figure
+    numbers = json.loads((root / "report" / "tuning.json").read_text())
+    winner = numbers["headline"]["winner"]
+    assert f"Winner at width 64 (target): {winner}" in card and "Criterion: an LR transferred when" in card
+    assert "One seed per point" in card  # the sweep and the transfer have seed 0 only: said, not hidden
+    tables = re.findall(r"<table>.*?</table>", body, re.S)
+    verdict_table, cost_table = tables[0], tables[1]
+    for recipe in ("sp", "lrm"):
+        assert re.search(rf"<tr><td[^>]*>{recipe}</td>", verdict_table)
+        assert re.search(rf"<tr><td[^>]*>{recipe}</td>", cost_table)
+    assert "proxy FLOPs" in cost_table and "compare costs in FLOPs" in cost_table
+    for block in re.findall(r"<pre>(.*?)</pre>", body, re.S):
+        assert max(map(len, block.splitlines()), default=0) <= 120
+    assert "white-space: pre-wrap" in page  # and any preformatted text wraps
+    for fig in figures_in(page):  # every figure follows the window: no fixed width
+        assert "width" not in fig["layout"] and fig["layout"].get("autosize") is True
+    assert page.count('"responsive": true') == len(figures_in(page))
+
+
+def test_headline_applies_its_stated_transfer_criterion(report):
+    root, _, _ = report
+    numbers = json.loads((root / "report" / "tuning.json").read_text())
+    h = numbers["headline"]
+    assert set(h["recipes"]) == {"sp", "lrm"}
+    for recipe, s in h["recipes"].items():
+        curves = numbers["sweep"]["curves"][recipe]
+        edges = [int(w) for w, c in curves.items() if c["opt_log2_lr"] in (min(c["log2_lr"]), max(c["log2_lr"]))]
+        assert s["edge_widths"] == edges
+        spread = numbers["sweep"]["spread"][recipe]["spread"]
+        gap = numbers["transfer"]["recipes"][recipe]["loss_gap_bpb"]
+        expected = False if spread > 1 or gap > 0.02 else None if edges else True
+        assert s["transferred"] is expected, (recipe, s)
+        assert s["val_bpb"] == pytest.approx(numbers["transfer"]["recipes"][recipe]["target_val_bpb"])
+    any_edge = any(s["edge_widths"] for s in h["recipes"].values())
+    assert any("edge of its LR grid" in w for w in h["warnings"]) == any_edge
+
+
+def test_cli_report_ends_with_the_verdict_lines(report, tmp_path, capsys):
+    root, _, _ = report
+    assert main(["report", str(root / "sweep"), str(root / "transfer"), "--out", str(tmp_path / "r")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    numbers = json.loads((tmp_path / "r" / "tuning.json").read_text())
+    assert lines[0].startswith(f"verdict: Winner at width 64 (target): {numbers['headline']['winner']}, val ")
+    for recipe in ("sp", "lrm"):
+        assert any(re.match(rf"  {recipe} +(LR transferred|LR did NOT transfer|open): ", line) for line in lines)
+    assert lines[-1] == f"tuning report: {tmp_path / 'r' / 'index.html'}"
+    assert len(lines) <= 8  # a few lines: the page has the rest

@@ -38,6 +38,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._names import OPTIMIZERS, check_table
+from .._names import PLACEMENTS as PLACEMENT_NAMES
+from .._names import RECIPES as RECIPE_NAMES
 from ..errors import RecipeError, RoleError, ShapeError
 from .multipliers import convert, multiplied_modules
 from .parametrization import (
@@ -49,8 +52,6 @@ from .parametrization import (
 )
 from .roles import FINITE, HIDDEN, INPUT, READOUT, ROLE_KIND, Matrix, find_matrices, match_pattern
 from .shapes import BaseShapes, base_shapes, head_dim_of, infshapes
-
-OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ RECIPES = {
         Recipe("lrm", 0, 0, hidden_mult=True, mup_readout=True, learnable=True),
     )
 }
+check_table("RECIPES", RECIPES, RECIPE_NAMES)
 
 # learnable multipliers per role; "all" is the paper's default, "symmetry-free" its appendix C
 _ALL = frozenset({"row", "col"})
@@ -87,6 +89,7 @@ PLACEMENTS: dict[str, dict[str, frozenset[str]]] = {
     },
     "scalar": {role: (_NONE if kind == FINITE else frozenset({"scale"})) for role, kind in ROLE_KIND.items()},
 }
+check_table("PLACEMENTS", PLACEMENTS, PLACEMENT_NAMES)
 
 
 def parse_multipliers(text: str) -> frozenset[str]:
@@ -235,6 +238,23 @@ def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], al
     )
     convert(module, record)
     return record
+
+
+# what each column of `describe` means (printed under the table by `lrm-mup describe`)
+DESCRIBE_COLUMNS = {
+    "module": "the layer's name in the model",
+    "role": "what the matrix is (embedding, query, key, value, attn_out, mlp_*, readout, ...)",
+    "kind": "input / hidden / readout / finite: how μP scales it with width",
+    "fan_in_mult": "m = fan-in / the base model's fan-in (1 at the base width)",
+    "fixed_mult": "the forward multiplier the recipe applies (μP's 1/m on hidden matrices under mup and lrm)",
+    "learned": "learnable multipliers under lrm (scale, row, col; - for none)",
+    "lr_scale": "factor on the group's LR (lr-only's 1/m on hidden matrices)",
+    "wd_scale": "factor on the group's weight decay (lr-wd's m on hidden matrices)",
+    "clip_unit": "factor on the stored gradient when clipping measures the global norm: it puts every recipe in "
+                 "lr-only's units, so one --clip acts alike under every recipe (m under mup and lrm)",
+    "tied": "True where the weight is owned (initialised, optimized) by another layer, e.g. a readout tied to the "
+            "embedding",
+}
 
 
 def describe(model: nn.Module) -> list[dict]:

@@ -11,12 +11,15 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .._names import MODELS as BUILTIN_MODELS
+from .._names import check_table
 from ..errors import ConfigError
 from .proxy import GPT, GPTConfig, proxy
 
 __all__ = ["MODELS", "GPT", "GPTConfig", "proxy", "register_model", "build_model"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"proxy": proxy}
+check_table("MODELS", MODELS, BUILTIN_MODELS)
 
 
 def register_model(name: str, build: Callable[..., nn.Module]) -> None:

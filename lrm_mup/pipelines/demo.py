@@ -11,6 +11,7 @@ coordinate check its saved result, so re-running an interrupted demo continues i
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .._files import available_cores
+from ..analysis import fit_exponent
 from ..data import load_corpus
 from ..errors import ConfigError, MissingError
 from ..models import MODELS
@@ -30,7 +32,7 @@ from ..training import TrainConfig
 from ..tuning import sweep as sweep_mod
 from ..tuning.coord_check import CoordCheckResult, coord_check
 from ..tuning.transfer import format_summary, run_transfer
-from .tuning_report import tuning_report
+from .tuning_report import report_verdict, tuning_report
 
 DEMO_TOML = Path(__file__).resolve().parent / "demo.toml"  # package data: a wheel install has it
 
@@ -51,6 +53,8 @@ def demo_spec(raw: dict, *, quick: bool = False, data: str | None = None) -> dic
     if quick:
         raw.update(QUICK_SWEEP)
         raw["name"] = f"{raw.get('name', 'demo')}-quick"
+        raw["description"] = (f"the quick demo (a smoke test): widths {QUICK_SWEEP['widths']} x log2 LR {QUICK_LR}, "
+                              f"{QUICK_SWEEP['steps']} steps, tiny models")
         for k, v in QUICK_MODEL.items():
             if v is None:
                 raw["model"].pop(k, None)
@@ -75,8 +79,8 @@ def target_width(spec, records: list[SweepTrial], workers: int = 1,
                  budget_s: float = TRANSFER_BUDGET_S) -> tuple[int, float | None]:
     """One target width, wider than anything the sweep saw: the widest of 4 × proxy, 2 × and 1.5 × the widest sweep
     width (multiples of the proxy width) whose transfer stage (per recipe: the proxy run and 1 + len(LR_OFFSETS)
-    target runs, over `workers`) fits in `budget_s` at the speed (seconds per FLOP) the sweep measured at its widest
-    width; the narrowest candidate if none fits. Returns (width, estimated seconds of the stage or None)."""
+    target runs, over `workers`) fits in `budget_s` at the speed the sweep measured (`_seconds_model`); the
+    narrowest candidate if none fits. Returns (width, estimated seconds of the stage or None)."""
     widths = sorted(spec.widths)
     proxy, widest = widths[0], widths[-1]
     raw = {4 * proxy, 2 * widest, proxy * round(1.5 * widest / proxy)}
@@ -88,10 +92,9 @@ def target_width(spec, records: list[SweepTrial], workers: int = 1,
             continue
     if not candidates:
         return 2 * widest, None
-    measured = [r for r in records if r.width == widest and r.status == "ok" and r.flops]
-    if not measured:
+    seconds_of = _seconds_model(records)
+    if seconds_of is None:
         return candidates[0][0], None
-    s_per_flop = sum(r.seconds for r in measured) / sum(r.flops for r in measured)
 
     def run_flops(cfg) -> float:
         with torch.device("meta"):
@@ -101,11 +104,28 @@ def target_width(spec, records: list[SweepTrial], workers: int = 1,
     proxy_cfg = TrainConfig(**spec.config(spec.recipes[0], proxy, spec.seeds[0]))
     estimate = 0.0
     for w, cfg in candidates:
-        per_recipe = s_per_flop * (run_flops(proxy_cfg) + (1 + len(LR_OFFSETS)) * run_flops(cfg))
+        per_recipe = seconds_of(run_flops(proxy_cfg)) + (1 + len(LR_OFFSETS)) * seconds_of(run_flops(cfg))
         estimate = len(spec.recipes) * per_recipe / min(workers, len(spec.recipes) * (2 + len(LR_OFFSETS)))
         if estimate <= budget_s:
             return w, estimate
     return candidates[-1][0], estimate
+
+
+def _seconds_model(records: list[SweepTrial]) -> Callable[[float], float] | None:
+    """Seconds of a run against its FLOPs, from the sweep's finished trials (per width: the mean seconds and FLOPs):
+    a power law seconds = a·FLOPs^b fitted in log-log, since wider models use the cores better per FLOP (a constant
+    seconds per FLOP, taken at the widest width, estimated 1800 s for a transfer stage that took 945 s). None
+    without trials at two widths."""
+    by_width: dict[int, list[SweepTrial]] = {}
+    for r in records:
+        if r.status == "ok" and r.flops and r.seconds:
+            by_width.setdefault(r.width, []).append(r)
+    flops = [sum(r.flops for r in rs) / len(rs) for rs in by_width.values()]
+    seconds = [sum(r.seconds for r in rs) / len(rs) for rs in by_width.values()]
+    fit = fit_exponent(flops, seconds)
+    if fit.slope is None:
+        return None
+    return lambda f: 2.0 ** (fit.intercept + fit.slope * math.log2(f))
 
 
 def _previous_target(transfer_dir: Path) -> int | None:
@@ -113,6 +133,13 @@ def _previous_target(transfer_dir: Path) -> int | None:
     found = [re.search(r"-w(\d+)-lr[+-][1-9]", p.name) for p in (transfer_dir / "runs").glob("*")]
     widths = [int(m[1]) for m in found if m]
     return max(widths) if widths else None
+
+
+def _finished_trials(sweep_dir: Path, spec) -> int:
+    """Trials of this sweep already finished in `sweep_dir` (0 for a fresh one)."""
+    if not (sweep_dir / sweep_mod.JOURNAL).exists():
+        return 0
+    return sum(r.state in ("COMPLETE", "PRUNED") for r in sweep_mod.records(sweep_dir, spec))
 
 
 def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = False, data: str | None = None,
@@ -170,8 +197,11 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
         log(f"  coordinate check report: {paths['html']} ({time.perf_counter() - t:.0f} s)")
 
         # 2. the LR-transfer sweep
+        total = sum(spec.budget(r) for r in spec.recipes)
+        before = _finished_trials(out / "sweep", spec)
         t = stage(2, f"sweep {spec.name!r}: recipes {', '.join(spec.recipes)}, widths {list(spec.widths)}, "
-                     f"{sum(spec.budget(r) for r in spec.recipes)} trials")
+                     f"{total} trials" + (f" ({before} done before)" if before else "")
+                     + ("" if before else "; the time left follows each trial"))
         sweep_mod.run_sweep(spec, out / "sweep", workers=workers, progress=True)
         for line in sweep_mod.summary_lines(out / "sweep", spec):
             log("  " + line)
@@ -179,9 +209,13 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
 
         # 3. transfer to the target width
         width, estimate = target_width(spec, sweep_mod.records(out / "sweep", spec), workers)
-        width = _previous_target(out / "transfer") or width  # a resumed demo keeps the width it started with
+        previous = _previous_target(out / "transfer")
+        width = previous or width  # a resumed demo keeps the width it started with
+        done = (out / "transfer" / "transfer.json").exists()  # written when every run of the transfer finished
+        when = (" (done before)" if done else f", roughly {estimate:.0f} s (extrapolated from the sweep's trial times)"
+                if estimate and not previous else "")
         t = stage(3, f"transfer to width {width} with a direct LR sweep ({', '.join(f'{o:+d}' for o in LR_OFFSETS)}"
-                     " in log2)" + (f", about {estimate:.0f} s at the sweep's speed" if estimate else ""))
+                     " in log2)" + when)
         summary = run_transfer(out / "sweep", out / "transfer", widths=[width], lr_offsets=LR_OFFSETS, workers=workers,
                                log=lambda line: log("  " + line))
         log(format_summary(summary))
@@ -192,6 +226,8 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
         path = tuning_report(out / "sweep", out / "transfer", out / "report")
     finally:
         torch.set_num_threads(threads)
+    for line in report_verdict(path.parent):
+        log(line)
     log(f"demo done in {time.perf_counter() - start:.0f} s. Reports:\n  {path}\n  {paths['html']}")
     return path
 

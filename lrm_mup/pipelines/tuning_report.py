@@ -1,12 +1,14 @@
 """The tuning report of a sweep folder and a transfer folder: gather the records (the sweep's trials, the transfer's
 summary) and Optuna's plots of the sweep, and hand them to `lrm_mup.report.write_tuning_report` (which reads no
-folder itself). What `lrm-mup report` and the demo's last stage run."""
+folder itself). What `lrm-mup report` and the demo's last stage run; `report_verdict` reads a written report's
+verdict back as the few lines they print."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from ..report import write_tuning_report
+from ..report import verdict_lines, write_tuning_report
 from ..tuning.sweep import optuna_figures
 from ..tuning.transfer import load_transfer, sweep_records
 
@@ -24,3 +26,9 @@ def tuning_report(sweep_dir: str | os.PathLike, transfer_dir: str | os.PathLike 
                                sweep_folder=str(sweep_dir),
                                transfer_folder=None if transfer_dir is None else str(transfer_dir),
                                figures=figures, notes=notes, plotlyjs=plotlyjs)
+
+
+def report_verdict(report_dir: str | os.PathLike) -> list[str]:
+    """The verdict of the report in `report_dir` (its tuning.json) in a few terminal lines."""
+    numbers = json.loads((Path(report_dir) / "tuning.json").read_text(encoding="utf-8"))
+    return verdict_lines(numbers)

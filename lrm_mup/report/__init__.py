@@ -1,15 +1,18 @@
 """HTML reports that open offline (plotly.js inside the page or in one shared file beside it, never from a CDN), from
 records and `lrm_mup.analysis` only: `report` never trains, never opens an Optuna storage, never reads a run folder.
 
-- `_html`: the page writer (`write_html`) and PNG export (`write_pngs`), shared by every report;
+- `_html`: the page writer (`write_html`, its parts `Figure`, `Html`, `card`, `table`, ...) and PNG export
+  (`write_pngs`), shared by every report;
 - `_coord_check`: the coordinate check's report (`write_coord_check_report`, `coord_check_figures`);
-- `_tuning`: the tuning report (`write_tuning_report`, its text `tuning_verdict` and `tuning_figures`).
+- `_tuning`: the tuning report (`write_tuning_report`, its headline card, `tuning_figures`) and `verdict_lines`,
+  the same verdict in a few terminal lines.
 """
 from __future__ import annotations
 
 from ._coord_check import coord_check_figures, write_coord_check_report
-from ._html import PLOTLY_JS, write_html, write_pngs
-from ._tuning import multiplier_figure, tuning_figures, tuning_verdict, write_tuning_report
+from ._html import PLOTLY_JS, Figure, Html, write_html, write_pngs
+from ._tuning import headline_sentence, multiplier_figure, tuning_figures, verdict_lines, write_tuning_report
 
-__all__ = ["write_html", "write_pngs", "PLOTLY_JS", "write_coord_check_report", "coord_check_figures",
-           "write_tuning_report", "tuning_verdict", "tuning_figures", "multiplier_figure"]
+__all__ = ["write_html", "write_pngs", "PLOTLY_JS", "Figure", "Html", "write_coord_check_report",
+           "coord_check_figures", "write_tuning_report", "verdict_lines", "headline_sentence", "tuning_figures",
+           "multiplier_figure"]

@@ -1,5 +1,7 @@
-"""The coordinate check's report: its verdicts, then one figure per quantity (log2 value against log2 width, one line
-per module, a slider over the steps), from an `lrm_mup.analysis.CoordCheckResult`."""
+"""The coordinate check's report, as a page: a headline card (each recipe's verdict, or why the data cannot carry
+one), a table of passing series per recipe and quantity, the verdict text, then one figure per quantity (log2 value
+against log2 width, one line per module, a slider over the steps) with a caption, from an
+`lrm_mup.analysis.CoordCheckResult`."""
 from __future__ import annotations
 
 import html
@@ -11,8 +13,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from ..analysis import QUANTITIES, CoordCheckResult, seed_means
-from ._html import write_html, write_pngs
+from ..analysis import QUANTITIES, CoordCheckResult, judgeable, seed_means
+from ._html import Figure, Html, card, heading, paragraph, table, warnings_box, write_html, write_pngs
 
 
 def write_coord_check_report(result: CoordCheckResult, out_dir, *, plotlyjs: str = "inline") -> dict[str, pathlib.Path]:
@@ -21,8 +23,10 @@ def write_coord_check_report(result: CoordCheckResult, out_dir, *, plotlyjs: str
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = coord_check_figures(result)
-    paths = {"html": write_html(out / "coord_check.html", "Coordinate check", [result.summary(), *figures.values()],
-                                plotlyjs=plotlyjs),
+    parts = [headline_card(result), heading("Figures")]
+    parts += [Figure(fig, CAPTION.format(label=QUANTITIES[q])) for q, fig in figures.items()]
+    parts += [heading("The verdict as text"), result.summary()]
+    paths = {"html": write_html(out / "coord_check.html", "Coordinate check", parts, plotlyjs=plotlyjs),
              "json": out / "coord_check.json"}
     result.to_json(paths["json"])
     pngs = {out / f"coord_check_{q}.png": fig for q, fig in figures.items()}
@@ -32,6 +36,50 @@ def write_coord_check_report(result: CoordCheckResult, out_dir, *, plotlyjs: str
     else:
         paths.update({f"png_{q}": p for q, p in zip(figures, pngs, strict=True)})
     return paths
+
+
+CAPTION = ("{label}: one panel per recipe, one line per module (colour), log2 of the seed-mean value against log2 "
+           "width. A flat line is width-independent, as μP wants; the slope is in the hover, next to the slope μP "
+           "prescribes where it is not 0. Dashed lines: series that fail the verdict. The slider picks the "
+           "training step (t=0 is the initialisation); a panel title gives the recipe's verdict on this quantity.")
+
+
+def headline_card(result: CoordCheckResult) -> Html:
+    """Each recipe's verdict in one sentence, a table of passing series per recipe and quantity, and the reasons
+    the data cannot carry a verdict (too few widths or seeds), if any."""
+    c = result.config
+    cannot = judgeable(c)
+    quantities = [q for q in QUANTITIES if any(v.quantity == q for v in result.verdicts)]
+    rows, classes = [], []
+    for recipe in c["recipes"]:
+        mine = [v for v in result.verdicts if v.recipe == recipe]
+        n_pass = sum(v.passed for v in mine)
+        status = "no verdict" if cannot else "PASS" if n_pass == len(mine) else "FAIL"
+        worst = result.failures(recipe)[:1]
+        cells = []
+        for q in quantities:
+            vs = [v for v in mine if v.quantity == q]
+            cells.append(f"{sum(v.passed for v in vs)}/{len(vs)}" if vs else "–")
+        w = worst[0] if worst else None
+        rows.append([recipe, status, f"{n_pass}/{len(mine)}", *cells,
+                     f"{w.quantity} {w.module}: slope {w.slope:+.2f} at {w.at}" if w else "–"])
+        classes.append(["", "open" if cannot else "yes" if status == "PASS" else "no", *[""] * (len(cells) + 2)])
+    if cannot:
+        head = "No verdict: too little data to judge (" + "; ".join(cannot) + ")."
+    else:
+        head = "; ".join(f"{r[0]} {r[1]} ({r[2]} series)" for r in rows) + "."
+    body = [paragraph(f"Widths {', '.join(map(str, c['widths']))} (base {c['base_width']}), {c['steps']} steps, "
+                      f"{c['seeds']} seed(s), {c['optimizer']} lr {c['lr']:g}. A series passes when its slope of log2 "
+                      f"value against log2 width is within {c['threshold']:g} of the slope μP prescribes (0 unless "
+                      "declared) at t=0 and on average over the last steps."),
+            table(["recipe", "verdict", "series within threshold", *(QUANTITIES[q] for q in quantities),
+                   "worst series"], rows, classes=classes,
+                  caption="Series within the threshold, per quantity; the worst series is the one furthest from "
+                          "its expected slope.")]
+    if cannot:
+        body.append(warnings_box([f"Judging needs at least 3 widths and 2 seeds; here: {'; '.join(cannot)}. The counts "
+                                  "above are shown, not judged: rerun with more widths or seeds."]))
+    return card(head, body)
 
 
 def coord_check_figures(result: CoordCheckResult) -> dict[str, go.Figure]:
@@ -50,12 +98,15 @@ def coord_check_figures(result: CoordCheckResult) -> dict[str, go.Figure]:
         modules = sorted({m for _, m, _ in series})
         colour = {m: qualitative.Dark24[i % len(qualitative.Dark24)] for i, m in enumerate(modules)}
         steps = sorted({t for k in series for t, by_width in means[k].items() if any(by_width.values())})
-        fig = make_subplots(rows=1, cols=len(recipes), shared_yaxes=True, subplot_titles=[
-            f"{r}: {_status(result, r, quantity)}" for r in recipes])
+        cols = min(2, len(recipes))
+        nrows = math.ceil(len(recipes) / cols)
+        fig = make_subplots(rows=nrows, cols=cols, shared_yaxes=True, horizontal_spacing=0.07,
+                            vertical_spacing=0.22 / nrows, subplot_titles=[
+                                f"{r}: {_status(result, r, quantity)}" for r in recipes])
         trace_steps = []
         for t in steps:
             in_legend = set()
-            for col, recipe in enumerate(recipes, start=1):
+            for i, recipe in enumerate(recipes):
                 for module in modules:
                     by_width = means.get((recipe, module, quantity), {}).get(t)
                     if not by_width:
@@ -63,7 +114,7 @@ def coord_check_figures(result: CoordCheckResult) -> dict[str, go.Figure]:
                     row = slopes[(recipe, module, quantity, t)]
                     fig.add_trace(_trace(recipe, module, quantity, t, widths, by_width, row, colour[module],
                                          (recipe, module, quantity) in failed, module not in in_legend),
-                                  row=1, col=col)
+                                  row=i // cols + 1, col=i % cols + 1)
                     trace_steps.append(t)
                     in_legend.add(module)
         last = steps[-1]
@@ -71,13 +122,14 @@ def coord_check_figures(result: CoordCheckResult) -> dict[str, go.Figure]:
             trace.visible = t == last
         fig.update_layout(
             title=f"{label}: log2 value against log2 width (one line per module)",
-            height=520, width=max(900, 360 * len(recipes)), hovermode="closest",
-            sliders=[{"active": len(steps) - 1, "currentvalue": {"prefix": "step "}, "steps": [
+            height=170 + 360 * nrows, hovermode="closest", legend={"font": {"size": 11}},
+            sliders=[{"active": len(steps) - 1, "currentvalue": {"prefix": "step "}, "pad": {"t": 50}, "steps": [
                 {"label": str(t), "method": "update", "args": [{"visible": [s == t for s in trace_steps]}]}
                 for t in steps]}])
         fig.update_xaxes(title_text="width", tickvals=[math.log2(w) for w in widths],
                          ticktext=[str(w) for w in widths])
-        fig.update_yaxes(title_text=f"log2 {quantity}", row=1, col=1)
+        for row in range(1, nrows + 1):
+            fig.update_yaxes(title_text=f"log2 {quantity}", row=row, col=1)
         figures[quantity] = fig
     return figures
 
@@ -85,7 +137,8 @@ def coord_check_figures(result: CoordCheckResult) -> dict[str, go.Figure]:
 def _status(result: CoordCheckResult, recipe: str, quantity: str) -> str:
     verdicts = [v for v in result.verdicts if v.recipe == recipe and v.quantity == quantity]
     n_pass = sum(v.passed for v in verdicts)
-    return f"{'PASS' if n_pass == len(verdicts) else 'FAIL'} {n_pass}/{len(verdicts)}"
+    status = "no verdict" if judgeable(result.config) else "PASS" if n_pass == len(verdicts) else "FAIL"
+    return f"{status} {n_pass}/{len(verdicts)}"
 
 
 def _trace(recipe, module, quantity, step, widths, by_width, row, colour, failed, show_legend) -> go.Scatter:

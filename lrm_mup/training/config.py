@@ -10,14 +10,12 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from .._names import DEVICES, PATHS, SCHEDULES
 from ..core.recipes import OPTIMIZERS, PLACEMENTS, RECIPES
 from ..errors import ConfigError
 from ..models import MODELS, GPTConfig
 from . import distributed
 
-SCHEDULES = ("constant", "cosine", "wsd")
-DEVICES = ("auto", "cpu", "cuda")
-PATHS = ("autograd", "effective")
 # how a step is computed, not what it computes: a run may resume with other values (another machine, less memory)
 EXECUTION = ("micro_batch", "device", "compile", "parallel")
 

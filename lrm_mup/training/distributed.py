@@ -29,6 +29,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .._names import PARALLEL  # noqa: F401 - the modes of `wrap`, named torch-free for the CLI
+
 T = TypeVar("T")
 
 
@@ -140,9 +142,6 @@ def sum_floats(values: Iterable[float], world: World, device: torch.device) -> l
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
-
-
-PARALLEL = ("ddp", "fsdp")
 
 
 def wrap(model: torch.nn.Module, world: World, parallel: str, device: torch.device, ddp: bool = True

@@ -30,6 +30,7 @@ quantity is zero at every width (updates at t=0) is skipped with a note.
 from __future__ import annotations
 
 import sys
+import time
 from collections import defaultdict
 from typing import Callable, Sequence
 
@@ -101,7 +102,7 @@ def coord_check(
     shapes = base_shapes(build(base_width), build(delta_width))
     runs = [(r, w, s) for r in recipes for w in widths for s in range(seeds)]
     records, head_dims, roles = [], {}, {}
-    bar = _progress(len(runs), progress)
+    bar = _progress([w for _, w, _ in runs], progress)
     for recipe, width, seed in runs:
         gen = torch.Generator().manual_seed(seed)
         batches = [corpus.batch("train", batch_size, context, gen) for _ in range(1 + steps * fresh_batches)]
@@ -121,15 +122,32 @@ def coord_check(
     return CoordCheckResult(config, records)
 
 
-def _progress(total: int, enabled: bool) -> Callable[[str], None]:
+def _progress(widths: list[int], enabled: bool) -> Callable[[str], None]:
+    """A counter on stderr, one tick per run (`widths`: each run's width, in order), with the time left: each
+    remaining run costs the mean time measured at its width, or, for a width not run yet, the widest measured
+    width's time × (width ratio)² (a step's cost grows about as width² at these sizes)."""
+    start = last = time.perf_counter()
+    seconds: dict[int, list[float]] = {}
     count = 0
 
+    def left() -> float | None:
+        measured = {w: sum(t) / len(t) for w, t in seconds.items()}
+        if not measured:
+            return None
+        ref = max(measured)
+        return sum(measured.get(w, measured[ref] * (w / ref) ** 2) for w in widths[count:])
+
     def tick(what: str) -> None:
-        nonlocal count
-        count += 1
+        nonlocal count, last
+        now = time.perf_counter()
+        if count > 0 or widths.count(widths[0]) == 1:  # the first run also pays one-time warm-ups: not a sample
+            seconds.setdefault(widths[count], []).append(now - last)
+        count, last = count + 1, now
         if enabled:
-            print(f"\rcoord check {count}/{total}: {what}    ", end="\n" if count == total else "",
-                  file=sys.stderr, flush=True)
+            done, rest = count == len(widths), left()
+            eta = (f"{now - start:.0f} s in all" if done else "" if rest is None else f"about {rest:.0f} s left")
+            line = f"\rcoord check {count}/{len(widths)}: {what}" + (f", {eta}" if eta else "")
+            print(line + "    ", end="\n" if done else "", file=sys.stderr, flush=True)
 
     return tick
 

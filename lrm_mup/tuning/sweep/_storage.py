@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from ..._files import FileLock, write_json_atomic
+from ..._names import STORAGE_ENV
 from ..._secrets import driver_url, mask_text, mask_url
 from ...errors import LrmMupError, MissingError, SweepError
 from ._spec import JOURNAL, MANIFEST, SweepSpec
@@ -36,7 +37,6 @@ def _quiet_optuna() -> None:
 _quiet_optuna()
 
 
-STORAGE_ENV = "LRM_MUP_STORAGE"  # the storage URL where --storage is not given: no password on a command line
 _CORRUPT = (ValueError, KeyError, TypeError, IndexError, AttributeError)  # what replaying a damaged journal raises
 
 
@@ -230,7 +230,12 @@ def _studies(spec: SweepSpec, storage, worker: int = 0, create: bool = True) -> 
               "pruner": _pruner(spec)}
         if create:
             study = optuna.create_study(direction="minimize", load_if_exists=True, **kw)
+            if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objective
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(["val bits/byte"])
             if "lrm_mup_sweep" not in study.user_attrs:
+                study.set_user_attr("description", spec.description)
                 study.set_user_attr("lrm_mup_sweep", spec.name)
                 study.set_user_attr("recipe", recipe)
                 study.set_user_attr("spec", spec.to_dict())

@@ -206,7 +206,7 @@ def _worker(spec: SweepSpec, out: str, url: str | None, index: int, workers: int
             raise
         if progress:
             done = len(study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED)))
-            print(_progress_line(spec, recipe, trial, attrs, done), flush=True)
+            print(_progress_line(spec, recipe, trial, attrs, done) + _time_left(spec, studies, workers), flush=True)
 
 
 def _claim(spec: SweepSpec, studies: dict, lock: _ClaimLock, heartbeat: bool):
@@ -249,6 +249,20 @@ class _Heartbeat:
 
 def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _time_left(spec: SweepSpec, studies: dict, workers: int) -> str:
+    """'; about N s left': the mean wall time of the finished trials (a grid runs its points in a shuffled order,
+    so they are a fair sample of the rest) × the trials left over the local workers ('' when none is left)."""
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    seconds, left = [], 0
+    for recipe, study in studies.items():
+        done = study.get_trials(deepcopy=False, states=finished)
+        seconds += [t.user_attrs["seconds"] for t in done if isinstance(t.user_attrs.get("seconds"), (int, float))]
+        left += max(0, spec.budget(recipe) - len(done))
+    if not left or not seconds:
+        return ""
+    return f"; about {sum(seconds) / len(seconds) * left / workers:.0f} s left ({left} trials)"
 
 
 def _progress_line(spec: SweepSpec, recipe: str, trial, attrs: dict, done: int) -> str:

@@ -1,0 +1,174 @@
+"""What each `lrm-mup` command does once its arguments are parsed (`lrm_mup.cli` holds the parser and imports this
+module only when a command runs, so that `--help` and `--version` need no torch). Bad input raises an
+`lrm_mup.errors.LrmMupError`: the CLI prints it as one line and exits with status 2.
+
+`train` and `transfer` also run under torchrun (`torchrun --nproc_per_node N -m lrm_mup train ...`): every rank runs
+the command, rank 0 alone prints and writes (lrm_mup.training.distributed)."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from ._names import STORAGE_ENV
+from ._secrets import mask_url
+from .core.recipes import DESCRIBE_COLUMNS, RECIPES, describe
+from .errors import ConfigError
+from .models import MODELS, GPTConfig
+from .pipelines.demo import run_demo
+from .pipelines.tuning_report import report_verdict, tuning_report
+from .report import write_coord_check_report
+from .training import TrainConfig, distributed, parametrized_model, resumed_config, train
+from .tuning import coord_check as cc
+from .tuning.sweep import JOURNAL, load_sweep, run_sweep, summary_lines
+from .tuning.transfer import format_summary, run_transfer
+
+DATA_PARALLEL = ("train", "transfer")  # the commands that run under torchrun
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command `args.command`; returns its exit status."""
+    if distributed.launched() and args.command not in DATA_PARALLEL:
+        raise ConfigError(f"{args.command!r} does not run under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}); "
+                          f"only {' and '.join(DATA_PARALLEL)} do: run it as one process")
+    rank = int(os.environ.get("RANK", "0"))
+    # every rank computes the same summary lines; rank 0 prints them
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink if rank else sys.stdout):
+        return COMMANDS[args.command](args)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "alphas" in given:
+        bad = [k for k, v in given["alphas"] if v != v]
+        if bad:
+            raise ConfigError(f"--alpha {bad[0]!r} needs a value: ROLE=VALUE")
+        given["alphas"] = dict(given["alphas"])
+    return TrainConfig(**given)
+
+
+def _timestamped(prefix: str) -> str:
+    """PREFIX-TIME: a default output folder, the same on every rank under torchrun (rank 0's clock)."""
+    return distributed.on_main(lambda: f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}", distributed.setup())
+
+
+def cmd_train(args) -> int:
+    if args.resume:
+        if args.out is None:
+            raise ConfigError("--resume needs --out DIR, the run folder to continue")
+        given = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(TrainConfig)} and v is not None}
+        cfg = resumed_config(args.out, **given)
+    else:
+        cfg = train_config(args)
+    out = args.out or _timestamped(f"runs/train-{cfg.recipe}-w{cfg.width}")
+    result = train(cfg, out, resume=args.resume, until=args.stop_after, progress=not args.quiet)
+    print(f"{result.summary()}  [{out}]")
+    return 1 if result.status == "diverged" else 0
+
+
+def cmd_data(args) -> int:
+    corpus = data_mod.load_corpus(args.data)
+    chars = len(set(bytes(corpus.train.tolist() + corpus.val.tolist()).decode("utf-8", "replace")))
+    print(f"{corpus.name}: train {corpus.train.numel():,} bytes, validation {corpus.val.numel():,} bytes, "
+          f"{chars} distinct characters")
+    return 0
+
+
+def cmd_describe(args) -> int:
+    model = parametrized_model(train_config(args), device="meta")  # the layer table only: nothing allocated
+    rows = describe(model)
+    cols = list(rows[0])
+    widths = [max(len(c), *(len(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for r in rows)) for c in cols]
+    fmt = lambda r: "  ".join((f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])).ljust(w)  # noqa: E731
+                              for c, w in zip(cols, widths))
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        print(fmt(r))
+    print("\ncolumns:")
+    name_width = max(map(len, cols))
+    for c in cols:
+        print(f"  {c.ljust(name_width)}  {DESCRIBE_COLUMNS.get(c, '')}")
+    return 0
+
+
+def cmd_transfer(args) -> int:
+    overrides = {k: getattr(args, k) for k in ("device", "compile", "parallel", "micro_batch", "steps")
+                 if getattr(args, k) is not None}
+    out = args.out or _timestamped("runs/transfer")
+    summary = run_transfer(args.source, out, widths=args.widths, lr_offsets=args.lr_offsets,
+                           lr_sweep_widths=args.lr_sweep_widths, seeds=args.seeds, overrides=overrides or None,
+                           workers=args.workers, log=None if args.quiet else print, storage=args.storage)
+    print(format_summary(summary))
+    print(f"[{out}/transfer.json]")
+    return 0
+
+
+def cmd_coord_check(args) -> int:
+    bad = [r for r in args.recipes if r not in RECIPES]
+    if bad:
+        raise ConfigError(f"--recipes: {bad[0]!r} is not a recipe; allowed: {', '.join(RECIPES)}")
+    if len(set(args.widths)) < 2 or min(args.widths) <= 0:
+        raise ConfigError(f"--widths {args.widths} is invalid: give at least two distinct positive widths")
+    for name in ("steps", "seeds", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ConfigError(f"--{name} {getattr(args, name)} is invalid: must be at least 1")
+    if not (args.lr > 0 and args.threshold > 0):
+        raise ConfigError(f"--lr {args.lr} / --threshold {args.threshold}: both must be > 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_fields = {**cc.DEFAULT_PROXY, "context": args.context}
+    build = lambda width: MODELS[args.model](width, **model_fields)  # noqa: E731
+    for width in (*args.widths, args.base_width, args.delta_width):
+        GPTConfig(width=width, **model_fields)  # a width the model cannot take: one line, before any work
+    corpus = data_mod.load_corpus(args.data)
+    result = cc.coord_check(build, args.widths, base_width=args.base_width, delta_width=args.delta_width,
+                            recipes=args.recipes, steps=args.steps, seeds=args.seeds, lr=args.lr,
+                            optimizer=args.optimizer, corpus=corpus, context=args.context,
+                            fresh_batches=args.fresh_batches, threshold=args.threshold,
+                            last_steps=max(1, min(5, args.steps // 2)), progress=not args.quiet)
+    out = args.out or _timestamped("runs/coord-check")
+    paths = write_coord_check_report(result, out)
+    print(result.summary())
+    print(f"report: {paths['html']}  numbers: {paths['json']}")
+    return 1 if args.strict and not all(result.passed(r) for r in args.recipes) else 0
+
+
+def cmd_sweep(args) -> int:
+    spec = load_sweep(args.config)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, not {args.workers}")
+    out = args.out or f"runs/{spec.name}"
+    storage = args.storage or os.environ.get(STORAGE_ENV)  # the environment keeps a password off the command line
+    run_sweep(spec, out, storage=storage, workers=args.workers, progress=not args.quiet)
+    where = mask_url(storage) if storage else f"{out}/{JOURNAL}"
+    print(f"sweep {spec.name!r} done: results in {out} (storage {where}; lrm_mup.tuning.sweep.records({out!r}))")
+    for line in summary_lines(out, spec, storage=storage):
+        print("  " + line)
+    return 0
+
+
+def cmd_report(args) -> int:
+    out = args.out or f"reports/{Path(args.sweep).resolve().name}"
+    path = tuning_report(args.sweep, args.transfer, out, plotlyjs=args.plotlyjs, storage=args.storage)
+    for line in report_verdict(path.parent):
+        print(line)
+    print(f"tuning report: {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    run_demo(args.out, quick=args.quick, data=args.data, sweep_file=args.sweep, workers=args.workers,
+             log=lambda line: print(line, flush=True))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "data": cmd_data, "describe": cmd_describe, "coord-check": cmd_coord_check,
+            "sweep": cmd_sweep, "transfer": cmd_transfer, "report": cmd_report, "demo": cmd_demo}
