@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
+from ._files import check_out_folder
 from ._version import __version__
 from .core.optim import OPTIMIZERS
 from .core.recipes import PLACEMENTS, RECIPES, describe
@@ -41,9 +42,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def _alpha(text: str) -> tuple[str, float]:
+    """ROLE=VALUE as (role, float); whether the value is allowed (positive, finite) is TrainConfig's to say."""
     key, sep, value = text.partition("=")
     try:
-        return key, float(value) if sep else float("nan")
+        return key, float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not ROLE=VALUE (e.g. readout=0.5)") from None
 
@@ -92,9 +94,6 @@ def train_config(args: argparse.Namespace):
     names = {f.name for f in fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "alphas" in given:
-        bad = [k for k, v in given["alphas"] if v != v]
-        if bad:
-            raise ConfigError(f"--alpha {bad[0]!r} needs a value: ROLE=VALUE")
         given["alphas"] = dict(given["alphas"])
     return TrainConfig(**given)
 
@@ -113,7 +112,8 @@ def cmd_train(args) -> int:
     else:
         cfg = train_config(args)
     out = args.out or _timestamped(f"runs/train-{cfg.recipe}-w{cfg.width}")
-    result = train(cfg, out, resume=args.resume, until=args.stop_after, progress=not args.quiet)
+    result = train(cfg, out, resume=args.resume, force=args.force, until=args.stop_after, progress=not args.quiet,
+                   log=print)
     print(f"{result.summary()}  [{out}]")
     return 1 if result.status == "diverged" else 0
 
@@ -171,8 +171,7 @@ def cmd_coord_check(args) -> int:
     for name in ("steps", "seeds", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name} {getattr(args, name)} is invalid: must be at least 1")
-    if not (args.lr > 0 and args.threshold > 0):
-        raise ConfigError(f"--lr {args.lr} / --threshold {args.threshold}: both must be > 0")
+    out = check_out_folder(args.out or _timestamped("runs/coord-check"), "report folder")  # before all the work
     if args.threads:
         torch.set_num_threads(args.threads)
     fields = {**cc.DEFAULT_PROXY, "context": args.context}
@@ -185,7 +184,6 @@ def cmd_coord_check(args) -> int:
                             optimizer=args.optimizer, corpus=corpus, context=args.context,
                             fresh_batches=args.fresh_batches, threshold=args.threshold,
                             last_steps=max(1, min(5, args.steps // 2)), progress=not args.quiet)
-    out = args.out or _timestamped("runs/coord-check")
     paths = write_coord_check_report(result, out)
     print(result.summary())
     print(f"report: {paths['html']}  numbers: {paths['json']}")
@@ -227,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(p)
     p.add_argument("--out", help="run folder (default runs/train-RECIPE-wWIDTH-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--force", action="store_true", help="discard the unfinished run in --out (its checkpoint and "
+                   "metrics) and start afresh; a finished run, or files lrm-mup did not write, are never deleted")
     p.add_argument("--stop-after", dest="stop_after", type=int, help="stop after this step, resumable")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
