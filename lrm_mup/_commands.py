@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
+from ._files import check_out_folder
 from ._names import STORAGE_ENV
 from ._secrets import mask_url
 from .core.recipes import DESCRIBE_COLUMNS, RECIPES, describe
@@ -48,9 +49,6 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "alphas" in given:
-        bad = [k for k, v in given["alphas"] if v != v]
-        if bad:
-            raise ConfigError(f"--alpha {bad[0]!r} needs a value: ROLE=VALUE")
         given["alphas"] = dict(given["alphas"])
     return TrainConfig(**given)
 
@@ -69,7 +67,8 @@ def cmd_train(args) -> int:
     else:
         cfg = train_config(args)
     out = args.out or _timestamped(f"runs/train-{cfg.recipe}-w{cfg.width}")
-    result = train(cfg, out, resume=args.resume, until=args.stop_after, progress=not args.quiet)
+    result = train(cfg, out, resume=args.resume, force=args.force, until=args.stop_after, progress=not args.quiet,
+                   log=print)
     print(f"{result.summary()}  [{out}]")
     return 1 if result.status == "diverged" else 0
 
@@ -120,8 +119,7 @@ def cmd_coord_check(args) -> int:
     for name in ("steps", "seeds", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name} {getattr(args, name)} is invalid: must be at least 1")
-    if not (args.lr > 0 and args.threshold > 0):
-        raise ConfigError(f"--lr {args.lr} / --threshold {args.threshold}: both must be > 0")
+    out = check_out_folder(args.out or _timestamped("runs/coord-check"), "report folder")  # before all the work
     if args.threads:
         torch.set_num_threads(args.threads)
     model_fields = {**cc.DEFAULT_PROXY, "context": args.context}
@@ -134,7 +132,6 @@ def cmd_coord_check(args) -> int:
                             optimizer=args.optimizer, corpus=corpus, context=args.context,
                             fresh_batches=args.fresh_batches, threshold=args.threshold,
                             last_steps=max(1, min(5, args.steps // 2)), progress=not args.quiet)
-    out = args.out or _timestamped("runs/coord-check")
     paths = write_coord_check_report(result, out)
     print(result.summary())
     print(f"report: {paths['html']}  numbers: {paths['json']}")

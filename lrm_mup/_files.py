@@ -13,6 +13,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import RunFolderError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
     """Call `write(tmp)` on a sibling temporary path, then rename it over `path`: readers (and a crash) see the old
@@ -25,6 +27,40 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def os_reason(err: OSError) -> str:
+    """An OSError as the end of a sentence ("permission denied", "no space left on device"), never the raw
+    "[Errno 13] Permission denied: 'x'" string."""
+    return (err.strerror or type(err).__name__).lower()
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a parent we may not search: treated as there, so that the writable check names it
+        return True
+
+
+def check_out_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Check, before anything is computed or written, that `path` is (or can be created as) a folder this process
+    may write in: not a file, under no file, its nearest existing folder writable. Raises `RunFolderError` naming the
+    path and what to do; writes nothing. (Root passes the permission check everywhere but on read-only file systems:
+    a later failure to create the folder is still one sentence, see `os_reason`.)"""
+    path = Path(path)
+    if _exists(path) and not path.is_dir():
+        raise RunFolderError(f"{what} {str(path)!r} is a file, not a folder: pass another --out")
+    ancestor = path
+    while not _exists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunFolderError(f"cannot create {what} {str(path)!r}: {str(ancestor)!r} is a file, not a folder; "
+                             "pass another --out")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        where = "it" if ancestor == path else repr(str(ancestor))
+        raise RunFolderError(f"cannot write {what} {str(path)!r}: {where} is not writable by this user; "
+                             "pass another --out")
+    return path
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -27,9 +27,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def _alpha(text: str) -> tuple[str, float]:
+    """ROLE=VALUE as (role, float); whether the value is allowed (positive, finite) is TrainConfig's to say."""
     key, sep, value = text.partition("=")
     try:
-        return key, float(value) if sep else float("nan")
+        return key, float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not ROLE=VALUE (e.g. readout=0.5)") from None
 
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(p)
     p.add_argument("--out", help="run folder (default runs/train-RECIPE-wWIDTH-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--force", action="store_true", help="discard the unfinished run in --out (its checkpoint and "
+                   "metrics) and start afresh; a finished run, or files lrm-mup did not write, are never deleted")
     p.add_argument("--stop-after", dest="stop_after", type=int, help="stop after this step, resumable")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

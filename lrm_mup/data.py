@@ -184,6 +184,9 @@ def _split(path: pathlib.Path) -> tuple[bytes, bytes]:
         return train, val
 
     if not path.is_file():
+        if os.path.lexists(path):  # a device (/dev/zero would never end), a pipe, a socket, a dangling link
+            raise DataError(f"data path {path} is not a regular file or folder (not a text file); pass a UTF-8 "
+                            "text file or a folder of .txt/.md files")
         raise DataError(f"data path {path} does not exist; pass a UTF-8 text file or a folder of .txt/.md files")
     data = _read_utf8(path)
     if not data:
@@ -208,6 +211,12 @@ class Corpus:
     name: str  # "shakespeare" or the user's path
     train: torch.Tensor
     val: torch.Tensor
+
+    def check_context(self, context: int) -> None:
+        """Both splits hold more than `context` bytes (a window and its next byte), else one line saying how long a
+        context may be: checked when a run is built, before its run folder is written."""
+        for split in ("train", "val"):
+            self._data(split, context)
 
     def _data(self, split: str, context: int) -> torch.Tensor:
         if split not in ("train", "val"):

@@ -146,3 +146,66 @@ def test_describe_prints_the_role_table(capsys):
     assert main(["describe", "--recipe", "lrm", "--width", "256", "--base-width", "64"]) == 0
     out = capsys.readouterr().out
     assert "blocks.0.attn.q" in out and "query" in out and "row,col" in out and "0.25" in out
+
+
+def strict(run_dir):
+    """metrics.jsonl through a strict JSON reader (NaN / Infinity refused)."""
+    def refuse(token):
+        raise ValueError(f"non-finite {token}")
+    return [json.loads(line, parse_constant=refuse) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_diverged_run_writes_strict_json_and_its_status_row_says_why(tmp_path):
+    cfg = TrainConfig(recipe="sp", lr=1e4, clip=0.0, steps=30, **TINY)
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.status == "diverged"
+    *steps, final = strict(tmp_path / "run")
+    assert steps[-1]["loss"] is None and final["train_loss"] is None
+    assert final["status"] == "diverged" and f"at step {final['step']} is" in final["reason"]
+
+
+def test_a_stopped_run_reports_the_validation_at_its_stop_step(tmp_path):
+    """eval_every only says when validation is logged, not how training goes: the stop step's value equals the
+    value an evaluating-every-step run logs at that step."""
+    stopped = train(TrainConfig(**{**TINY, "steps": 8, "eval_every": 2}), tmp_path / "a", until=3, progress=False)
+    assert train(TrainConfig(**{**TINY, "steps": 8, "eval_every": 1}), tmp_path / "b", until=3,
+                 progress=False).status == stopped.status == "stopped"
+    at = {r["step"]: r["val_bpb"] for r in rows(tmp_path / "b") if "val_bpb" in r and "status" not in r}
+    assert stopped.step == 3 and stopped.val_bpb == at[3] != at[2]
+
+
+@pytest.mark.parametrize("until", [0, -1, 9, 2.5])
+def test_a_stop_step_outside_the_run_is_refused_before_anything_is_written(tmp_path, until):
+    with pytest.raises(ConfigError, match=r"stop step \(--stop-after\) .* is invalid: it must be an integer from 1"):
+        train(TrainConfig(**{**TINY, "steps": 8}), tmp_path / "run", until=until, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_heads_can_be_given_instead_of_the_default_head_dim(tmp_path, capsys):
+    args = ["--width", "32", "--base-width", "16", "--depth", "1", "--heads", "2", "--context", "32", "--batch", "4",
+            "--steps", "2", "--data", SLICE, "--quiet"]
+    assert main(["train", *args, "--out", str(tmp_path / "run")]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["heads"] == 2 and saved["head_dim"] is None
+    assert TrainConfig().head_dim == 32 and TrainConfig(heads=4).head_dim is None
+    with pytest.raises(ConfigError, match="heads=4 and head_dim=32 are both set"):
+        TrainConfig(heads=4, head_dim=32)
+    assert main(["describe", "--width", "64", "--heads", "2"]) == 0
+    assert "blocks.0.attn.q" in capsys.readouterr().out
+
+
+def test_force_discards_an_unfinished_run_but_never_a_finished_one(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = ["train", "--quiet", "--out", out]
+    for key, value in {**TINY, "steps": 4}.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    assert main([*args, "--stop-after", "2"]) == 0
+    assert main(args) == 2
+    assert "holds an unfinished run with a checkpoint: pass --resume to continue it, --force to discard it" in \
+        capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+    assert "--force: discarding the unfinished run" in capsys.readouterr().out
+    assert [r["step"] for r in rows(tmp_path / "run") if "status" not in r] == [1, 2, 3, 4]
+    assert [r["status"] for r in rows(tmp_path / "run") if "status" in r] == ["ok"]
+    assert main([*args, "--force"]) == 2
+    assert "holds a finished run (ok at step 4)" in capsys.readouterr().err

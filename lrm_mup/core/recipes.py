@@ -169,6 +169,18 @@ def apply_parametrization(model: nn.Module, record: ModelParametrization) -> nn.
     return model
 
 
+def check_alphas(alphas: dict[str, float] | None) -> None:
+    """Forward multipliers α, {role or kind: value}: known keys, each value a positive finite number."""
+    if alphas is not None and not isinstance(alphas, dict):
+        raise RecipeError(f"alphas {alphas!r} must be a mapping {{role or kind: value}}")
+    for key, value in (alphas or {}).items():
+        if key not in ROLE_KIND and key not in (INPUT, HIDDEN, READOUT):
+            raise RecipeError(f"alpha for {key!r}: not a role or kind; allowed: {', '.join(ROLE_KIND)}")
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and value > 0):
+            raise RecipeError(f"alpha for {key!r} is {value!r}; it must be a positive finite number")
+
+
 def _check_args(recipe, optimizer, placement, multipliers, alphas) -> dict:
     if recipe not in RECIPES:
         raise RecipeError(f"unknown recipe {recipe!r}; allowed: {', '.join(RECIPES)}")
@@ -181,11 +193,7 @@ def _check_args(recipe, optimizer, placement, multipliers, alphas) -> dict:
         raise RecipeError(f"unknown placement {placement!r}; allowed: {', '.join(PLACEMENTS)}")
     for pattern, text in (multipliers or {}).items():
         parse_multipliers(text)
-    for key, value in (alphas or {}).items():
-        if key not in ROLE_KIND and key not in (INPUT, HIDDEN, READOUT):
-            raise RecipeError(f"alpha for {key!r}: not a role or kind; allowed: {', '.join(ROLE_KIND)}")
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise RecipeError(f"alpha for {key!r} is {value!r}; it must be a positive finite number")
+    check_alphas(alphas)
     return {"recipe": recipe, "optimizer": optimizer, "placement": placement if RECIPES[recipe].learnable else None,
             "multipliers": dict(multipliers or {}), "alphas": {k: float(v) for k, v in (alphas or {}).items()}}
 

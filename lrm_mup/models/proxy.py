@@ -15,10 +15,12 @@ from torch import nn
 
 from ..errors import ConfigError
 
+DEFAULT_HEAD_DIM = 32  # the default head dim (TrainConfig's too, when neither heads nor head_dim is given)
+
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Shape and init of the model. Set exactly one of head_dim / heads.
+    """Shape and init of the model. Set exactly one of head_dim / heads (heads=N: pass head_dim=None).
 
     head_dim fixed: widening adds heads. heads fixed: widening grows the head
     dimension (then the core rescales attention through `GPT.head_dim`).
@@ -26,7 +28,7 @@ class GPTConfig:
 
     width: int = 128
     depth: int = 2
-    head_dim: int | None = 32
+    head_dim: int | None = DEFAULT_HEAD_DIM
     heads: int | None = None
     mlp_ratio: float = 3.0  # SwiGLU hidden = mlp_ratio * width, must be an integer
     context: int = 128

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .._files import available_cores
+from .._files import available_cores, check_out_folder, os_reason
 from ..analysis import fit_exponent
 from ..data import load_corpus
-from ..errors import ConfigError, MissingError
+from ..errors import ConfigError, MissingError, SweepError
 from ..models import MODELS
 from ..records import SweepTrial
 from ..report import write_coord_check_report
@@ -148,16 +148,27 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
     """Run the four stages (module doc) under `out`; returns the report's index.html. `workers`: processes of the
     sweep and of the transfer (default: 2 cores' worth, one thread each; 1 with `quick`)."""
     if workers is not None and not (isinstance(workers, int) and workers >= 1):
-        raise sweep_mod.SweepError(f"workers must be a positive integer, not {workers!r}")
-    out = Path(out)
+        raise SweepError(f"workers must be a positive integer, not {workers!r}")
+    out = check_out_folder(out, "demo folder")  # a file, under a file, not writable: said before any work
     sweep_file = Path(sweep_file) if sweep_file is not None else DEMO_TOML
+    if sweep_file.is_dir():
+        raise SweepError(f"sweep file {str(sweep_file)!r} is a folder: pass --sweep FILE (a TOML file)")
     if not sweep_file.is_file():
-        raise MissingError(f"sweep file {str(sweep_file)!r} does not exist: pass --sweep FILE")
+        what = "is not a regular file" if os.path.lexists(sweep_file) else "does not exist"
+        raise MissingError(f"sweep file {str(sweep_file)!r} {what}: pass --sweep FILE (a TOML file)")
     try:
         raw = tomllib.loads(sweep_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SweepError(f"sweep file {str(sweep_file)!r} is not a TOML text file (not UTF-8): pass "
+                                   "--sweep FILE (a TOML file)") from None
+    except OSError as e:
+        raise SweepError(f"cannot read sweep file {str(sweep_file)!r}: {os_reason(e)}") from None
     except tomllib.TOMLDecodeError as e:
-        raise sweep_mod.SweepError(f"{sweep_file}: not valid TOML: {e}") from None
+        raise SweepError(f"{sweep_file}: not valid TOML: {e}") from None
     spec = sweep_mod.parse_sweep(demo_spec(raw, quick=quick, data=data), source=str(sweep_file))
+    corpus = load_corpus(spec.model.get("data"), progress=True)  # data that is missing or too short: said now
+    corpus.check_context(TrainConfig(**spec.config(spec.recipes[0], spec.widths[0], spec.seeds[0])).context)
+    corpus.check_context((QUICK_COORD if quick else COORD)["context"])
     if workers is None:
         cores = available_cores()
         workers = 1 if quick else max(1, min(2, cores))
@@ -191,7 +202,7 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
             result = coord_check(build, [base * f for f in cc["factors"]], base_width=base, delta_width=delta,
                                  recipes=list(spec.recipes), steps=cc["steps"], seeds=cc["seeds"],
                                  last_steps=cc["last_steps"], batch_size=cc["batch_size"], context=cc["context"],
-                                 corpus=load_corpus(model.get("data"), progress=True), progress=True)
+                                 corpus=corpus, progress=True)
         paths = write_coord_check_report(result, out / "coord_check")
         log(result.summary(worst=3))
         log(f"  coordinate check report: {paths['html']} ({time.perf_counter() - t:.0f} s)")

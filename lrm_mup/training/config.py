@@ -11,13 +11,15 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from .._names import DEVICES, PATHS, SCHEDULES
-from ..core.recipes import OPTIMIZERS, PLACEMENTS, RECIPES
+from ..core.recipes import OPTIMIZERS, PLACEMENTS, RECIPES, check_alphas
 from ..errors import ConfigError
 from ..models import MODELS, GPTConfig
+from ..models.proxy import DEFAULT_HEAD_DIM
 from . import distributed
 
 # how a step is computed, not what it computes: a run may resume with other values (another machine, less memory)
 EXECUTION = ("micro_batch", "device", "compile", "parallel")
+SEED_RANGE = 2**64  # torch generators take seeds in [0, 2**64)
 
 
 @dataclass
@@ -29,7 +31,7 @@ class TrainConfig:
     model: str = "proxy"
     width: int = 128
     depth: int = 2
-    head_dim: int | None = 32
+    head_dim: int | None = None     # set one of head_dim / heads; neither: head_dim 32 (DEFAULT_HEAD_DIM)
     heads: int | None = None
     context: int = 128
     base_width: int = 64            # the μP base; delta is 2× base unless given
@@ -66,6 +68,11 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 bad(name, "allowed: " + ", ".join(allowed))
+        if self.head_dim is not None and self.heads is not None:
+            raise ConfigError(f"heads={self.heads!r} and head_dim={self.head_dim!r} are both set: give one of "
+                              "--heads (a fixed number of heads) and --head-dim (a fixed head size)")
+        if self.head_dim is None and self.heads is None:
+            self.head_dim = DEFAULT_HEAD_DIM
         if self.placement is not None:
             if self.recipe != "lrm":
                 bad("placement", f"placement applies to recipe 'lrm' only, not {self.recipe!r}")
@@ -75,7 +82,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
                 bad(name, "must be a positive integer")
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < SEED_RANGE):
+            bad("seed", "must be an integer in [0, 2**64)")
         if self.micro_batch is not None and not (isinstance(self.micro_batch, int) and 0 < self.micro_batch
+                                                 and not isinstance(self.micro_batch, bool)
                                                  and self.batch % self.micro_batch == 0):
             bad("micro_batch", f"must be a positive integer dividing batch={self.batch}")
         if self.parallel == "fsdp" and self.path == "effective":
@@ -87,12 +97,18 @@ class TrainConfig:
             bad("delta_width", "must differ from base_width")
         for name in ("lr", "weight_decay", "mult_wd", "clip", "adam_lr", "mult_lr", "init_std"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                          and math.isfinite(value) and value >= 0):
                 bad(name, "must be a finite number >= 0")
         if self.lr == 0 or self.init_std == 0:
             bad("lr" if self.lr == 0 else "init_std", "must be > 0")
         if self.warmup is not None and not (isinstance(self.warmup, int) and 0 <= self.warmup <= self.steps):
             bad("warmup", f"must be an integer in [0, steps={self.steps}]")
+        if self.data is not None and not isinstance(self.data, str):
+            bad("data", "must be a path (a string) or None")
+        if self.compile is not None and not isinstance(self.compile, bool):
+            bad("compile", "must be true, false or None")
+        check_alphas(self.alphas)
         if self.device == "cuda" and not torch.cuda.is_available():
             bad("device", "CUDA is not available on this machine; use --device cpu or auto")
         for width in (self.width, self.base_width, self.delta_or_default):

@@ -82,6 +82,7 @@ class Run:
         if corpus is None:
             corpus = distributed.main_first(lambda: data_mod.load_corpus(cfg.data, progress=progress and world.main),
                                             world)
+        corpus.check_context(cfg.context)  # a context the data cannot fill: said before anything is built or written
         device = world.device(cfg.device)
         model = parametrized_model(cfg, device=device)
         wrapped = distributed.wrap(model, world, cfg.parallel, device, ddp=cfg.path == "autograd")

@@ -29,6 +29,7 @@ quantity is zero at every width (updates at t=0) is skipped with a note.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import defaultdict
@@ -90,6 +91,14 @@ def coord_check(
       average over the last `last_steps` steps (module docstring).
     weight_decay: 0 by default, as in mup's check; recipe lr-wd differs from lr-only only through it.
     """
+    for name, value in (("lr", lr), ("threshold", threshold)):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+            raise CoordCheckError(f"{name}={value!r} is invalid: it must be a positive finite number")
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise CoordCheckError(f"weight_decay={weight_decay!r} is invalid: it must be a finite number >= 0")
+    for name, value in (("steps", steps), ("seeds", seeds), ("batch_size", batch_size), ("context", context)):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise CoordCheckError(f"{name}={value!r} is invalid: it must be a positive integer")
     widths = sorted(set(widths))
     if len(widths) < 2:
         raise CoordCheckError(f"widths {widths}: a slope needs at least two widths")
@@ -99,6 +108,7 @@ def coord_check(
     if unknown:
         raise CoordCheckError(f"unknown recipe {unknown[0]!r}; allowed: {', '.join(RECIPES)}")
     corpus = corpus if corpus is not None else load_corpus(None, progress=progress)
+    corpus.check_context(context)
     shapes = base_shapes(build(base_width), build(delta_width))
     runs = [(r, w, s) for r in recipes for w in widths for s in range(seeds)]
     records, head_dims, roles = [], {}, {}
