@@ -15,16 +15,16 @@ import importlib
 
 from ._version import __version__
 from .errors import (
-                     ConfigError,
-                     DataError,
-                     LrmMupError,
-                     RecipeError,
-                     RecordError,
-                     RoleError,
-                     RunFolderError,
-                     ShapeError,
-                     SweepError,
-                     TransferError,
+    ConfigError,
+    DataError,
+    LrmMupError,
+    RecipeError,
+    RecordError,
+    RoleError,
+    RunFolderError,
+    ShapeError,
+    SweepError,
+    TransferError,
 )
 
 # The torch-backed API, imported on first use (PEP 562): every `lrm-mup` command imports this package first, and
