@@ -87,24 +87,6 @@ def write_json_atomic(path: str | os.PathLike, x, indent: int | None = 1) -> Non
     write_text_atomic(path, dumps(x, indent=indent) + "\n")
 
 
-def unwritable_folder(path: str | os.PathLike) -> str | None:
-    """Why the folder `path` cannot be written, or created with its missing parents, or None if it can: what every
-    stage checks before writing its first byte. ("is a file", "is under the file X", "is not writable", ...)."""
-    path = Path(path)
-    if path.exists():
-        if not path.is_dir():
-            return "is a file, not a folder"
-        return None if os.access(path, os.W_OK | os.X_OK) else "is a folder this user cannot write to"
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"cannot be created: {str(parent)!r} is a file"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"cannot be created: this user cannot write to {str(parent)!r}"
-    return None
-
-
 @contextlib.contextmanager
 def undo_on_error(folder: str | os.PathLike):
     """Remove what the block created in `folder` if it raises (any exception, Ctrl-C included): the folder itself if

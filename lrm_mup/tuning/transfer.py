@@ -47,14 +47,13 @@ from pathlib import Path
 import torch
 
 from .. import analysis
-from .._files import threads_per_worker, undo_on_error, unwritable_folder, write_json_atomic
+from .._files import check_out_folder, threads_per_worker, undo_on_error, write_json_atomic
 from ..core.multipliers import multiplied_modules
 from ..data import load_corpus
 from ..errors import ConfigError, MissingError, RecordError, TransferError
 from ..records import LayerMultipliers, MultiplierScaling, MultiplierValues, SweepTrial, TransferRun, TransferSummary
 from ..training import TrainConfig, TrainResult, distributed, parametrized_model, train
 from . import sweep
-from ._inputs import check_contexts
 
 __all__ = ["run_transfer", "plan_runs", "PlannedRun", "run_one", "load_best", "sweep_spec", "sweep_records",
            "load_transfer", "summarize", "multiplier_values", "multiplier_scaling", "format_scaling",
@@ -296,12 +295,11 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
     plan = plan_runs(best, widths, lr_offsets=lr_offsets, lr_sweep_widths=lr_sweep_widths, seeds=seeds,
                      overrides=overrides, include_proxy=include_proxy)
     out = Path(out_dir)
-    why = unwritable_folder(out)
-    if why:
-        raise TransferError(f"--out {str(out)!r} {why}; pass another --out")
+    check_out_folder(out, "transfer folder")
     for data in dict.fromkeys(p.config["data"] for p in plan):  # the data, and every context fitting it
-        contexts = (p.config["context"] for p in plan if p.config["data"] == data)
-        check_contexts(_corpus(data, log is not None), contexts)
+        corpus = _corpus(data, log is not None)
+        for context in sorted({p.config["context"] for p in plan if p.config["data"] == data}):
+            corpus.check_context(context)
     log = log if world.main else None
 
     def write_best():

@@ -15,11 +15,10 @@ import optuna
 import torch
 
 from ... import data as data_mod
-from ..._files import threads_per_worker, undo_on_error, unwritable_folder
+from ..._files import check_out_folder, threads_per_worker, undo_on_error
 from ..._secrets import mask_text, mask_url
 from ...errors import LrmMupError, SweepError
 from ...training import TrainConfig
-from .._inputs import check_contexts
 from ._spec import SweepSpec, _is_int
 from ._storage import (
     _ClaimLock,
@@ -38,14 +37,13 @@ from ._trial import _run_trial, _warm_up
 def _check_start(spec: SweepSpec, out: Path, progress: bool):
     """What a sweep needs that can be checked before its first byte is written: a folder that can be written, the
     corpus, and every recipe's context fitting both of its splits. Returns the corpus."""
-    why = unwritable_folder(out)
-    if why:
-        raise SweepError(f"--out {str(out)!r} {why}; pass another --out")
+    check_out_folder(out, "sweep folder")
     corpus = data_mod.load_corpus(spec.model.get("data"), progress=progress)
     sample = {r: {p.name: (p.values[0] if p.values is not None else p.low) for p in spec.params_for(r)}
               for r in spec.recipes}
-    check_contexts(corpus, (TrainConfig(**spec.config(r, min(spec.widths), spec.seeds[0], sample[r])).context
-                            for r in spec.recipes))
+    for context in sorted({TrainConfig(**spec.config(r, min(spec.widths), spec.seeds[0], sample[r])).context
+                           for r in spec.recipes}):
+        corpus.check_context(context)
     return corpus
 
 
