@@ -7,6 +7,7 @@ from __future__ import annotations
 
 RECIPES = ("sp", "lr-only", "lr-wd", "mup", "lrm")
 OPTIMIZERS = ("adamw", "muon")
+INITS = ("rescale", "keep")  # what parametrize does with the model's own init (core.recipes)
 PLACEMENTS = ("all", "symmetry-free", "scalar")
 MODELS = ("proxy",)  # the built-in models; `lrm_mup.models.register_model` adds a user's to the registry
 SCHEDULES = ("constant", "cosine", "wsd")
