@@ -30,6 +30,10 @@ from .shapes import BaseShapes
 
 MULTIPLIERS = ("scale", "row", "col")  # the learnable multipliers s (shape (1,)), r (per output), c (per input)
 MODEL_ATTR = "lrm_parametrization"  # where `parametrize` stores the ModelParametrization on the model
+# what `foreign.guard` adds to a Hugging Face model: methods that would silently break the parametrization,
+# replaced on the instance by ones that refuse, and a state-dict marker (a buffer) that a plain class refuses
+GUARDED_METHODS = ("save_pretrained", "resize_token_embeddings")
+UNMERGED_MARKER = "lrm_mup_unmerged"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class ModelParametrization(Record):
     layers: dict[str, LayerParametrization] = field(default_factory=dict)
     base_init_std: dict[str, float] | None = None  # parameter -> std of the base model's init (None: unknown)
     init: str = "rescale"                           # "rescale" or "keep": what parametrize did with the init
+    free_tensors: dict[str, str] = field(default_factory=dict)  # raw width parameters kept as they are -> role
 
     def base(self) -> BaseShapes:
         """The base shapes as `BaseShapes` (what `parametrize` takes as `base`; `.save` writes base_shapes.json)."""

@@ -55,6 +55,7 @@ from .._names import INITS, OPTIMIZERS, check_table
 from .._names import PLACEMENTS as PLACEMENT_NAMES
 from .._names import RECIPES as RECIPE_NAMES
 from ..errors import RecipeError, RoleError, ShapeError
+from .foreign import guard
 from .multipliers import convert, multiplied_modules
 from .parametrization import (
     MULTIPLIERS,
@@ -63,7 +64,18 @@ from .parametrization import (
     parametrization_of,
     set_parametrization,
 )
-from .roles import FINITE, HIDDEN, INPUT, READOUT, ROLE_KIND, Matrix, find_matrices, match_pattern
+from .roles import (
+    FINITE,
+    HIDDEN,
+    INPUT,
+    READOUT,
+    ROLE_KIND,
+    TRANSPOSED_LINEAR,
+    FreeTensor,
+    Matrix,
+    find_matrices,
+    match_pattern,
+)
 from .shapes import BaseShapes, base_shapes, head_dim_of, infshapes
 
 
@@ -151,7 +163,10 @@ def parametrize(
         shapes = base if isinstance(base, BaseShapes) else BaseShapes.load(base)
     inf = infshapes(model, shapes)
     attn = _attention_factor(model, shapes, rec)
-    layers = find_matrices(model, inf, roles)
+    free: list[FreeTensor] = []
+    layers = find_matrices(model, inf, roles, free)
+    if attn != 1.0:
+        _check_attention_reachable(model, layers, shapes.head_dim, head_dim_of(model))
     place = PLACEMENTS[spec["placement"]] if rec.learnable else None
     param_names = {id(p): n for n, p in model.named_parameters()}
     gains = _InitGains(shapes, rec, init)
@@ -159,12 +174,23 @@ def parametrize(
     for layer in layers:
         mults = _learned(layer, place, multipliers) if rec.learnable else _NONE
         alpha = _alpha(layer, alphas) * (attn if layer.role == "query" else 1.0)
-        gain = gains.of(layer, param_names[id(layer.module.weight)])
+        if layer.layout == TRANSPOSED_LINEAR and optimizer == "muon" and layer.kind in (HIDDEN, FINITE):
+            raise RecipeError(f"optimizer 'muon' with {type(layer.module).__name__} {layer.name!r} (weight stored "
+                              "transposed): Muon's LR adjustment reads the shape as (fan_out, fan_in); use adamw")
+        if layer.tied:
+            gain = 1.0
+        else:
+            gain = gains.of(layer.module.weight, param_names[id(layer.module.weight)], layer.kind, layer.fan_in_mult)
         records[layer.name] = _apply(layer, rec, optimizer, mults, alpha, gain)
+    with torch.no_grad():
+        for t in free:
+            t.param.mul_(gains.of(t.param, t.name, t.kind, 1.0))
     gains.warn()
     record = ModelParametrization(**spec, roles=dict(roles or {}), base_shapes=shapes.dims(),
-                                  base_head_dim=shapes.head_dim, layers=records, base_init_std=shapes.init_std)
+                                  base_head_dim=shapes.head_dim, layers=records, base_init_std=shapes.init_std,
+                                  free_tensors={t.name: t.role for t in free})
     set_parametrization(model, record)
+    guard(model)
     return model
 
 
@@ -228,6 +254,29 @@ def _attention_factor(model: nn.Module, shapes: BaseShapes, rec: Recipe) -> floa
     return math.sqrt(shapes.head_dim / head_dim)
 
 
+# a per-head norm after the query projection (Qwen3, OLMo-2, Gemma-3 ...) undoes any factor on the query's output
+_QUERY_NORMS = ("q_norm", "q_layernorm", "query_norm", "q_ln")
+
+
+def _check_attention_reachable(model: nn.Module, layers: list[Matrix], base_head_dim: int, head_dim: int) -> None:
+    """μP's α/d_head reaches the attention logits through the query layer's forward multiplier; refuse models where
+    it cannot (no separate query layer, e.g. GPT-2's fused c_attn; a norm on the query's output) rather than skip it."""
+    where = f"the head dim grows with width ({base_head_dim} at the base, {head_dim} here)"
+    queries = [layer.name for layer in layers if layer.role == "query"]
+    if not queries:
+        raise RoleError(f"{where} but no layer has role 'query' to carry μP's 1/d_head attention factor (a fused qkv "
+                        "layer cannot): keep the head dim fixed as width grows (more heads), or declare the query "
+                        "layers with roles={pattern: 'query'}")
+    modules = dict(model.named_modules())
+    for name in queries:
+        parent = modules[name.rsplit(".", 1)[0]] if "." in name else model
+        norm = next((n for n in _QUERY_NORMS if isinstance(getattr(parent, n, None), nn.Module)), None)
+        if norm is not None:
+            raise RoleError(f"{where} but {type(parent).__name__} {name.rsplit('.', 1)[0]!r} normalizes the query "
+                            f"after {name!r} ({norm}), which would undo μP's 1/d_head factor on it: keep the head dim "
+                            "fixed as width grows (more heads)")
+
+
 def _alpha(layer: Matrix, alphas: dict[str, float] | None) -> float:
     alphas = alphas or {}
     return float(alphas.get(layer.role, alphas.get(layer.kind, 1.0)))
@@ -258,15 +307,15 @@ class _InitGains:
         self.unknown = False       # a real target but no base statistics
 
     @torch.no_grad()
-    def of(self, layer: Matrix, weight_name: str) -> float:
-        w = layer.module.weight
-        if not self.rec.mup_readout or layer.tied or layer.kind == FINITE or w.is_meta:
+    def of(self, w: torch.Tensor, weight_name: str, kind: str, fan_in_mult: float) -> float:
+        """The factor on `w` (a matrix of `kind` whose fan-in is `fan_in_mult` × the base's)."""
+        if not self.rec.mup_readout or kind == FINITE or w.is_meta:
             return 1.0
         if self.shapes.init_std is None or weight_name not in self.shapes.init_std:
             self.unknown = True
             return 1.0
         base_std = self.shapes.init_std[weight_name]
-        target = base_std / math.sqrt(layer.fan_in_mult)
+        target = base_std / math.sqrt(fan_in_mult)
         got = float(w.detach().double().std()) if w.numel() > 1 else 0.0
         base_dims = self.shapes[weight_name].base_shape()  # None for a finite dim: the target's size
         n_base = math.prod(b if b is not None else t for b, t in zip(base_dims, w.shape))
@@ -275,7 +324,7 @@ class _InitGains:
             return 1.0
         if self.init == "keep" or got == 0:  # a zero init cannot be rescaled
             self.off.append(f"{weight_name} std {got:.4g}, the recipe needs {target:.4g} (base {base_std:.4g} "
-                            f"/ √{layer.fan_in_mult:g})")
+                            f"/ √{fan_in_mult:g})")
             return 1.0
         return target / got
 
@@ -316,7 +365,7 @@ def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], al
         learned=tuple(k for k in MULTIPLIERS if k in mults), lr_scale=float(lr_scale), wd_scale=float(wd_scale),
         tied=layer.tied, grad_unit=float(grad_unit),
     )
-    convert(module, record)
+    convert(module, record, layer.layout)
     return record
 
 
