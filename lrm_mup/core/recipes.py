@@ -70,9 +70,11 @@ from .roles import (
     INPUT,
     READOUT,
     ROLE_KIND,
+    SCALED_EMBEDDING,
     TRANSPOSED_LINEAR,
     FreeTensor,
     Matrix,
+    embedding_scale,
     find_matrices,
     match_pattern,
 )
@@ -181,14 +183,22 @@ def parametrize(
             gain = 1.0
         else:
             gain = gains.of(layer.module.weight, param_names[id(layer.module.weight)], layer.kind, layer.fan_in_mult)
-        records[layer.name] = _apply(layer, rec, optimizer, mults, alpha, gain)
+        scale = 1.0
+        if layer.layout == SCALED_EMBEDDING:  # μP keeps the base's constant (embedding updates as in the base)
+            scale = embedding_scale(layer.module)
+            base_scale = (shapes.module_scales or {}).get(layer.name)
+            if base_scale is None and rec.mup_readout:
+                gains.unknown = True
+            alpha *= base_scale if base_scale is not None and rec.mup_readout else scale
+        records[layer.name] = _apply(layer, rec, optimizer, mults, alpha, gain, scale)
     with torch.no_grad():
         for t in free:
             t.param.mul_(gains.of(t.param, t.name, t.kind, 1.0))
     gains.warn()
     record = ModelParametrization(**spec, roles=dict(roles or {}), base_shapes=shapes.dims(),
                                   base_head_dim=shapes.head_dim, layers=records, base_init_std=shapes.init_std,
-                                  free_tensors={t.name: t.role for t in free})
+                                  free_tensors={t.name: t.role for t in free},
+                                  base_module_scales=shapes.module_scales)
     set_parametrization(model, record)
     guard(model)
     return model
@@ -343,7 +353,7 @@ class _InitGains:
 
 @torch.no_grad()
 def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], alpha: float,
-           init_gain_of_model: float = 1.0) -> LayerParametrization:
+           init_gain_of_model: float = 1.0, module_scale: float = 1.0) -> LayerParametrization:
     """Rescale the layer's init (`init_gain_of_model` puts the model's init on the SP scale the table assumes, then
     the recipe's stored-weight factor), convert it, and return its record."""
     m = layer.fan_in_mult
@@ -363,7 +373,7 @@ def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], al
     record = LayerParametrization(
         role=layer.role, kind=layer.kind, fan_in_mult=float(m), fixed_mult=float(alpha * width_factor),
         learned=tuple(k for k in MULTIPLIERS if k in mults), lr_scale=float(lr_scale), wd_scale=float(wd_scale),
-        tied=layer.tied, grad_unit=float(grad_unit),
+        tied=layer.tied, grad_unit=float(grad_unit), module_scale=float(module_scale),
     )
     convert(module, record, layer.layout)
     return record
