@@ -1,6 +1,8 @@
 """Hugging Face transformers models under `parametrize`, with HF's own default init (std 0.02 at every width):
 tiny configs built locally (no downloads), 1 layer, vocab 64, widths 64 (base) / 128 (delta) / 512 (target)."""
 import math
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -10,8 +12,6 @@ import lrm_mup
 from lrm_mup.core.foreign import attention_config
 from lrm_mup.core.multipliers import multiplied_modules
 
-transformers = pytest.importorskip("transformers")
-
 BASE, DELTA, TARGET = 64, 128, 512
 VOCAB = 64
 ARCHS = ("llama", "llama-tied", "llama-gqa", "qwen3", "mistral", "gpt2", "gemma")
@@ -20,6 +20,7 @@ CONFIGS = {"qwen3": "Qwen3", "mistral": "Mistral", "gemma": "Gemma"}  # the rest
 
 def make(arch: str, width: int, seed: int = 0, heads: int | None = None) -> torch.nn.Module:
     """A tiny HF causal LM at `width`, head dim 16 (or `heads` heads), initialized by transformers from `seed`."""
+    transformers = pytest.importorskip("transformers")
     n_heads = heads or width // 16
     common = dict(vocab_size=VOCAB, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
                   num_attention_heads=n_heads, max_position_embeddings=32, attn_implementation="eager")
@@ -33,6 +34,18 @@ def make(arch: str, width: int, seed: int = 0, heads: int | None = None) -> torc
     config = getattr(transformers, f"{prefix}Config")(**common, num_key_value_heads=kv, head_dim=width // n_heads,
                                                       tie_word_embeddings=arch in ("llama-tied", "gemma"))
     return getattr(transformers, f"{prefix}ForCausalLM")(config)
+
+
+def test_lrm_mup_imports_and_parametrizes_without_transformers():
+    code = ("import sys; sys.modules['transformers'] = sys.modules['tokenizers'] = None\n"
+            "import lrm_mup, lrm_mup.core.foreign\n"
+            "from lrm_mup.models.proxy import GPT, GPTConfig\n"
+            "m = lrm_mup.parametrize(GPT(GPTConfig(width=32, head_dim=8)), GPT(GPTConfig(width=16, head_dim=8)),\n"
+            "                        GPT(GPTConfig(width=32, head_dim=8)), 'lrm')\n"
+            "assert 'transformers' not in [k for k, v in sys.modules.items() if v is not None]\n"
+            "print('ok', len(lrm_mup.describe(m)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-2000:]
 
 
 def shapes(arch: str, **kw) -> lrm_mup.BaseShapes:
@@ -230,6 +243,8 @@ def test_raw_position_tables_are_kept_as_input_tensors_and_other_raw_width_tenso
     with pytest.raises(lrm_mup.RoleError, match=r"'square' \(512\(width\)x512\(width\)\) is a width matrix held "
                                                 r"by _RawSquare.*write the layer as nn.Linear"):
         lrm_mup.parametrize(_RawSquare(TARGET), lrm_mup.base_shapes(_RawSquare(BASE), _RawSquare(DELTA)), "mup")
+    named = lrm_mup.parametrize(_OwnTable(TARGET), sh, recipe="mup", roles={"pos": "embedding"})
+    assert lrm_mup.parametrization_of(named).free_tensors == {"pos": "embedding"}
     with pytest.raises(lrm_mup.RoleError, match="'pos' .* held by _OwnTable"):  # declared a readout: refused
         lrm_mup.parametrize(_OwnTable(TARGET), sh, recipe="mup", roles={"pos": "readout"})
 
