@@ -171,6 +171,10 @@ def test_growing_head_dim_is_refused_where_the_factor_cannot_reach_the_logits():
     with pytest.raises(lrm_mup.RoleError, match="no layer has role 'query'"):
         lrm_mup.parametrize(make("gpt2", DELTA, heads=4), shapes("gpt2", heads=4), recipe="mup")
     lrm_mup.parametrize(make("qwen3", DELTA, heads=4), shapes("qwen3", heads=4), recipe="sp")  # SP: no factor
+    gpt2 = make("gpt2", DELTA)
+    with pytest.raises(lrm_mup.RecipeError, match="optimizer 'muon' with Conv1D 'transformer.h.0.attn.c_attn'"):
+        lrm_mup.parametrize(gpt2, shapes("gpt2"), recipe="mup", optimizer="muon")
+    assert not multiplied_modules(gpt2)  # refused before anything was converted
 
 
 @pytest.mark.parametrize("arch", ("llama", "llama-tied", "gpt2", "gemma"))

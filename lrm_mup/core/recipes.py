@@ -169,6 +169,10 @@ def parametrize(
     layers = find_matrices(model, inf, roles, free)
     if attn != 1.0:
         _check_attention_reachable(model, layers, shapes.head_dim, head_dim_of(model))
+    for layer in layers:  # before anything is converted: a refused model stays as it was
+        if layer.layout == TRANSPOSED_LINEAR and optimizer == "muon" and layer.kind in (HIDDEN, FINITE):
+            raise RecipeError(f"optimizer 'muon' with {type(layer.module).__name__} {layer.name!r} (weight stored "
+                              "transposed): Muon's LR adjustment reads the shape as (fan_out, fan_in); use adamw")
     place = PLACEMENTS[spec["placement"]] if rec.learnable else None
     param_names = {id(p): n for n, p in model.named_parameters()}
     gains = _InitGains(shapes, rec, init)
@@ -176,9 +180,6 @@ def parametrize(
     for layer in layers:
         mults = _learned(layer, place, multipliers) if rec.learnable else _NONE
         alpha = _alpha(layer, alphas) * (attn if layer.role == "query" else 1.0)
-        if layer.layout == TRANSPOSED_LINEAR and optimizer == "muon" and layer.kind in (HIDDEN, FINITE):
-            raise RecipeError(f"optimizer 'muon' with {type(layer.module).__name__} {layer.name!r} (weight stored "
-                              "transposed): Muon's LR adjustment reads the shape as (fan_out, fan_in); use adamw")
         if layer.tied:
             gain = 1.0
         else:
