@@ -27,7 +27,8 @@ def make(arch: str, width: int, seed: int = 0, heads: int | None = None) -> torc
     torch.manual_seed(seed)
     if arch == "gpt2":
         return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-            vocab_size=VOCAB, n_embd=width, n_layer=1, n_head=n_heads, n_positions=32, attn_implementation="eager")
+            vocab_size=VOCAB, n_embd=width, n_layer=1, n_head=n_heads, n_positions=32, attn_implementation="eager",
+            bos_token_id=0, eos_token_id=0)
         ).eval()  # GPT-2's dropout
     kv = n_heads // 2 if arch == "llama-gqa" else n_heads
     prefix = CONFIGS.get(arch, "Llama")
