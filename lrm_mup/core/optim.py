@@ -21,6 +21,8 @@ from .recipes import OPTIMIZERS
 from .roles import FINITE, HIDDEN
 
 MULTIPLIER_WD = 2e-3
+ADAM_BETAS = (0.9, 0.95)  # every AdamW group's betas and ε (the equilibrium's ABM reuses them)
+ADAM_EPS = 1e-8
 
 
 def param_groups(
@@ -78,7 +80,7 @@ class MuonAdamW(torch.optim.Optimizer):
     LR scheduler, one state_dict). The inner optimizers see this object's group dicts and state, so its state_dict
     has the standard format (the one torch.distributed.checkpoint reads)."""
 
-    def __init__(self, groups: list[dict], betas=(0.9, 0.95), eps=1e-8, momentum=0.95):
+    def __init__(self, groups: list[dict], betas=ADAM_BETAS, eps=ADAM_EPS, momentum=0.95):
         muon = [g for g in groups if g["algo"] == "muon"]
         adamw = [g for g in groups if g["algo"] == "adamw"]
         self.inner = []
@@ -120,8 +122,8 @@ def build_optimizer(
     adam_lr: float | None = None,
     mult_lr: float | None = None,
     mult_wd: float = MULTIPLIER_WD,
-    betas: tuple[float, float] = (0.9, 0.95),
-    eps: float = 1e-8,
+    betas: tuple[float, float] = ADAM_BETAS,
+    eps: float = ADAM_EPS,
 ) -> torch.optim.Optimizer:
     """The optimizer for a parametrized model: "adamw" (torch AdamW) or "muon" (torch Muon + AdamW).
 

@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import data as data_mod
-from ..core.multipliers import EffectivePath
+from ..core.multipliers import EffectivePath, multiplied_modules, multiplier_parameters
 from ..core.optim import build_optimizer, clip_grad_norm_
 from ..errors import ConfigError
 from ..records import RunResult, StepRecord
@@ -203,6 +204,20 @@ class Run:
             count += x.numel() * mine
         total, count = distributed.sum_floats([total, count], self.world, self.device)
         return total / count / math.log(2)
+
+    @torch.no_grad()
+    def norms(self) -> dict[str, float]:
+        """RMS of every stored matrix W̃ (`NAME.weight`, tied ones once) and every learnable multiplier
+        (`NAME.mult_row`, ...), by parameter name: what the noise–WD equilibrium is about (`lrm-mup equilibrium`).
+        One reduction per tensor, no copy; reads no RNG, so it changes nothing a resume replays. Every rank calls it
+        (FSDP shards are summed over the ranks); each gets the same numbers."""
+        named = [(f"{n}.weight", m.weight) for n, m in multiplied_modules(self.model) if not m.parametrization.tied]
+        named += multiplier_parameters(self.model)
+        local = [p.to_local() if isinstance(p, DTensor) else p for _, p in named]
+        sums = torch.stack([t.detach().float().pow(2).sum() for t in local]).tolist() if named else []
+        if any(isinstance(p, DTensor) for _, p in named):
+            sums = distributed.sum_floats(sums, self.world, self.device)
+        return {n: math.sqrt(s / p.numel()) for (n, p), s in zip(named, sums)}
 
     # state -----------------------------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """A training run on disk: `train(cfg, out)` drives the engine's step loop (`Run.steps`) into a run folder.
 
 A run folder holds `config.json`, `metrics.jsonl` (one strict-JSON object per line, non-finite numbers as null: a row
-per step, the `StepRecord`'s fields, `val_bpb` on the steps that evaluated; then a final status row, the
+per step, the `StepRecord`'s fields, `val_bpb` and `norms` (the RMS of every stored matrix and learnable multiplier,
+by parameter name) on the steps that evaluated; then a final status row, the
 `RunResult`'s fields, with a `reason` when the run diverged), `base_shapes.json` and `checkpoint.pt` (loadable with
 `weights_only=True`, written after every evaluation and at the end, atomically). Resuming from the checkpoint
 continues exactly where the run stopped: model, optimizer, LR schedule, data order and RNG all come back, so on CPU a
@@ -116,8 +117,9 @@ def _loop(run: Run, out: Path | None, until: int | None, progress: bool) -> RunR
                unit="step")
     try:
         for record in run.steps(last):
+            norms = run.norms() if record.val_bpb is not None else None  # every rank: a collective under FSDP
             if metrics is not None:
-                metrics.append(_row(record))
+                metrics.append(_row(record, norms))
             if diverged(record):
                 break
             if record.val_bpb is not None:
@@ -418,11 +420,14 @@ class _Metrics:
         os.close(self.fd)
 
 
-def _row(record: StepRecord) -> dict:
-    """A metrics row: the record's fields, `val_bpb` only on a step that evaluated."""
+def _row(record: StepRecord, norms: dict[str, float] | None = None) -> dict:
+    """A metrics row: the record's fields, `val_bpb` and `norms` (`Run.norms`: the RMS of every stored matrix and
+    multiplier, for `lrm-mup equilibrium`) only on a step that evaluated."""
     row = asdict(record)
     if row["val_bpb"] is None:
         del row["val_bpb"]
+    if norms is not None:
+        row["norms"] = norms
     return row
 
 
