@@ -58,21 +58,22 @@ def simulate(shape: Sequence[int] | torch.Tensor, steps: int, lr: float, weight_
         raise ConfigError(f"shape {tuple(init.shape)} is invalid for Muon: it updates matrices (2 dims) only")
     p = torch.nn.Parameter(init)
     if optimizer == "adamw":
-        opt = torch.optim.AdamW([p], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        opt = torch.optim.AdamW([p], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
     else:
         opt = torch.optim.Muon([p], lr=lr, weight_decay=weight_decay, momentum=momentum, adjust_lr_fn=adjust_lr_fn)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule) if schedule is not None else None
-    wanted = set(range(1, steps + 1) if record is None else record)
+    wanted = sorted(set(range(1, steps + 1) if record is None else record))
+    index = {s: i for i, s in enumerate(wanted)}
+    mean_square = torch.zeros(len(wanted), dtype=torch.float64)  # filled on the tensor side: no sync per step
     gen = torch.Generator().manual_seed(seed)
-    out = {}
     for step in range(1, steps + 1):
         p.grad = torch.randn(p.shape, generator=gen)
         opt.step()
         if sched is not None:
             sched.step()
-        if step in wanted:
-            out[step] = p.detach().pow(2).mean().sqrt().item()
-    return out
+        if step in index:
+            mean_square[index[step]] = p.detach().pow(2).mean()
+    return dict(zip(wanted, mean_square.sqrt().tolist()))
 
 
 def steady_rms(steps: int, lr: float, weight_decay: float, *, optimizer: str = "adamw",
