@@ -9,6 +9,7 @@ import torch
 
 from lrm_mup import analysis
 from lrm_mup.cli import main
+from lrm_mup.core.optim import MULTIPLIER_WD
 from lrm_mup.records import Equilibrium
 from lrm_mup.report import equilibrium_figure
 from lrm_mup.training import TrainConfig, train
@@ -99,3 +100,36 @@ def test_equilibrium_of_a_run_compares_every_parameter_with_its_own_abm(tmp_path
     assert q.steps == (4, 8) and q.scale == pytest.approx(math.sqrt(3e-3 / 0.1))
     assert q.ratio == pytest.approx(q.rms[-1] / q.scale) and q.distance < 0.05
     assert len(equilibrium_figure(rec).data) == 2 * len(rec.series)
+
+
+def _norm_symmetry_rms(weight_decay: float, steps: int = 1000, lr: float = 2.0, n: int = 16) -> list[float]:
+    """A multiplier vector v that feeds an RMSNorm (the residual stream's symmetry: the loss is blind to v's scale),
+    forward in bfloat16, AdamW: RMS of v every 100 steps."""
+    gen = torch.Generator().manual_seed(0)
+    v = torch.nn.Parameter(torch.ones(n))
+    w, teacher = torch.randn(n, 4, generator=gen).bfloat16(), torch.randn(n, 4, generator=gen)
+    opt = torch.optim.AdamW([v], lr=lr, weight_decay=weight_decay)
+    out = []
+    for step in range(1, steps + 1):
+        x = torch.randn(32, n, generator=gen)
+        y = (torch.nn.functional.rms_norm(x, (n,)) @ teacher).bfloat16()
+        h = torch.nn.functional.rms_norm(x.bfloat16() * v.bfloat16(), (n,))
+        loss = (h @ w - y).float().pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0:
+            out.append(v.detach().pow(2).mean().sqrt().item())
+    return out
+
+
+def test_in_bf16_a_scale_free_multiplier_drifts_without_its_weight_decay_and_is_bounded_with_2e_3():
+    """No gradient holds the scale of what feeds an RMSNorm, so Adam's noisy steps (⟂ v) grow ‖v‖ without bound;
+    the multipliers' WD (MULTIPLIER_WD = 2e-3) bounds it at the noise equilibrium sqrt(η/(2λ)). η = 2 makes ηλT = 4
+    in 1000 steps (the decay's time constants); the real proxy at the paper's scale: benchmarks/bench_drift.py."""
+    lr = 2.0
+    bound = math.sqrt(lr / (2 * MULTIPLIER_WD))
+    free, pinned = _norm_symmetry_rms(0.0, lr=lr), _norm_symmetry_rms(MULTIPLIER_WD, lr=lr)
+    assert max(pinned) < bound
+    assert free[-1] > bound and free[-1] > 1.5 * pinned[-1]
+    assert all(b > a for a, b in zip(free[4:], free[5:]))  # still growing over the second half

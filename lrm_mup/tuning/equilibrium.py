@@ -31,7 +31,8 @@ from ..core.optim import ADAM_BETAS, ADAM_EPS, param_groups
 from ..errors import ConfigError, MissingError
 from ..records import Equilibrium
 from ..training.build import parametrized_model
-from ..training.config import lr_factor
+from ..training.config import TrainConfig, lr_factor
+from ..training.engine import Run
 from ..training.run_folder import METRICS, read_metrics, resumed_config
 
 ADJUST = ("original", "match_rms_adamw")  # torch.optim.Muon's adjust_lr_fn
@@ -127,3 +128,49 @@ def run_equilibrium(run_dir: str | os.PathLike, *, seed: int = 0) -> Equilibrium
         series.append(analysis.equilibrium_series(name, kind, tuple(p.shape), g["algo"], g["lr"], g["weight_decay"],
                                                   steps, rms, [abm[s] for s in steps]))
     return Equilibrium(str(run_dir), cfg.recipe, cfg.optimizer, cfg.width, cfg.steps, tuple(series))
+
+
+def symmetry_drift(cfg: TrainConfig, every: int = 100, *, bf16: bool = True, corpus=None) -> list[dict]:
+    """Train `cfg` (under CPU bf16 autocast when `bf16`) and record, every `every` steps, the drift along the
+    forward pass's symmetries that only the multipliers' weight decay pins (arXiv 2601.04890 §4.1):
+
+    - `qk`: max over blocks of |log10(rms(r_Q) / rms(r_K))|, the Q/K row multipliers' ratio (q·k is invariant under
+      (r_Q, r_K) → (σ r_Q, r_K/σ), so no gradient holds the ratio and Adam's noise walks it);
+    - `branch`: RMS of the residual branches' outputs (attention and MLP, max over blocks) on one fixed validation
+      batch: everything feeding an RMSNorm can grow freely;
+    - `loss`: the train loss.
+
+    Returns one dict per record step (step 0 = init)."""
+    run = Run.create(cfg, corpus, progress=False)
+    x, _ = next(iter(run.corpus.val_batches(cfg.batch, cfg.context, 1)))
+    blocks = [m for m in run.model.modules() if hasattr(m, "attn") and hasattr(m, "mlp")]
+    outputs: dict[str, float] = {}
+
+    def hook(key):
+        def record(_module, _inp, out):
+            outputs[key] = max(outputs.get(key, 0.0), out.detach().float().pow(2).mean().sqrt().item())
+        return record
+
+    def measure(step: int, loss: float) -> dict:
+        ratios = [abs(math.log10(b.attn.q.mult_row.detach().float().pow(2).mean().sqrt().item()
+                                 / b.attn.k.mult_row.detach().float().pow(2).mean().sqrt().item()))
+                  for b in blocks if getattr(b.attn.q, "mult_row", None) is not None
+                  and getattr(b.attn.k, "mult_row", None) is not None]
+        outputs.clear()
+        handles = [m.register_forward_hook(hook(k)) for b in blocks for k, m in (("attn", b.attn), ("mlp", b.mlp))]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            run.model(x)
+        for h in handles:
+            h.remove()
+        return {"step": step, "loss": loss, "qk": max(ratios, default=math.nan),
+                "branch": max(outputs.values(), default=math.nan)}
+
+    rows = [measure(0, math.nan)]
+    while run.step < cfg.steps:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # the engine's own autocast is CUDA-only
+            loss, _ = run.train_step()
+        if run.step % every == 0 or run.step == cfg.steps:
+            rows.append(measure(run.step, loss))
+        if not math.isfinite(loss):
+            break
+    return rows
