@@ -10,11 +10,14 @@ import torch
 from lrm_mup import analysis
 from lrm_mup.cli import main
 from lrm_mup.core.optim import MULTIPLIER_WD
+from lrm_mup.errors import SweepError
 from lrm_mup.records import Equilibrium
 from lrm_mup.report import equilibrium_figure
 from lrm_mup.training import TrainConfig, train
 from lrm_mup.training.config import lr_factor
 from lrm_mup.tuning import equilibrium as eq
+from lrm_mup.tuning.sweep import load_sweep
+from lrm_mup.tuning.sweep._spec import parse_sweep
 
 SLICE = "tests/data/shakespeare"
 TINY = dict(width=32, base_width=16, depth=1, head_dim=8, context=32, batch=4, eval_every=4, eval_batches=1,
@@ -133,3 +136,26 @@ def test_in_bf16_a_scale_free_multiplier_drifts_without_its_weight_decay_and_is_
     assert max(pinned) < bound
     assert free[-1] > bound and free[-1] > 1.5 * pinned[-1]
     assert all(b > a for a, b in zip(free[4:], free[5:]))  # still growing over the second half
+
+
+def test_s_sweep_preset_holds_lr_times_wd_fixed_and_varies_lr_over_wd():
+    spec = load_sweep("sweeps/equilibrium_s.toml")
+    configs = [spec.config(r, w, 0, {"log2_lr": v}) for r in spec.recipes for w in spec.widths
+               for v in dict((p.name, p.values) for p in spec.search)["log2_lr"]]
+    assert all(c["lr"] * c["weight_decay"] == pytest.approx(3e-4, rel=1e-12) for c in configs)
+    ratios = sorted(c["lr"] / c["weight_decay"] for c in configs)
+    assert ratios[-1] / ratios[0] == pytest.approx(2.0 ** 10)
+    assert spec.to_dict()["lr_times_weight_decay"] == 3e-4
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"lr_times_weight_decay": -1}, "lr_times_weight_decay must be a positive number"),
+    ({"lr_times_weight_decay": 3e-4, "search": {"log2_lr": [-8], "weight_decay": [0.1]}},
+     "search.weight_decay is set by lr_times_weight_decay"),
+    ({"lr_times_weight_decay": 3e-4, "model": {"weight_decay": 0.1}}, "model.weight_decay is set by"),
+])
+def test_a_fixed_product_that_cannot_hold_is_refused_in_one_line(extra, needle):
+    raw = {"name": "s", "recipes": ["mup"], "widths": [32], "seeds": [0], "search": {"log2_lr": [-8]},
+           "sampler": {"type": "grid"}, **extra}
+    with pytest.raises(SweepError, match=needle):
+        parse_sweep(raw)
