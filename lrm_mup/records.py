@@ -17,7 +17,8 @@ RUN_STATUSES = ("ok", "diverged", "stopped")
 class StepRecord(Record):
     """One optimizer step of a run: train loss (nats, averaged over ranks), the clipped-against gradient norm
     (multipliers excluded, lr-only's units), the first group's LR, tokens and model FLOPs so far, throughput, and
-    validation bits/byte when the step evaluated."""
+    validation bits/byte and the RMS of every stored matrix and learnable multiplier by parameter name
+    (`Run.norms`, for the noise–WD equilibrium) when the step evaluated."""
 
     SCHEMA: ClassVar[str] = "step"
     step: int
@@ -28,6 +29,7 @@ class StepRecord(Record):
     flops: float
     tokens_per_s: float
     val_bpb: float | None = None
+    norms: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,8 @@ class Run:
 
     def steps(self, until: int | None = None, *, evaluate: bool = True) -> Iterator[StepRecord]:
         """Train from the current step to step `until` (default `cfg.steps`), yielding each step's record.
-        `evaluate`: validation at the steps `evaluates_at` names (its `val_bpb`; else None). A diverged step (see
+        `evaluate`: validation at the steps `evaluates_at` names (its `val_bpb`, and the parameters' RMS `norms`;
+        else None). A diverged step (see
         `diverged`) is yielded, unevaluated, and ends the loop. Throughput counts from the first step of this call."""
         last = self.cfg.steps if until is None else until
         start, first = time.perf_counter(), self.step
@@ -148,7 +149,8 @@ class Run:
             loss, norm = self.train_step()
             rate = self.tokens_per_step * (self.step - first) / (time.perf_counter() - start)
             val = self.evaluate() if evaluate and math.isfinite(loss) and self.evaluates_at(self.step) else None
-            self.last = StepRecord(self.step, loss, norm, self.lr, self.tokens, self.flops, rate, val)
+            norms = self.norms() if val is not None else None  # at the eval interval only: off the step's hot path
+            self.last = StepRecord(self.step, loss, norm, self.lr, self.tokens, self.flops, rate, val, norms)
             yield self.last
             if diverged(self.last):
                 return

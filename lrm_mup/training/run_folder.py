@@ -117,9 +117,8 @@ def _loop(run: Run, out: Path | None, until: int | None, progress: bool) -> RunR
                unit="step")
     try:
         for record in run.steps(last):
-            norms = run.norms() if record.val_bpb is not None else None  # every rank: a collective under FSDP
             if metrics is not None:
-                metrics.append(_row(record, norms))
+                metrics.append(_row(record))
             if diverged(record):
                 break
             if record.val_bpb is not None:
@@ -420,14 +419,13 @@ class _Metrics:
         os.close(self.fd)
 
 
-def _row(record: StepRecord, norms: dict[str, float] | None = None) -> dict:
+def _row(record: StepRecord) -> dict:
     """A metrics row: the record's fields, `val_bpb` and `norms` (`Run.norms`: the RMS of every stored matrix and
     multiplier, for `lrm-mup equilibrium`) only on a step that evaluated."""
     row = asdict(record)
-    if row["val_bpb"] is None:
-        del row["val_bpb"]
-    if norms is not None:
-        row["norms"] = norms
+    for key in ("val_bpb", "norms"):
+        if row[key] is None:
+            del row[key]
     return row
 
 
