@@ -67,8 +67,10 @@ def test_abm_command_prints_steady_state_and_prediction_on_its_last_line(capsys)
     (["--abm", "--weight-decay", "0"], "--weight-decay 0"),
     (["--abm", "--shape", "3"], "--shape [3]"),
     ([], "give a run folder"),
+    (["nowhere"], "'nowhere' is not a run folder (no config.json)"),
 ])
-def test_bad_equilibrium_input_is_one_line(capsys, argv, needle):
+def test_bad_equilibrium_input_is_one_line(capsys, tmp_path, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)
     assert main(["equilibrium", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err

@@ -33,7 +33,7 @@ from ..records import Equilibrium
 from ..training.build import parametrized_model
 from ..training.config import TrainConfig, lr_factor
 from ..training.engine import Run
-from ..training.run_folder import METRICS, read_metrics, resumed_config
+from ..training.run_folder import CONFIG, METRICS, read_metrics, resumed_config
 
 ADJUST = ("original", "match_rms_adamw")  # torch.optim.Muon's adjust_lr_fn
 
@@ -100,7 +100,10 @@ def run_equilibrium(run_dir: str | os.PathLike, *, seed: int = 0) -> Equilibrium
     """Every stored matrix and learnable multiplier of the run in `run_dir`, its logged RMS next to sqrt(η/λ) and
     next to its own ABM (module doc). Needs the norms training logs at the eval interval."""
     run_dir = Path(run_dir)
-    cfg = resumed_config(run_dir)  # the run's config (a folder that holds none: one line)
+    if not (run_dir / CONFIG).is_file():
+        raise MissingError(f"{str(run_dir)!r} is not a run folder (no {CONFIG}): give a folder `lrm-mup train --out` "
+                           "wrote")
+    cfg = resumed_config(run_dir)  # the run's config, checked (a damaged one: one line)
     logged = {}
     for row, _ in read_metrics(run_dir / METRICS, strict=False):
         if isinstance(row.get("norms"), dict) and isinstance(row.get("step"), int):
