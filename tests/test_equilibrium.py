@@ -11,8 +11,8 @@ from lrm_mup import analysis
 from lrm_mup.cli import main
 from lrm_mup.core.optim import MULTIPLIER_WD
 from lrm_mup.errors import SweepError
-from lrm_mup.records import Equilibrium
-from lrm_mup.report import equilibrium_figure
+from lrm_mup.records import Equilibrium, SweepTrial
+from lrm_mup.report import equilibrium_figure, write_tuning_report
 from lrm_mup.training import TrainConfig, train
 from lrm_mup.training.config import lr_factor
 from lrm_mup.tuning import equilibrium as eq
@@ -161,3 +161,16 @@ def test_a_fixed_product_that_cannot_hold_is_refused_in_one_line(extra, needle):
            "sampler": {"type": "grid"}, **extra}
     with pytest.raises(SweepError, match=needle):
         parse_sweep(raw)
+
+
+def test_the_tuning_report_gets_a_section_per_measured_transfer_run(tmp_path):
+    """`tuning_report` finds the equilibrium.json that `lrm-mup equilibrium` wrote into a transfer's run folder and
+    the page carries its section; a report without one has none."""
+    trials = [SweepTrial("s/mup", i, "COMPLETE", "mup", w, lr, 3.0 + abs(lr + 8) * 0.1, 2.0, "ok", seed=0)
+              for i, (w, lr) in enumerate([(32, -8), (32, -6), (64, -8), (64, -6)])]
+    rec = Equilibrium("runs/x", "lrm", "adamw", 64, 10, (analysis.equilibrium_series(
+        "blocks.0.attn.q.weight", "matrix", (4, 4), "adamw", 1e-2, 0.1, [5, 10], [0.3, 0.31], [0.3, 0.3]),))
+    with_section = write_tuning_report(trials, None, tmp_path / "a", sweep_name="s", equilibria=[rec]).read_text()
+    without = write_tuning_report(trials, None, tmp_path / "b", sweep_name="s").read_text()
+    assert "Noise–WD equilibrium: lrm, width 64" in with_section and "blocks.0.attn.q.weight" in with_section
+    assert "Noise–WD equilibrium" not in without

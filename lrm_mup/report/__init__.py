@@ -11,10 +11,11 @@ records and `lrm_mup.analysis` only: `report` never trains, never opens an Optun
 from __future__ import annotations
 
 from ._coord_check import coord_check_figures, write_coord_check_report
-from ._equilibrium import equilibrium_figure, equilibrium_section, write_equilibrium_report
+from ._equilibrium import EQUILIBRIUM_JSON, equilibrium_figure, equilibrium_section, write_equilibrium_report
 from ._html import PLOTLY_JS, Figure, Html, write_html, write_pngs
 from ._tuning import headline_sentence, multiplier_figure, tuning_figures, verdict_lines, write_tuning_report
 
 __all__ = ["write_html", "write_pngs", "PLOTLY_JS", "Figure", "Html", "write_coord_check_report",
            "coord_check_figures", "write_tuning_report", "verdict_lines", "headline_sentence", "tuning_figures",
-           "multiplier_figure", "write_equilibrium_report", "equilibrium_section", "equilibrium_figure"]
+           "multiplier_figure", "write_equilibrium_report", "equilibrium_section", "equilibrium_figure",
+           "EQUILIBRIUM_JSON"]

@@ -13,6 +13,7 @@ from ..analysis import equilibrium_table
 from ..records import Equilibrium
 from ._html import Figure, Html, heading, paragraph, write_html
 
+EQUILIBRIUM_JSON = "equilibrium.json"  # what `lrm-mup equilibrium` writes (into the run folder by default)
 CAPTION = ("Solid: the RMS of the stored matrix W̃ (left) or learnable multiplier (right) that training logged at "
            "each evaluation; dotted: its ABM, the same optimizer, LR schedule, LR, WD and initial values fed i.i.d. "
            "N(0,1) gradients. Left, divided by sqrt(η/λ) of its group (peak LR): at the noise–WD equilibrium a "
@@ -55,6 +56,6 @@ def write_equilibrium_report(rec: Equilibrium, out_dir, *, plotlyjs: str = "inli
     out.mkdir(parents=True, exist_ok=True)
     paths = {"html": write_html(out / "equilibrium.html", "Noise–WD equilibrium", equilibrium_section(rec),
                                 plotlyjs=plotlyjs),
-             "json": out / "equilibrium.json"}
+             "json": out / EQUILIBRIUM_JSON}
     rec.to_json(paths["json"])
     return paths
