@@ -27,7 +27,7 @@ import torch
 from .. import analysis
 from .._names import OPTIMIZERS
 from ..core.multipliers import multiplied_modules, multiplier_parameters
-from ..core.optim import ADAM_BETAS, ADAM_EPS, param_groups
+from ..core.optim import ADAM_BETAS, ADAM_EPS, build_optimizer
 from ..errors import ConfigError, MissingError
 from ..records import Equilibrium
 from ..training.build import parametrized_model
@@ -113,8 +113,8 @@ def run_equilibrium(run_dir: str | os.PathLike, *, seed: int = 0) -> Equilibrium
                            "not log them; train it again")
     steps = sorted(logged)
     model = parametrized_model(cfg)
-    groups = param_groups(model, cfg.optimizer, cfg.lr, cfg.weight_decay, adam_lr=cfg.adam_lr, mult_lr=cfg.mult_lr,
-                          mult_wd=cfg.mult_wd)
+    groups = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, adam_lr=cfg.adam_lr,
+                             mult_lr=cfg.mult_lr, mult_wd=cfg.mult_wd).param_groups  # the run's groups, ε included
     group_of = {id(p): g for g in groups for p in g["params"]}
     named = [(f"{n}.weight", m.weight, "matrix") for n, m in multiplied_modules(model) if not m.parametrization.tied]
     named += [(n, p, "multiplier") for n, p in multiplier_parameters(model)]
@@ -127,7 +127,8 @@ def run_equilibrium(run_dir: str | os.PathLike, *, seed: int = 0) -> Equilibrium
             continue
         muon = g["algo"] == "muon"
         abm = simulate(p, steps[-1], g["lr"], g["weight_decay"], optimizer="muon" if muon else "adamw",
-                       schedule=schedule, adjust_lr_fn="original", record=steps, seed=seed)
+                       schedule=schedule, eps=g.get("eps", ADAM_EPS), adjust_lr_fn="original", record=steps,
+                       seed=seed)
         series.append(analysis.equilibrium_series(name, kind, tuple(p.shape), g["algo"], g["lr"], g["weight_decay"],
                                                   steps, rms, [abm[s] for s in steps]))
     return Equilibrium(str(run_dir), cfg.recipe, cfg.optimizer, cfg.width, cfg.steps, tuple(series))
