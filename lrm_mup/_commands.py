@@ -20,14 +20,16 @@ from . import data as data_mod
 from ._files import check_out_folder
 from ._names import STORAGE_ENV
 from ._secrets import mask_url
+from .analysis import equilibrium_table
 from .core.recipes import DESCRIBE_COLUMNS, RECIPES, describe
 from .errors import ConfigError
 from .models import MODELS, GPTConfig
 from .pipelines.demo import run_demo
 from .pipelines.tuning_report import report_verdict, tuning_report
-from .report import write_coord_check_report
+from .report import write_coord_check_report, write_equilibrium_report
 from .training import TrainConfig, distributed, parametrized_model, resumed_config, train
 from .tuning import coord_check as cc
+from .tuning import equilibrium as eq
 from .tuning.sweep import JOURNAL, load_sweep, run_sweep, summary_lines
 from .tuning.transfer import format_summary, run_transfer
 
@@ -161,6 +163,28 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_equilibrium(args) -> int:
+    if args.abm:
+        if args.run_dir is not None:
+            raise ConfigError(f"--abm simulates noise alone: give no run folder (got {args.run_dir!r})")
+        if len(args.shape) != 2 or min(args.shape) < 1:
+            raise ConfigError(f"--shape {args.shape} is invalid: give R,C, two positive integers")
+        if not (args.lr > 0 and args.weight_decay > 0):
+            raise ConfigError(f"--lr {args.lr:g} / --weight-decay {args.weight_decay:g} is invalid: both must be > 0")
+        steps = args.steps if args.steps is not None else max(1000, round(4 / (args.lr * args.weight_decay)))
+        print(eq.abm_line(args.optimizer, args.lr, args.weight_decay, steps, args.shape))
+        return 0
+    if args.run_dir is None:
+        raise ConfigError("give a run folder (lrm-mup equilibrium RUN_DIR), or --abm to simulate noise alone")
+    rec = eq.run_equilibrium(args.run_dir)
+    out = check_out_folder(args.out or args.run_dir, "output folder")
+    paths = write_equilibrium_report(rec, out)
+    for line in equilibrium_table(rec.series):
+        print(line)
+    print(f"figure: {paths['html']}  numbers: {paths['json']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     run_demo(args.out, quick=args.quick, data=args.data, sweep_file=args.sweep, workers=args.workers,
              log=lambda line: print(line, flush=True))
@@ -168,4 +192,5 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "data": cmd_data, "describe": cmd_describe, "coord-check": cmd_coord_check,
-            "sweep": cmd_sweep, "transfer": cmd_transfer, "report": cmd_report, "demo": cmd_demo}
+            "sweep": cmd_sweep, "transfer": cmd_transfer, "report": cmd_report, "demo": cmd_demo,
+            "equilibrium": cmd_equilibrium}

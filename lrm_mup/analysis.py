@@ -30,6 +30,7 @@ from .errors import CoordCheckError, TransferError
 from .records import (
     BestSetting,
     CoordCheckVerdict,
+    EquilibriumSeries,
     LRCurve,
     LRSweep,
     MultiplierScaling,
@@ -793,3 +794,60 @@ def tuning_headline(trials: Sequence[SweepTrial], summary: TransferSummary | Non
         if all(x is not None for x in ranges):
             head["clear_win"] = verdict.margin_bpb > max(ranges)
     return json.loads(dumps(head))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the noise–WD equilibrium (issue 13; lrm_mup.tuning.equilibrium simulates, this block compares)
+
+ADAMW_CONSTANT = 1 / math.sqrt(2)  # AdamW fed N(0,1) gradients: ‖W‖_rms → sqrt(η/(2λ)) (REFERENCE §1)
+MUON_CONSTANT = 0.54               # Muon with RMS-matched updates (0.2·sqrt(max(n,m))): ≈ 0.54·sqrt(η/λ) (REFERENCE §1)
+__all__ += ["ADAMW_CONSTANT", "MUON_CONSTANT", "abm_prediction", "steady_state", "log_distance",
+            "equilibrium_series", "equilibrium_table"]
+
+
+def abm_prediction(optimizer: str, lr: float, weight_decay: float) -> tuple[float, str]:
+    """The predicted steady-state RMS of a tensor that an optimizer steps with pure-noise gradients, and its formula:
+    AdamW sqrt(η/(2λ)); Muon (RMS-matched updates) 0.54·sqrt(η/λ)."""
+    if optimizer == "muon":
+        return MUON_CONSTANT * math.sqrt(lr / weight_decay), "0.54 sqrt(lr/wd)"
+    return ADAMW_CONSTANT * math.sqrt(lr / weight_decay), "sqrt(lr/(2 wd))"
+
+
+def steady_state(values: Sequence[float], tail: float = 0.5) -> float:
+    """The steady-state RMS of a trajectory of RMS values: sqrt of the mean square over its last `tail` fraction (the
+    mean square, not the mean RMS: ‖w‖² is what noise and decay balance)."""
+    last = list(values)[-max(1, int(len(values) * tail)):]
+    return math.sqrt(sum(v * v for v in last) / len(last))
+
+
+def log_distance(a: Sequence[float], b: Sequence[float]) -> float:
+    """Mean |ln(a_t / b_t)| over the steps: 0 when two RMS trajectories coincide, ln 2 when one is twice the other
+    throughout (symmetric and scale-free, so matrices and multipliers read alike)."""
+    pairs = [(x, y) for x, y in zip(a, b) if x > 0 and y > 0]
+    return sum(abs(math.log(x / y)) for x, y in pairs) / len(pairs) if pairs else math.nan
+
+
+def equilibrium_series(name: str, kind: str, shape: tuple[int, ...], algo: str, lr: float, weight_decay: float,
+                       steps: Sequence[int], rms: Sequence[float], abm: Sequence[float]) -> EquilibriumSeries:
+    """One parameter's equilibrium record: its equilibrium scale sqrt(lr/wd) (None without WD), the last RMS of the
+    run and of its ABM over that scale, and the run-vs-ABM `log_distance`."""
+    scale = math.sqrt(lr / weight_decay) if weight_decay > 0 and lr > 0 else None
+    ratio = rms[-1] / scale if scale else None
+    abm_ratio = abm[-1] / scale if scale else None
+    return EquilibriumSeries(name, kind, tuple(shape), algo, float(lr), float(weight_decay), tuple(steps),
+                             tuple(float(v) for v in rms), tuple(float(v) for v in abm), scale, ratio, abm_ratio,
+                             log_distance(rms, abm))
+
+
+def equilibrium_table(series: Iterable[EquilibriumSeries]) -> list[str]:
+    """The text table of `lrm-mup equilibrium RUN_DIR`: one line per matrix and multiplier, at the last logged step."""
+    series = list(series)
+    width = max([len(s.name) for s in series] + [9])
+    fmt = lambda x: "-" if x is None or not math.isfinite(x) else f"{x:.4g}"  # noqa: E731
+    lines = [f"{'parameter'.ljust(width)}  {'kind':10}  {'lr':>9}  {'wd':>7}  {'rms':>8}  {'abm':>8}  "
+             f"{'sqrt(lr/wd)':>11}  {'rms/scale':>9}  {'abm/scale':>9}  {'|ln rms/abm|':>12}"]
+    for s in series:
+        lines.append(f"{s.name.ljust(width)}  {s.kind:10}  {fmt(s.lr):>9}  {fmt(s.weight_decay):>7}  "
+                     f"{fmt(s.rms[-1]):>8}  {fmt(s.abm[-1]):>8}  {fmt(s.scale):>11}  {fmt(s.ratio):>9}  "
+                     f"{fmt(s.abm_ratio):>9}  {fmt(s.distance):>12}")
+    return lines

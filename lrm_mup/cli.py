@@ -164,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plotlyjs", choices=["inline", "directory"], default="inline",
                    help="plotly.js inside the page, or one plotly.min.js beside it (never a CDN)")
 
+    p = sub.add_parser("equilibrium", help="a run's matrices and multipliers against the noise–WD equilibrium "
+                       "sqrt(lr/wd) and their noise simulation (ABM); or, with --abm, the ABM alone")
+    p.add_argument("run_dir", nargs="?", help="run folder (lrm-mup train --out); not with --abm")
+    p.add_argument("--out", help="folder of equilibrium.json and equilibrium.html (default: the run folder)")
+    p.add_argument("--abm", action="store_true", help="simulate one tensor fed N(0,1) gradients and print its "
+                   "steady-state RMS next to the prediction")
+    p.add_argument("--lr", type=float, default=1e-3, help="--abm: learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=0.1,
+                   help="--abm: decoupled weight decay (default 0.1)")
+    p.add_argument("--steps", type=int, help="--abm: steps (default 4/(lr·wd), at least 1000)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="--abm: adamw, or muon (RMS-matched)")
+    p.add_argument("--shape", type=_int_list, default=[32, 64], help="--abm: R,C of the tensor (default 32,64)")
+
     p = sub.add_parser("demo", help="coordinate check -> LR-transfer sweep -> transfer -> report, at CPU scale")
     p.add_argument("--out", default="runs/lrm-mup-demo",
                    help="demo folder (default runs/lrm-mup-demo); re-running resumes it")

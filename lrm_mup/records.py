@@ -17,7 +17,8 @@ RUN_STATUSES = ("ok", "diverged", "stopped")
 class StepRecord(Record):
     """One optimizer step of a run: train loss (nats, averaged over ranks), the clipped-against gradient norm
     (multipliers excluded, lr-only's units), the first group's LR, tokens and model FLOPs so far, throughput, and
-    validation bits/byte when the step evaluated."""
+    validation bits/byte and the RMS of every stored matrix and learnable multiplier by parameter name
+    (`Run.norms`, for the noise–WD equilibrium) when the step evaluated."""
 
     SCHEMA: ClassVar[str] = "step"
     step: int
@@ -28,6 +29,7 @@ class StepRecord(Record):
     flops: float
     tokens_per_s: float
     val_bpb: float | None = None
+    norms: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -373,3 +375,44 @@ class TuningVerdict(Record):
     runner_up: str | None = None
     target_width: int | None = None
     winner_val_bpb: float | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the noise–WD equilibrium of a run (lrm_mup.tuning.equilibrium, analysis.equilibrium_series)
+
+
+@dataclass(frozen=True)
+class EquilibriumSeries(Record):
+    """One stored matrix W̃ or learnable multiplier of a run: its RMS at the logged steps, its ABM's (the same
+    optimizer fed N(0,1) gradients from the same initial values under the same LR schedule, LR and WD) at the same
+    steps, the equilibrium scale sqrt(lr/wd) of its group's peak LR and WD (None without WD), `ratio` = last RMS /
+    that scale (the ABM's `abm_ratio`), and `distance` = mean over the logged steps of |ln(rms / abm)| (0: the
+    parameter moves like noise; a multiplier that learns scale from signal sits far from its ABM)."""
+
+    SCHEMA: ClassVar[str] = "equilibrium-series"
+    name: str
+    kind: str                      # "matrix" or "multiplier"
+    shape: tuple[int, ...]
+    algo: str                      # "adamw" or "muon"
+    lr: float
+    weight_decay: float
+    steps: tuple[int, ...]
+    rms: tuple[float, ...]
+    abm: tuple[float, ...]
+    scale: float | None
+    ratio: float | None
+    abm_ratio: float | None
+    distance: float
+
+
+@dataclass(frozen=True)
+class Equilibrium(Record):
+    """`lrm-mup equilibrium RUN_DIR`: every matrix and multiplier of one run against sqrt(η/λ) and its ABM."""
+
+    SCHEMA: ClassVar[str] = "equilibrium"
+    run: str
+    recipe: str
+    optimizer: str
+    width: int
+    steps: int
+    series: tuple[EquilibriumSeries, ...] = ()

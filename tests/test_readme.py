@@ -46,6 +46,13 @@ COMMANDS = {
     "lrm-mup transfer runs/lr-transfer --out runs/lr-transfer-target":
         ("chain", ["--widths", "64", "--lr-offsets=-1,1"], "runs/lr-transfer-target"),
     "lrm-mup report runs/lr-transfer runs/lr-transfer-target": ("chain", [], "reports/lr-transfer/index.html"),
+    "lrm-mup equilibrium --abm --lr 0.01 --weight-decay 0.1": ("run", [], "predicted sqrt(lr/(2 wd)) = 0.2236"),
+    "lrm-mup equilibrium --abm --optimizer muon --lr 0.005 --weight-decay 1":
+        ("run", ["--shape", "16,16"], "predicted 0.54 sqrt(lr/wd) = 0.0382"),
+    "lrm-mup equilibrium runs/w128":
+        ("help", "needs a finished run; tests/test_equilibrium.py runs it on tiny mup and lrm runs", "--abm"),
+    "lrm-mup sweep sweeps/equilibrium_s.toml --workers 2":
+        ("help", "24 runs of 1,000 steps; tests/test_equilibrium.py checks the file's fixed ηλ", "--workers"),
     "torchrun --nproc_per_node 8 -m lrm_mup train --recipe lrm --width 2048 --batch 64 --out runs/w2048":
         ("help", "needs 8 GPUs; tests/test_torchrun.py runs torchrun with 2 CPU processes", "--parallel"),
     "torchrun --nproc_per_node 8 -m lrm_mup transfer runs/lr-transfer":

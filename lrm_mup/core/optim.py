@@ -6,6 +6,13 @@ Each group stores its `lr_scale`/`wd_scale` and starts at lr·lr_scale, so a tor
 group's initial LR) keeps the μP ratios: schedulers multiply, they never overwrite.
 Muon gets the embedding and readout through AdamW (its orthogonalized update suits hidden matrices only) and runs with
 adjust_lr_fn="original", whose update spectral norm is width-independent (see `recipes`).
+
+Adam's ε across width: the update is m̂ / (sqrt(v̂) + ε), and mup/lrm store hidden weights m × lr-only's, so their
+stored gradients (m̂, sqrt(v̂)) are 1/m of lr-only's: a fixed ε would weigh as m·ε in lr-only's units, and the part of
+the update it removes would grow ∝ m (measured, benchmarks/bench_eps.py: 0.12% of mup's hidden updates at width 1024
+from base 64, extrapolated 6% at 8192, against 0.05% for lr-only). So each AdamW group gets ε / grad_unit
+(`LayerParametrization.grad_unit`: m for mup/lrm hidden matrices, 1 elsewhere), as CompleteP (arXiv 2505.01618) scales
+ε with its parametrization: mup then takes exactly lr-only's Adam steps (without weight decay) whatever ε is.
 """
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ from .recipes import OPTIMIZERS
 from .roles import FINITE, HIDDEN
 
 MULTIPLIER_WD = 2e-3
+ADAM_BETAS = (0.9, 0.95)  # every AdamW group's betas and ε (the equilibrium's ABM reuses them)
+ADAM_EPS = 1e-8
 
 
 def param_groups(
@@ -44,15 +53,16 @@ def param_groups(
     groups: dict[tuple, dict] = {}
     seen: set[int] = set()
 
-    def add(p, algo, kind, base_lr, lr_scale, wd, wd_scale):
+    def add(p, algo, kind, base_lr, lr_scale, wd, wd_scale, grad_unit=1.0):
         if id(p) in seen or not p.requires_grad:
             return
         seen.add(id(p))
-        key = (algo, kind, lr_scale, wd_scale)
+        key = (algo, kind, lr_scale, wd_scale, grad_unit)
         if key not in groups:
             scales = "" if (lr_scale, wd_scale) == (1.0, 1.0) else f" lr×{lr_scale:.4g} wd×{wd_scale:.4g}"
             groups[key] = {"params": [], "name": f"{algo}/{kind}{scales}", "algo": algo, "lr": base_lr * lr_scale,
-                           "weight_decay": wd * wd_scale, "lr_scale": lr_scale, "wd_scale": wd_scale}
+                           "weight_decay": wd * wd_scale, "lr_scale": lr_scale, "wd_scale": wd_scale,
+                           "grad_unit": grad_unit}
         groups[key]["params"].append(p)
 
     for _, m in multiplied_modules(model):
@@ -60,7 +70,7 @@ def param_groups(
         muon = optimizer == "muon" and isinstance(m, nn.Linear) and info.kind in (HIDDEN, FINITE)
         if not info.tied:  # a tied weight is updated under its owner's rules
             add(m.weight, "muon" if muon else "adamw", info.kind, lr if muon else adam_lr, info.lr_scale,
-                weight_decay, info.wd_scale)
+                weight_decay, info.wd_scale, info.grad_unit)
         if getattr(m, "bias", None) is not None:
             add(m.bias, "adamw", "vector", adam_lr, 1.0, 0.0, 1.0)
     for _, p in multiplier_parameters(model):
@@ -78,7 +88,7 @@ class MuonAdamW(torch.optim.Optimizer):
     LR scheduler, one state_dict). The inner optimizers see this object's group dicts and state, so its state_dict
     has the standard format (the one torch.distributed.checkpoint reads)."""
 
-    def __init__(self, groups: list[dict], betas=(0.9, 0.95), eps=1e-8, momentum=0.95):
+    def __init__(self, groups: list[dict], betas=ADAM_BETAS, eps=ADAM_EPS, momentum=0.95):
         muon = [g for g in groups if g["algo"] == "muon"]
         adamw = [g for g in groups if g["algo"] == "adamw"]
         self.inner = []
@@ -120,10 +130,12 @@ def build_optimizer(
     adam_lr: float | None = None,
     mult_lr: float | None = None,
     mult_wd: float = MULTIPLIER_WD,
-    betas: tuple[float, float] = (0.9, 0.95),
-    eps: float = 1e-8,
+    betas: tuple[float, float] = ADAM_BETAS,
+    eps: float = ADAM_EPS,
 ) -> torch.optim.Optimizer:
     """The optimizer for a parametrized model: "adamw" (torch AdamW) or "muon" (torch Muon + AdamW).
+
+    `eps` is Adam's ε in lr-only's gradient units: each AdamW group gets eps / grad_unit (module doc).
 
     lr: matrices' LR (Muon's under "muon"); adam_lr: AdamW groups' LR under "muon" (default lr);
     mult_lr / mult_wd: learnable multipliers' LR (default: the AdamW LR) and decoupled WD.
@@ -137,6 +149,9 @@ def build_optimizer(
             "parametrize (μP's width rules depend on the optimizer)"
         )
     groups = param_groups(model, optimizer, lr, weight_decay, adam_lr=adam_lr, mult_lr=mult_lr, mult_wd=mult_wd)
+    for g in groups:
+        if g["algo"] == "adamw":
+            g["eps"] = eps / g["grad_unit"]  # ε in lr-only's gradient units (module doc: Adam's ε across width)
     if optimizer == "adamw":
         return torch.optim.AdamW(groups, betas=betas, eps=eps)
     return MuonAdamW(groups, betas=betas, eps=eps)

@@ -8,7 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from ..report import verdict_lines, write_tuning_report
+from ..records import Equilibrium
+from ..report import EQUILIBRIUM_JSON, verdict_lines, write_tuning_report
 from ..tuning.sweep import optuna_figures
 from ..tuning.transfer import load_transfer, sweep_records
 
@@ -22,10 +23,13 @@ def tuning_report(sweep_dir: str | os.PathLike, transfer_dir: str | os.PathLike 
     spec, trials = sweep_records(sweep_dir, storage=storage)
     summary = load_transfer(transfer_dir) if transfer_dir is not None and trials else None
     figures, notes = optuna_figures(sweep_dir, spec, storage=storage) if trials else ([], [])
+    # the transfer's run folders that `lrm-mup equilibrium` measured (it writes equilibrium.json into the run folder)
+    equilibria = ([Equilibrium.from_json(p) for p in sorted(Path(transfer_dir).rglob(EQUILIBRIUM_JSON))]
+                  if transfer_dir is not None else [])
     return write_tuning_report(trials, summary, out_dir, sweep_name=getattr(spec, "name", None),
                                sweep_folder=str(sweep_dir),
                                transfer_folder=None if transfer_dir is None else str(transfer_dir),
-                               figures=figures, notes=notes, plotlyjs=plotlyjs)
+                               figures=figures, notes=notes, plotlyjs=plotlyjs, equilibria=equilibria)
 
 
 def report_verdict(report_dir: str | os.PathLike) -> list[str]:

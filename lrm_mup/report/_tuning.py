@@ -18,7 +18,8 @@ from plotly.subplots import make_subplots
 from .._files import write_text_atomic
 from ..analysis import tuning_headline, tuning_numbers
 from ..errors import MissingError
-from ..records import SweepTrial, TransferSummary
+from ..records import Equilibrium, SweepTrial, TransferSummary
+from ._equilibrium import equilibrium_section
 from ._html import Figure, Html, card, heading, paragraph, table, warnings_box, write_html
 
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon")
@@ -27,12 +28,14 @@ SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "
 def write_tuning_report(trials: Sequence[SweepTrial], transfer: TransferSummary | None, out_dir, *,
                         sweep_name: str | None = None, sweep_folder: str | None = None,
                         transfer_folder: str | None = None, figures: Sequence[go.Figure] = (),
-                        notes: Sequence[str] = (), plotlyjs: str = "inline") -> pathlib.Path:
+                        notes: Sequence[str] = (), plotlyjs: str = "inline",
+                        equilibria: Sequence[Equilibrium] = ()) -> pathlib.Path:
     """out_dir/index.html (the headline card, the cost table, then the figures) and out_dir/tuning.json (every
     number behind them: `lrm_mup.analysis.tuning_numbers`, plus "headline": `lrm_mup.analysis.tuning_headline`)
     from a sweep's trials and its transfer's summary (None: the sweep alone). `figures` and `notes` (Optuna's plots
     of the sweep and what could not be drawn: `lrm_mup.tuning.sweep.optuna_figures`) go at the end; `sweep_name` and
-    the folders are recorded in tuning.json and name the page. Returns the path of index.html."""
+    the folders are recorded in tuning.json and name the page; `equilibria` (the transfer's runs that `lrm-mup
+    equilibrium` measured) add one noise–WD equilibrium section each. Returns the path of index.html."""
     if not trials:
         raise MissingError(f"sweep {str(sweep_folder or sweep_name)!r} has no finished trial yet: nothing to report")
     numbers = tuning_numbers(trials, transfer)
@@ -48,6 +51,8 @@ def write_tuning_report(trials: Sequence[SweepTrial], transfer: TransferSummary 
     parts: list = [headline_card(numbers["headline"]), heading("Tuning cost"), cost_table(numbers)]
     parts += [heading("Figures")] + [Figure(fig, CAPTIONS[name]) for name, fig in own.items()]
     parts += optuna_section(figures, notes, sweep_folder)
+    for rec in equilibria:
+        parts += equilibrium_section(rec)
     title = f"Tuning report: {sweep_name or pathlib.Path(sweep_folder or 'sweep').name}"
     return write_html(out / "index.html", title, parts, plotlyjs=plotlyjs)
 

@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import data as data_mod
-from ..core.multipliers import EffectivePath
+from ..core.multipliers import EffectivePath, multiplied_modules, multiplier_parameters
 from ..core.optim import build_optimizer, clip_grad_norm_
 from ..errors import ConfigError
 from ..records import RunResult, StepRecord
@@ -139,7 +140,8 @@ class Run:
 
     def steps(self, until: int | None = None, *, evaluate: bool = True) -> Iterator[StepRecord]:
         """Train from the current step to step `until` (default `cfg.steps`), yielding each step's record.
-        `evaluate`: validation at the steps `evaluates_at` names (its `val_bpb`; else None). A diverged step (see
+        `evaluate`: validation at the steps `evaluates_at` names (its `val_bpb`, and the parameters' RMS `norms`;
+        else None). A diverged step (see
         `diverged`) is yielded, unevaluated, and ends the loop. Throughput counts from the first step of this call."""
         last = self.cfg.steps if until is None else until
         start, first = time.perf_counter(), self.step
@@ -147,7 +149,8 @@ class Run:
             loss, norm = self.train_step()
             rate = self.tokens_per_step * (self.step - first) / (time.perf_counter() - start)
             val = self.evaluate() if evaluate and math.isfinite(loss) and self.evaluates_at(self.step) else None
-            self.last = StepRecord(self.step, loss, norm, self.lr, self.tokens, self.flops, rate, val)
+            norms = self.norms() if val is not None else None  # at the eval interval only: off the step's hot path
+            self.last = StepRecord(self.step, loss, norm, self.lr, self.tokens, self.flops, rate, val, norms)
             yield self.last
             if diverged(self.last):
                 return
@@ -203,6 +206,20 @@ class Run:
             count += x.numel() * mine
         total, count = distributed.sum_floats([total, count], self.world, self.device)
         return total / count / math.log(2)
+
+    @torch.no_grad()
+    def norms(self) -> dict[str, float]:
+        """RMS of every stored matrix W̃ (`NAME.weight`, tied ones once) and every learnable multiplier
+        (`NAME.mult_row`, ...), by parameter name: what the noise–WD equilibrium is about (`lrm-mup equilibrium`).
+        One reduction per tensor, no copy; reads no RNG, so it changes nothing a resume replays. Every rank calls it
+        (FSDP shards are summed over the ranks); each gets the same numbers."""
+        named = [(f"{n}.weight", m.weight) for n, m in multiplied_modules(self.model) if not m.parametrization.tied]
+        named += multiplier_parameters(self.model)
+        local = [p.to_local() if isinstance(p, DTensor) else p for _, p in named]
+        sums = torch.stack([t.detach().float().pow(2).sum() for t in local]).tolist() if named else []
+        if any(isinstance(p, DTensor) for _, p in named):
+            sums = distributed.sum_floats(sums, self.world, self.device)
+        return {n: math.sqrt(s / p.numel()) for (n, p), s in zip(named, sums)}
 
     # state -----------------------------------------------------------------------------------------------------
 

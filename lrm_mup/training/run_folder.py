@@ -1,7 +1,8 @@
 """A training run on disk: `train(cfg, out)` drives the engine's step loop (`Run.steps`) into a run folder.
 
 A run folder holds `config.json`, `metrics.jsonl` (one strict-JSON object per line, non-finite numbers as null: a row
-per step, the `StepRecord`'s fields, `val_bpb` on the steps that evaluated; then a final status row, the
+per step, the `StepRecord`'s fields, `val_bpb` and `norms` (the RMS of every stored matrix and learnable multiplier,
+by parameter name) on the steps that evaluated; then a final status row, the
 `RunResult`'s fields, with a `reason` when the run diverged), `base_shapes.json` and `checkpoint.pt` (loadable with
 `weights_only=True`, written after every evaluation and at the end, atomically). Resuming from the checkpoint
 continues exactly where the run stopped: model, optimizer, LR schedule, data order and RNG all come back, so on CPU a
@@ -419,10 +420,12 @@ class _Metrics:
 
 
 def _row(record: StepRecord) -> dict:
-    """A metrics row: the record's fields, `val_bpb` only on a step that evaluated."""
+    """A metrics row: the record's fields, `val_bpb` and `norms` (`Run.norms`: the RMS of every stored matrix and
+    multiplier, for `lrm-mup equilibrium`) only on a step that evaluated."""
     row = asdict(record)
-    if row["val_bpb"] is None:
-        del row["val_bpb"]
+    for key in ("val_bpb", "norms"):
+        if row[key] is None:
+            del row[key]
     return row
 
 

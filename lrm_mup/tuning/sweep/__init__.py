@@ -7,6 +7,7 @@ A sweep file (TOML) names the model, the recipes, widths, seeds and steps, the s
     widths = [64, 128, 256]               # grid: a grid axis; tpe/random: exactly one proxy width
     seeds = [0, 1]                        # grid: a grid axis; tpe/random: every trial trains all seeds in lockstep
     steps = 200
+    lr_times_weight_decay = 3e-4          # optional: fixed ηλ, weight_decay = it / lr (an S-sweep of η/λ, paper §3)
 
     [model]                               # any other TrainConfig field, shared by every trial
     depth = 2

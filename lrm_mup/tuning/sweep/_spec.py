@@ -24,7 +24,7 @@ _FIELDS = ("lr", "adam_lr", "mult_lr", "init_std", "weight_decay", "mult_wd", "c
 _ALPHA_ALIASES = {"in": "embedding", "out": "readout"}
 _ALPHA_TARGETS = tuple(_ALPHA_ALIASES) + tuple(ROLE_KIND) + tuple(sorted(set(ROLE_KIND.values()) - set(ROLE_KIND)))
 _TOP_LEVEL = ("name", "description", "recipes", "widths", "seeds", "steps", "model", "search", "sampler", "pruner",
-              "trial", "heartbeat")
+              "trial", "heartbeat", "lr_times_weight_decay")
 _TABLE_KEYS = {
     "sampler": {"grid": ("type", "seed"), "tpe": ("type", "seed", "trials", "startup_trials"),
                 "random": ("type", "seed", "trials")},
@@ -80,6 +80,7 @@ class SweepSpec:
     heartbeat: dict = field(default_factory=dict)
     description: str = ""
     path: str | None = None
+    lr_times_weight_decay: float | None = None  # fixed ηλ: every run's weight_decay = this / its lr (paper §3)
 
     @property
     def grid(self) -> bool:
@@ -109,6 +110,8 @@ class SweepSpec:
         by_name = {p.name: p for p in self.search}
         for name, value in (params or {}).items():
             by_name[name].apply(cfg, value)
+        if self.lr_times_weight_decay is not None:  # η/λ varies with the LR, ηλ (the relative update size) does not
+            cfg["weight_decay"] = self.lr_times_weight_decay / cfg.get("lr", TrainConfig.lr)
         return asdict(TrainConfig(**cfg))
 
     def to_dict(self) -> dict:
@@ -116,6 +119,8 @@ class SweepSpec:
                                             "heartbeat")}
         d.update(recipes=list(self.recipes), widths=list(self.widths), seeds=list(self.seeds),
                  search={p.name: p.to_dict() for p in self.search})
+        if self.lr_times_weight_decay is not None:  # absent otherwise: manifests of earlier sweeps stay equal
+            d["lr_times_weight_decay"] = self.lr_times_weight_decay
         return json.loads(json.dumps(d))
 
 
@@ -188,10 +193,11 @@ def parse_sweep(raw: dict, source: str = "<sweep>") -> SweepSpec:
     trial = _trial_table(r, steps)
     heartbeat = _heartbeat_table(r)
     search, targets = _search_table(r, sampler["type"], recipes)
+    product = _product(r, targets)
     model = _model_table(r, targets)
     spec = SweepSpec(name=name, recipes=tuple(recipes), widths=widths, seeds=seeds, steps=steps, model=model,
                      search=tuple(search), sampler=sampler, pruner=pruner, trial=trial, heartbeat=heartbeat,
-                     description=description, path=source)
+                     description=description, path=source, lr_times_weight_decay=product)
     _check_every_run(r, spec)
     return spec
 
@@ -302,6 +308,22 @@ def _search_table(r: _Reader, kind: str, recipes: list[str]) -> tuple[list[Param
             r.fail(f"search.{p.name}", f"sets the same value as search.{targets[target]}; keep one of them")
         targets[target] = p.name
     return search, targets
+
+
+def _product(r: _Reader, targets: dict[str, str]) -> float | None:
+    """`lr_times_weight_decay`: the fixed product ηλ of an S-sweep (weight_decay derived from each run's lr), or
+    None. It sets weight_decay, so weight_decay may be neither searched nor set in [model]."""
+    value = r.raw.get("lr_times_weight_decay")
+    if value is None:
+        return None
+    if not _is_num(value) or value <= 0:
+        r.fail("lr_times_weight_decay", f"must be a positive number (η·λ), not {value!r}")
+    if "weight_decay" in targets:
+        r.fail(f"search.{targets['weight_decay']}", "is set by lr_times_weight_decay (weight_decay = it / lr); "
+                                                    "keep one")
+    if "weight_decay" in r.table("model"):
+        r.fail("model.weight_decay", "is set by lr_times_weight_decay (weight_decay = it / lr); keep one")
+    return float(value)
 
 
 def _model_table(r: _Reader, targets: dict[str, str]) -> dict:
