@@ -42,6 +42,7 @@ from .._names import OPTIMIZERS, check_table
 from .._names import PLACEMENTS as PLACEMENT_NAMES
 from .._names import RECIPES as RECIPE_NAMES
 from ..errors import RecipeError, RoleError, ShapeError
+from . import depth
 from .multipliers import convert, multiplied_modules
 from .parametrization import (
     MULTIPLIERS,
@@ -112,6 +113,8 @@ def parametrize(
     multipliers: dict[str, str] | None = None,
     roles: dict[str, str] | None = None,
     alphas: dict[str, float] | None = None,
+    depth_rule: str = "none",
+    depth_layout: dict | None = None,
 ) -> nn.Module:
     """Parametrize `model` (in place; returned for chaining) under `recipe`.
 
@@ -122,6 +125,9 @@ def parametrize(
     multipliers: per-module overrides of the placement, {fnmatch pattern: "row,col" | "scale" | "none" | ...}.
     roles: per-module role overrides {pattern: role}; else the model's `lrm_roles()`, else names and shapes.
     alphas: tuned forward multipliers α by role or kind ({"embedding": 2.0, "readout": 0.5, "hidden": 1.0}).
+    depth_rule: "none", "sqrt" or "complete": residual branches × (L_base/L)^α with AdamW's per-block LR and ε
+      corrections (`core.depth`); L_base is the base model's number of blocks. depth_layout: {"blocks": ...,
+      "branches": [...]} where the model declares no `lrm_depth()`.
     """
     spec = _check_args(recipe, optimizer, placement, multipliers, alphas)
     rec = RECIPES[recipe]
@@ -133,7 +139,8 @@ def parametrize(
         shapes = base_shapes(base, delta)
     else:
         shapes = base if isinstance(base, BaseShapes) else BaseShapes.load(base)
-    inf = infshapes(model, shapes)
+    aligned, layout, scales = depth.plan(model, shapes, depth_rule, optimizer, depth_layout)  # the depth rule
+    inf = infshapes(model, aligned)
     attn = _attention_factor(model, shapes, rec)
     layers = find_matrices(model, inf, roles)
     place = PLACEMENTS[spec["placement"]] if rec.learnable else None
@@ -141,9 +148,14 @@ def parametrize(
     for layer in layers:
         mults = _learned(layer, place, multipliers) if rec.learnable else _NONE
         alpha = _alpha(layer, alphas) * (attn if layer.role == "query" else 1.0)
-        records[layer.name] = _apply(layer, rec, optimizer, mults, alpha)
+        has_bias = getattr(layer.module, "bias", None) is not None
+        records[layer.name] = _apply(layer, rec, optimizer, mults, alpha,
+                                     depth.layer_depth(layer.name, layout, scales, has_bias))
     record = ModelParametrization(**spec, roles=dict(roles or {}), base_shapes=shapes.dims(),
-                                  base_head_dim=shapes.head_dim, layers=records)
+                                  base_head_dim=shapes.head_dim, layers=records, depth_rule=depth_rule,
+                                  depth_layout=layout.to_dict() if layout else {},
+                                  depth=scales.depth if scales else None,
+                                  base_depth=scales.base_depth if scales else shapes.depth)
     set_parametrization(model, record)
     return model
 
@@ -223,8 +235,9 @@ def _learned(layer: Matrix, place: dict[str, frozenset[str]], overrides: dict[st
 
 
 @torch.no_grad()
-def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], alpha: float) -> LayerParametrization:
-    """Rescale the layer's init, convert it, and return its record."""
+def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], alpha: float,
+           at_depth: depth.LayerDepth = depth.NO_DEPTH) -> LayerParametrization:
+    """Rescale the layer's init, convert it, and return its record (`at_depth`: the depth rule's factors)."""
     m = layer.fan_in_mult
     width_factor, init_gain, lr_scale, wd_scale = 1.0, 1.0, 1.0, 1.0
     if layer.kind == HIDDEN and optimizer == "adamw":
@@ -240,9 +253,11 @@ def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], al
     # the stored hidden weight is 1/width_factor times lr-only's, so its gradient is width_factor times lr-only's
     grad_unit = 1.0 / width_factor if layer.kind == HIDDEN else 1.0
     record = LayerParametrization(
-        role=layer.role, kind=layer.kind, fan_in_mult=float(m), fixed_mult=float(alpha * width_factor),
-        learned=tuple(k for k in MULTIPLIERS if k in mults), lr_scale=float(lr_scale), wd_scale=float(wd_scale),
-        tied=layer.tied, grad_unit=float(grad_unit),
+        role=layer.role, kind=layer.kind, fan_in_mult=float(m),
+        fixed_mult=float(alpha * width_factor * at_depth.branch_mult),
+        learned=tuple(k for k in MULTIPLIERS if k in mults), lr_scale=float(lr_scale * at_depth.lr_scale),
+        wd_scale=float(wd_scale), tied=layer.tied, grad_unit=float(grad_unit),
+        depth_mult=float(at_depth.branch_mult), eps_scale=float(at_depth.eps_scale),
     )
     convert(module, record)
     return record
@@ -260,6 +275,9 @@ DESCRIBE_COLUMNS = {
     "wd_scale": "factor on the group's weight decay (lr-wd's m on hidden matrices)",
     "clip_unit": "factor on the stored gradient when clipping measures the global norm: it puts every recipe in "
                  "lr-only's units, so one --clip acts alike under every recipe (m under mup and lrm)",
+    "depth_mult": "the depth rule's residual-branch multiplier (L_base/L)^α, part of fixed_mult (1 off the branches "
+                  "and under --depth-rule none)",
+    "eps_scale": "factor on the group's Adam ε (the depth rule's (L_base/L)^α inside the blocks)",
     "tied": "True where the weight is owned (initialised, optimized) by another layer, e.g. a readout tied to the "
             "embedding",
 }
@@ -274,5 +292,6 @@ def describe(model: nn.Module) -> list[dict]:
         p = m.parametrization
         rows.append({"module": name, "role": p.role, "kind": p.kind, "fan_in_mult": p.fan_in_mult,
                      "fixed_mult": p.fixed_mult, "learned": ",".join(p.learned) or "-", "lr_scale": p.lr_scale,
-                     "wd_scale": p.wd_scale, "clip_unit": p.grad_unit, "tied": p.tied})
+                     "wd_scale": p.wd_scale, "clip_unit": p.grad_unit, "depth_mult": p.depth_mult,
+                     "eps_scale": p.eps_scale, "tied": p.tied})
     return rows

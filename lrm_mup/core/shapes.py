@@ -32,10 +32,12 @@ class BaseShapes(dict):
     """Parameter name -> `InfShape` of the base model (`None` dims of the target filled in later).
 
     Also carries `head_dim`, the base model's attention head dimension, so that μP's 1/d_head attention scaling can
-    be applied when the head dimension grows with width.
+    be applied when the head dimension grows with width, and `depth`, its number of blocks, the base of the depth
+    rules (`core.depth`; None where the model declares no blocks, or in a file saved before it was recorded).
     """
 
     head_dim: int | None = None
+    depth: int | None = None  # the base model's number of blocks, where it declares them (core.depth)
 
     def dims(self) -> dict[str, tuple[int | None, ...]]:
         """Parameter name -> base dims (None for a finite dim): what base_shapes.json and a ModelParametrization
@@ -43,21 +45,22 @@ class BaseShapes(dict):
         return {name: tuple(inf.base_shape()) for name, inf in self.items()}
 
     @classmethod
-    def from_dims(cls, dims: dict[str, Sequence[int | None]], head_dim: int | None) -> BaseShapes:
+    def from_dims(cls, dims: dict[str, Sequence[int | None]], head_dim: int | None,
+                  depth: int | None = None) -> BaseShapes:
         """The inverse of `dims()`."""
         out = cls({name: InfShape.from_base_shape(list(d)) for name, d in dims.items()})
-        out.head_dim = head_dim
+        out.head_dim, out.depth = head_dim, depth
         return out
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write as JSON {"head_dim": ..., "shapes": {name: base dims}} (atomically)."""
-        write_json_atomic(path, {"head_dim": self.head_dim, "shapes": self.dims()})
+        """Write as JSON {"head_dim": ..., "depth": ..., "shapes": {name: base dims}} (atomically)."""
+        write_json_atomic(path, {"head_dim": self.head_dim, "depth": self.depth, "shapes": self.dims()})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BaseShapes:
         try:
             payload = json.loads(Path(path).read_text())
-            return cls.from_dims(payload["shapes"], payload.get("head_dim"))
+            return cls.from_dims(payload["shapes"], payload.get("head_dim"), payload.get("depth"))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ShapeError(f"cannot read base shapes from {str(path)!r}: {e}") from None
 
@@ -73,8 +76,20 @@ def base_shapes(base: nn.Module, delta: nn.Module) -> BaseShapes:
     if all(b[k] == d[k] for k in b):
         raise ShapeError("base and delta models have identical parameter shapes: build delta wider than base")
     out = BaseShapes(make_base_shapes(b, d))
-    out.head_dim = head_dim_of(base)
+    out.head_dim, out.depth = head_dim_of(base), declared_depth(base)
     return out
+
+
+def declared_depth(model: nn.Module) -> int | None:
+    """The number of blocks a model declares through `lrm_depth()` ({"blocks": name, ...}), if any."""
+    if not hasattr(model, "lrm_depth"):
+        return None
+    declared = model.lrm_depth()
+    blocks = declared.get("blocks") if isinstance(declared, dict) else None
+    try:
+        return len(model.get_submodule(blocks)) if isinstance(blocks, str) else None
+    except (AttributeError, TypeError):
+        return None  # a bad declaration is reported by parametrize (core.depth), which reads it in full
 
 
 def infshapes(model: nn.Module, base: BaseShapes) -> dict[str, InfShape]:

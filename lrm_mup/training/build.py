@@ -21,10 +21,11 @@ from .config import TrainConfig
 
 
 def config_base_shapes(cfg: TrainConfig) -> BaseShapes:
-    """The μP base shapes of `cfg`: its model at `base_width` against its model at `delta_width` (on the meta
-    device, so nothing is allocated or initialized)."""
+    """The μP base shapes of `cfg`: its model at `base_width` against its model at `delta_width`, both at
+    `base_depth` (the depth rule's base; on the meta device, so nothing is allocated or initialized)."""
     with torch.device("meta"):
-        return base_shapes(cfg.build(cfg.base_width), cfg.build(cfg.delta_or_default))
+        depth = cfg.base_depth_or_default
+        return base_shapes(cfg.build(cfg.base_width, depth), cfg.build(cfg.delta_or_default, depth))
 
 
 def parametrized_model(cfg: TrainConfig, width: int | None = None, *, device: str | torch.device | None = None
@@ -42,5 +43,5 @@ def parametrized_model(cfg: TrainConfig, width: int | None = None, *, device: st
     with torch.device("meta") if meta else contextlib.nullcontext():
         model = cfg.build(width)
         parametrize(model, config_base_shapes(cfg), recipe=cfg.recipe, optimizer=cfg.optimizer,
-                    placement=cfg.placement, alphas=cfg.alphas or None)
+                    placement=cfg.placement, alphas=cfg.alphas or None, depth_rule=cfg.depth_rule)
     return model.to(device) if device is not None and not meta else model
