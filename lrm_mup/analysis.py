@@ -148,14 +148,20 @@ def rank(group: Sequence[SweepTrial]) -> tuple[bool, float]:
     return any(trial_loss(t) == math.inf for t in group), _mean([_score(t) for t in group])
 
 
-def lr_curves(trials: Iterable[SweepTrial]) -> dict[str, dict[int, LRCurve]]:
+def lr_curves(trials: Iterable[SweepTrial], axis: str = "width") -> dict[str, dict[int, LRCurve]]:
     """{recipe: {width: LRCurve}} over the usable trials, recipes and widths sorted: per log2 LR (rounded to 9
     digits) the seed mean of `trial_loss` (inf if a seed diverged; other search parameters are averaged over too).
     The optimum is the lowest-ranked point (`rank`: status, then the seed-mean final loss, REFERENCE §3), the
-    smallest LR on a tie; None when no point has every seed converged."""
+    smallest LR on a tie; None when no point has every seed converged.
+    axis="depth" (an LR grid across depth, sweeps/depth_transfer.toml): {"RECIPE depth-rule RULE": {depth:
+    LRCurve}}, the depth and rule read from each trial's config."""
     groups: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for t in usable(trials):
-        groups[t.recipe][int(t.width)][round(float(t.log2_lr), 9)].append(t)
+        if axis == "depth":
+            series, x = f"{t.recipe} depth-rule {t.config.get('depth_rule', 'none')}", int(t.config["depth"])
+        else:
+            series, x = t.recipe, int(t.width)
+        groups[series][x][round(float(t.log2_lr), 9)].append(t)
     out: dict[str, dict[int, LRCurve]] = {}
     for recipe in sorted(groups):
         out[recipe] = {}
@@ -676,7 +682,7 @@ class CoordCheckResult:
                         lines.append(f"        {recipe}: " + "; ".join(got))
         skipped = sorted({(r["quantity"], r["step"]) for r in self.slopes if r["note"] == "zero at every width"})
         if skipped:
-            lines.append("skipped, zero at every width: " + ", ".join(f"{q} at t={t}" for q, t in skipped)
+            lines.append(f"skipped, zero at every {axis}: " + ", ".join(f"{q} at t={t}" for q, t in skipped)
                          + " (no update has happened yet at t=0)")
         return "\n".join(lines)
 

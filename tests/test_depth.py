@@ -4,6 +4,7 @@ check across depth; bad input."""
 from __future__ import annotations
 
 import json
+import tomllib
 
 import pytest
 import torch
@@ -11,14 +12,17 @@ from torch import nn
 
 import lrm_mup
 from lrm_mup import cli
+from lrm_mup.analysis import lr_curves, optimum_spread
 from lrm_mup.core import ModelParametrization, apply_parametrization, parametrization_of
 from lrm_mup.core.depth import DEPTH_RULES
 from lrm_mup.core.shapes import BaseShapes
 from lrm_mup.data import load_corpus
-from lrm_mup.errors import ConfigError, RecipeError, RoleError
+from lrm_mup.errors import ConfigError, RecipeError, RoleError, SweepError
 from lrm_mup.models import GPT, GPTConfig
+from lrm_mup.records import SweepTrial
 from lrm_mup.training import TrainConfig, parametrized_model
 from lrm_mup.tuning.coord_check import depth_coord_check
+from lrm_mup.tuning.sweep import load_sweep, parse_sweep
 from tests.foreign import GPT2Style
 
 RECIPES = ["sp", "lr-only", "lr-wd", "mup", "lrm"]
@@ -233,3 +237,34 @@ def test_depth_coord_check_the_residual_stream_grows_without_a_rule_and_not_with
     # the branch outputs carry the multiplier: slope -α against log2 depth, as declared
     branch = [v for v in complete.verdicts if v.module == "blocks.last.mlp.down" and v.quantity == "act"]
     assert branch and branch[0].expected == -1.0 and branch[0].passed
+
+
+# the LR grid across depth -------------------------------------------------------------------------------------
+
+
+def test_the_depth_sweep_file_varies_depth_and_rule_as_grid_axes():
+    spec = load_sweep("sweeps/depth_transfer.toml")
+    assert spec.budget("mup") == 8 * 3 * 2  # log2 LR × depth × rule, one width and seed
+    cfg = spec.config("lrm", 32, 0, {"log2_lr": -5, "depth": 8, "depth_rule": "complete"})
+    assert (cfg["depth"], cfg["depth_rule"], cfg["base_depth"], cfg["lr"]) == (8, "complete", 2, 2.0 ** -5)
+    text = open("sweeps/depth_transfer.toml", encoding="utf-8").read()
+    for good, bad in (("depth = [2, 4, 8]", "depth = [2, 0]"),
+                      ('depth_rule = ["none", "complete"]', 'depth_rule = ["none", "bogus"]')):
+        with pytest.raises(SweepError, match="has 0: values must be positive|has 'bogus': allowed: none, sqrt"):
+            parse_sweep(tomllib.loads(text.replace(good, bad)), "bad.toml")
+
+
+def test_lr_curves_across_depth_give_the_optimum_per_depth_and_rule():
+    def trial(n, rule, depth, log2_lr, loss):
+        return SweepTrial(study="s/mup", trial=n, state="COMPLETE", recipe="mup", width=32, log2_lr=log2_lr,
+                          val_bpb=loss, train_loss=1.0, status="ok", config={"depth": depth, "depth_rule": rule})
+    # "none": the optimum moves 2 in log2 from depth 2 to 8; "complete": it stays
+    losses = {("none", 2): {-6: 3.0, -5: 2.0, -4: 2.5}, ("none", 8): {-8: 2.0, -7: 2.1, -6: 2.2, -5: 3.0},
+              ("complete", 2): {-6: 3.0, -5: 2.0, -4: 2.5}, ("complete", 8): {-6: 2.4, -5: 1.9, -4: 2.0}}
+    trials = [trial(i, rule, depth, x, v) for i, ((rule, depth), by_lr) in enumerate(losses.items())
+              for x, v in by_lr.items()]
+    curves = lr_curves(trials, axis="depth")
+    assert set(curves) == {"mup depth-rule none", "mup depth-rule complete"}
+    spread = optimum_spread(curves)
+    assert spread["mup depth-rule none"].opt_log2_lr == {2: -5, 8: -8} and spread["mup depth-rule none"].spread == 3
+    assert spread["mup depth-rule complete"].spread == 0

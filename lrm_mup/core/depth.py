@@ -153,21 +153,21 @@ def depth_of(model: nn.Module, layout: DepthLayout) -> int:
     return len(blocks)
 
 
-def base_depth_of(shapes: BaseShapes, layout: DepthLayout) -> int:
-    """L_base: `shapes.depth`, or (base shapes saved before it was recorded) the block indices in its names."""
+def base_depth_of(shapes: BaseShapes, layout: DepthLayout) -> int | None:
+    """L_base: `shapes.depth`, or (base shapes saved before it was recorded) the block indices in its names; None
+    when the base has no parameter under the layout's blocks (another model: `infshapes` says how they differ)."""
     if shapes.depth is not None:
         return shapes.depth
     indices = {b[0] for name in shapes if (b := layout.block_of(name)) is not None}
-    if not indices:
-        raise ShapeError(f"the base shapes have no parameter under {layout.blocks!r}: they do not belong to a model "
-                         "with this depth layout")
-    return max(indices) + 1
+    return max(indices) + 1 if indices else None
 
 
 def aligned(shapes: BaseShapes, model: nn.Module, layout: DepthLayout) -> BaseShapes:
     """The base shapes renamed to `model`'s blocks: block i of the model gets the base's block-0 shapes (when the
     depths are equal, the base shapes themselves). The base's blocks must be alike, else a depth has no meaning."""
     base_depth, depth = base_depth_of(shapes, layout), depth_of(model, layout)
+    if base_depth is None:
+        return shapes
     block0: dict[str, object] = {}
     for name, inf in shapes.items():
         where = layout.block_of(name)
@@ -238,6 +238,8 @@ def plan(model: nn.Module, shapes: BaseShapes, rule: str, optimizer: str, overri
     if rule != "none" and optimizer != "adamw":
         raise RecipeError(f"depth rule {rule!r} is derived for AdamW (CompleteP), not {optimizer!r}: use "
                           "depth_rule='none' with Muon")
-    base = aligned(shapes, model, layout)
-    return base, layout, DepthScales(rule, depth_of(model, layout), base_depth_of(shapes, layout))
+    base, base_depth = aligned(shapes, model, layout), base_depth_of(shapes, layout)
+    if base_depth is None:  # base shapes of another model: infshapes names the parameters that differ
+        return base, layout, None
+    return base, layout, DepthScales(rule, depth_of(model, layout), base_depth)
 
