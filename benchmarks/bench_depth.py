@@ -1,5 +1,5 @@
 """LR transfer across depth (issue 13): run sweeps/depth_transfer.toml (log2 LR × depth 2, 4, 8 × depth rule
-none / complete, recipes mup and lrm, width 32) and print, per recipe and depth rule, the optimum log2 LR at every
+none / complete, width 32; recipes mup and lrm: at the base width sp and lr-only are mup exactly) and print, per recipe and depth rule, the optimum log2 LR at every
 depth and its spread (max − min), with the final validation bits/byte per LR; the numbers also go to
 <out>/depth_transfer.json. Re-running resumes the sweep (finished trials are kept).
 
@@ -17,12 +17,19 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 
 from lrm_mup.analysis import grid_edge_optima, lr_curves, optimum_spread
-from lrm_mup.tuning.sweep import load_sweep, records, run_sweep
+from lrm_mup.tuning.sweep import SweepSpec, load_sweep, records, run_sweep
+
+
+def only_recipes(spec: SweepSpec, recipes: tuple[str, ...]) -> SweepSpec:
+    """The sweep restricted to `recipes` (its search keys too), as a file listing only them would parse."""
+    keep = tuple(r for r in spec.recipes if r in recipes)
+    search = tuple(replace(p, recipes=tuple(r for r in p.recipes if r in keep)) for p in spec.search)
+    return replace(spec, recipes=keep, search=search)
 
 
 def main() -> None:
@@ -30,9 +37,11 @@ def main() -> None:
     p.add_argument("--sweep", default="sweeps/depth_transfer.toml")
     p.add_argument("--out", default="runs/depth-transfer")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--recipes", type=lambda t: tuple(t.split(",")), default=("mup", "lrm"),
+                   help="recipes to run (default mup,lrm: at the base width sp and lr-only are mup exactly)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    spec = load_sweep(args.sweep)
+    spec = only_recipes(load_sweep(args.sweep), args.recipes)
     start = time.perf_counter()
     run_sweep(spec, args.out, workers=1, progress=False)
     seconds = time.perf_counter() - start

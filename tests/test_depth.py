@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import lrm_mup
+from benchmarks import bench_depth
 from lrm_mup import cli
 from lrm_mup.analysis import lr_curves, optimum_spread
 from lrm_mup.core import ModelParametrization, apply_parametrization, parametrization_of
@@ -245,6 +246,9 @@ def test_depth_coord_check_the_residual_stream_grows_without_a_rule_and_not_with
 def test_the_depth_sweep_file_varies_depth_and_rule_as_grid_axes():
     spec = load_sweep("sweeps/depth_transfer.toml")
     assert spec.budget("mup") == 8 * 3 * 2  # log2 LR × depth × rule, one width and seed
+    assert bench_depth.only_recipes(spec, ("mup", "lrm")).to_dict() == parse_sweep(
+        {**tomllib.loads(open("sweeps/depth_transfer.toml", encoding="utf-8").read()),
+         "recipes": ["mup", "lrm"]}, "sweeps/depth_transfer.toml").to_dict()  # what bench_depth.py runs
     cfg = spec.config("lrm", 32, 0, {"log2_lr": -5, "depth": 8, "depth_rule": "complete"})
     assert (cfg["depth"], cfg["depth_rule"], cfg["base_depth"], cfg["lr"]) == (8, "complete", 2, 2.0 ** -5)
     text = open("sweeps/depth_transfer.toml", encoding="utf-8").read()
