@@ -1,7 +1,8 @@
 """LR transfer across depth (issue 13): run sweeps/depth_transfer.toml (log2 LR × depth 2, 4, 8 × depth rule
-none / complete, width 32; recipes mup and lrm: at the base width sp and lr-only are mup exactly) and print, per recipe and depth rule, the optimum log2 LR at every
-depth and its spread (max − min), with the final validation bits/byte per LR; the numbers also go to
-<out>/depth_transfer.json. Re-running resumes the sweep (finished trials are kept).
+none / complete, width 32; recipes mup and lrm: at the base width sp and lr-only are mup exactly) and print, per
+recipe and depth rule, the optimum log2 LR at every depth and its spread (max − min), with the final validation
+bits/byte per LR; the numbers also go to <out>/depth_transfer.json. Re-running resumes the sweep (finished trials are
+kept).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_depth.py --out runs/depth-transfer
 
@@ -49,8 +50,8 @@ def main() -> None:
     curves = lr_curves(trials, axis="depth")
     spread = optimum_spread(curves)
     edges = grid_edge_optima(curves)
-    print(f"{spec.name}: {len(trials)} trials, {seconds:.0f} s this call, {platform.processor() or platform.machine()}, "
-          f"{args.threads} thread(s)")
+    machine = platform.processor() or platform.machine()
+    print(f"{spec.name}: {len(trials)} trials, {seconds:.0f} s this call, {machine}, {args.threads} thread(s)")
     for series, by_depth in curves.items():
         s = spread[series]
         opts = ", ".join(f"L={d}: {s.opt_log2_lr[d]:+g}" if s.opt_log2_lr[d] is not None else f"L={d}: none"

@@ -1,6 +1,6 @@
-"""The depth rules (lrm_mup.core.depth): residual branches × (L_base/L)^α, with AdamW's per-block LR × (L/L_base)^(α-1)
-and ε × (L_base/L)^α; identity at the base depth; the base depth carried by base shapes and records; the coordinate
-check across depth; bad input."""
+"""The depth rules (lrm_mup.core.depth): residual branches × (L_base/L)^α, with AdamW's per-block
+LR × (L/L_base)^(α-1) and ε × (L_base/L)^α; identity at the base depth; the base depth carried by base shapes and
+records; the coordinate check across depth; the LR grid across depth; bad input."""
 from __future__ import annotations
 
 import json

@@ -7,9 +7,10 @@ like L, so the best LR drifts with depth. The depth rules scale every residual b
     x_{l+1} = x_l + (L_base / L)^α · F_l(x_l)
 
 with α = 0 ("none": plain residuals), α = 1/2 ("sqrt": depth-μP) or α = 1 ("complete": CompleteP, arXiv
-2505.01618), and correct AdamW's per-block hyperparameters as CompleteP derives them for a general α (its Table 1;
-REFERENCE.md §9 names the LR and Adam-ε corrections; their exponents are those of CompleteP's reference code,
-EleutherAI/nanoGPT-mup@completep and the MPT port of it, which we follow), with m_L = L / L_base:
+2505.01618), and correct AdamW's per-block hyperparameters for a general α. REFERENCE.md §9 names the corrections
+(LR and Adam ε) but not their exponents; the exponents below are those of a public port of CompleteP's code (MPT in
+llm-foundry: hidden LR × m_L^(α-1), norm/bias LR × m_L^(α-1), ε × m_L^-α, weight decay with no depth factor,
+embedding and final norm untouched), with m_L = L / L_base:
 
 | parameter                                      | forward              | AdamW LR × | AdamW ε ×  | WD × |
 |------------------------------------------------|----------------------|------------|------------|------|
@@ -21,16 +22,17 @@ EleutherAI/nanoGPT-mup@completep and the MPT port of it, which we follow), with 
 
 Why: a branch's Adam update moves its output by ~ (branch multiplier) × LR (Adam's update size is set by the LR, not
 by the gradient's scale); L such moves add up coherently in the residual stream, so L · m_L^-α · LR_block must not
-depend on L for the stream's change to be depth-independent: LR_block ∝ m_L^(α-1). For α = 1 the LR needs no correction
-(each block's relative update stays Θ(1): every layer keeps learning, CompleteP's "complete feature learning"); for
-α = 1/2 it shrinks as m_L^-1/2 (depth-μP's lazier blocks). Adam's ε is compared with √v, the gradient's RMS:
-every gradient inside a block passes through that block's branch multiplier, so it is m_L^-α × the base depth's,
-and ε follows it to weigh the same at every depth. Only the block parameters get it: the embedding's and readout's
-gradients carry no depth factor. (The exponent m_L^-α is the one CompleteP's code uses; the MPT port applies it to every
-parameter at once. REFERENCE §9 says the reference code fixed an Adam-ε scaling bug after arXiv 2512.22382 without
-saying which; scaling ε only where the gradient scales is the reading that follows from the argument above.) CompleteP's table leaves weight decay without a depth factor, and so do we. The width
-part of ε is not this module's (width μP leaves ε alone, REFERENCE §2). Learnable multipliers are not in CompleteP;
-they are per-unit vectors inside the blocks like norm gains, and get the block vectors' rule (our choice).
+depend on L for the stream's change to be depth-independent: LR_block ∝ m_L^(α-1). For α = 1 the LR needs no
+correction (each block's relative update stays Θ(1): every layer keeps learning, CompleteP's "complete feature
+learning"); for α = 1/2 it shrinks as m_L^-1/2 (depth-μP's lazier blocks). Adam's ε is compared with √v, the
+gradient's RMS: every gradient inside a block passes through that block's branch multiplier, so it is m_L^-α × the
+base depth's, and ε follows it to weigh the same at every depth. Only the block parameters get it: the embedding's
+and readout's gradients carry no depth factor. (That port applies ε × m_L^-α to every parameter at once; REFERENCE
+§9 says the reference code fixed an Adam-ε scaling bug after arXiv 2512.22382 without saying which; scaling ε only
+where the gradient scales is the reading that follows from the argument above.) Weight decay gets no depth factor.
+The width part of ε is not this module's (width μP leaves ε alone, REFERENCE §2). Learnable multipliers are not in
+CompleteP; they are per-unit vectors inside the blocks like norm gains, and get the block vectors' rule (our
+choice).
 At L = L_base every factor is 1: every recipe under every depth rule is exactly itself, and SP at the base width.
 
 Where it applies: the model declares its depth layout, `lrm_depth()` -> {"blocks": NAME of the nn.ModuleList (or

@@ -10,9 +10,9 @@ gradient of the same matrix). `parametrize` builds it once per layer and `multip
 layer (`_Multiplied.parametrization`); the float the forward multiplies by (`fixed_mult`) is copied from it there.
 
 A `ModelParametrization` is the arguments of `parametrize` (recipe, optimizer, placement, per-module multiplier and
-role overrides, alphas, depth rule and depth layout), the base shapes it measured widths against (so no base model is needed to redo it) and the
-layer records by module name. It is metadata, not state: `state_dict` does not hold it; `parametrize` (or
-`apply_parametrization` from a saved record) rebuilds it. Its JSON round trip is exact:
+role overrides, alphas, depth rule and depth layout), the base shapes it measured widths against (so no base model
+is needed to redo it) and the layer records by module name. It is metadata, not state: `state_dict` does not hold it;
+`parametrize` (or `apply_parametrization` from a saved record) rebuilds it. Its JSON round trip is exact:
 `ModelParametrization.from_json(rec.to_json()) == rec`.
 """
 from __future__ import annotations

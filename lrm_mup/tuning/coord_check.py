@@ -52,8 +52,8 @@ from ..core.shapes import base_shapes
 from ..data import Corpus, load_corpus
 from ..errors import CoordCheckError
 
-__all__ = ["coord_check", "depth_coord_check", "CoordCheckResult", "Verdict", "Expected", "EXPECTED", "QUANTITIES", "LOGITS",
-           "DEFAULT_WIDTHS", "DEFAULT_BASE_WIDTH", "DEFAULT_DELTA_WIDTH", "DEFAULT_PROXY"]
+__all__ = ["coord_check", "depth_coord_check", "CoordCheckResult", "Verdict", "Expected", "EXPECTED", "QUANTITIES",
+           "LOGITS", "DEFAULT_WIDTHS", "DEFAULT_BASE_WIDTH", "DEFAULT_DELTA_WIDTH", "DEFAULT_PROXY"]
 
 # What `lrm-mup coord-check` runs by default (benchmarks/bench_coord_check.py times it: < 2 min on 2 CPU cores):
 # the proxy at these widths with these GPTConfig fields (its context set to the check's), and coord_check's defaults.
