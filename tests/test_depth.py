@@ -106,6 +106,9 @@ def test_branch_multipliers_lr_and_eps_follow_the_rule(rule, recipe):
         assert lr == pytest.approx(lr0 * (block_lr if in_block else 1.0), rel=1e-15)
         assert wd == wd0  # CompleteP: no depth factor on weight decay
         assert e == pytest.approx(e0 * (branch if in_block else 1.0), rel=1e-15)
+    # a wrapper that renames the parameters (torch.compile's _orig_mod.) gets the same groups
+    wrapped = group_of(lrm_mup.build_optimizer(torch.compile(model), "adamw", lr=1e-3, weight_decay=0.1, eps=eps))
+    assert wrapped == groups
 
 
 def test_the_rule_scales_each_branch_output_and_nothing_else():

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import RecipeError
 from . import depth
 from .multipliers import multiplied_modules, multiplier_parameters
-from .parametrization import parametrization_of
+from .parametrization import MODEL_ATTR, parametrization_of
 from .recipes import OPTIMIZERS
 from .roles import FINITE, HIDDEN
 
@@ -61,9 +61,12 @@ def param_groups(
         groups[key]["params"].append(p)
 
     record = parametrization_of(model)
+    # parameter names as the parametrized module has them (a DDP / torch.compile wrapper adds a prefix)
+    inner = next(m for m in model.modules() if MODEL_ATTR in m.__dict__)
+    own_names = {id(p): n for n, p in inner.named_parameters(remove_duplicate=False)}
 
     def add_vector(name, p, kind, base_lr, wd):  # the depth rule's LR / ε factors by the parameter's name
-        d = depth.parameter_depth(name, record)
+        d = depth.parameter_depth(own_names.get(id(p), name), record)
         add(p, "adamw", kind, base_lr, d.lr_scale, wd, 1.0, d.eps_scale)
 
     for name, m in multiplied_modules(model):
