@@ -124,6 +124,8 @@ def cmd_coord_check(args) -> int:
     out = check_out_folder(args.out or _timestamped("runs/coord-check"), "report folder")  # before all the work
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.depths is not None:
+        return _depth_coord_check(args, out)
     model_fields = {**cc.DEFAULT_PROXY, "context": args.context}
     build = lambda width: MODELS[args.model](width, **model_fields)  # noqa: E731
     for width in (*args.widths, args.base_width, args.delta_width):
@@ -137,6 +139,32 @@ def cmd_coord_check(args) -> int:
     paths = write_coord_check_report(result, out)
     print(result.summary())
     print(f"report: {paths['html']}  numbers: {paths['json']}")
+    return 1 if args.strict and not all(result.passed(r) for r in args.recipes) else 0
+
+
+def _depth_coord_check(args, out) -> int:
+    """`coord-check --depths`: the check across depth (`tuning.coord_check.depth_coord_check`); numbers and summary."""
+    if len(set(args.depths)) < 2 or min(args.depths) <= 0:
+        raise ConfigError(f"--depths {args.depths} is invalid: give at least two distinct positive depths")
+    base_depth = min(args.depths) if args.base_depth is None else args.base_depth
+    if base_depth <= 0:
+        raise ConfigError(f"--base-depth {base_depth} is invalid: must be a positive integer")
+    model_fields = {key: value for key, value in cc.DEFAULT_PROXY.items() if key != "depth"}
+    model_fields["context"] = args.context
+    build = lambda width, depth: MODELS[args.model](width, depth=depth, **model_fields)  # noqa: E731
+    for width in (args.width, 2 * args.width):
+        GPTConfig(width=width, **model_fields)  # a width the model cannot take: one line, before any work
+    corpus = data_mod.load_corpus(args.data)
+    result = cc.depth_coord_check(build, args.depths, width=args.width, base_depth=base_depth,
+                                  depth_rule=args.depth_rule, recipes=args.recipes, steps=args.steps,
+                                  seeds=args.seeds, lr=args.lr, optimizer=args.optimizer, corpus=corpus,
+                                  context=args.context, fresh_batches=args.fresh_batches, threshold=args.threshold,
+                                  last_steps=max(1, min(5, args.steps // 2)), progress=not args.quiet)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "coord_check_depth.json")
+    result.to_json(path)
+    print(result.summary())
+    print(f"numbers: {path}")
     return 1 if args.strict and not all(result.passed(r) for r in args.recipes) else 0
 
 

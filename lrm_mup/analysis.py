@@ -149,14 +149,20 @@ def rank(group: Sequence[SweepTrial]) -> tuple[bool, float]:
     return any(trial_loss(t) == math.inf for t in group), _mean([_score(t) for t in group])
 
 
-def lr_curves(trials: Iterable[SweepTrial]) -> dict[str, dict[int, LRCurve]]:
+def lr_curves(trials: Iterable[SweepTrial], axis: str = "width") -> dict[str, dict[int, LRCurve]]:
     """{recipe: {width: LRCurve}} over the usable trials, recipes and widths sorted: per log2 LR (rounded to 9
     digits) the seed mean of `trial_loss` (inf if a seed diverged; other search parameters are averaged over too).
     The optimum is the lowest-ranked point (`rank`: status, then the seed-mean final loss, REFERENCE §3), the
-    smallest LR on a tie; None when no point has every seed converged."""
+    smallest LR on a tie; None when no point has every seed converged.
+    axis="depth" (an LR grid across depth, sweeps/depth_transfer.toml): {"RECIPE depth-rule RULE": {depth:
+    LRCurve}}, the depth and rule read from each trial's config."""
     groups: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for t in usable(trials):
-        groups[t.recipe][int(t.width)][round(float(t.log2_lr), 9)].append(t)
+        if axis == "depth":
+            series, x = f"{t.recipe} depth-rule {t.config.get('depth_rule', 'none')}", int(t.config["depth"])
+        else:
+            series, x = t.recipe, int(t.width)
+        groups[series][x][round(float(t.log2_lr), 9)].append(t)
     out: dict[str, dict[int, LRCurve]] = {}
     for recipe in sorted(groups):
         out[recipe] = {}
@@ -458,6 +464,7 @@ QUANTITIES = {
     "dw": "‖ΔW‖/‖W‖ (spectral for hidden matrices)",
     "dy": "‖ΔW·x‖/‖W·x‖",
     "mult": "mean |multiplier|",
+    "dact": "mean |y_t − y_0| (check across depth: the residual stream's change)",
 }
 LOGITS = "logits"
 Verdict = CoordCheckVerdict
@@ -475,11 +482,12 @@ class Expected:
     role: str | None
     step: int | None
     exponent: float   # expected slope per doubling of `of`
-    of: str           # "width" or "head_dim"
+    of: str           # "width", "head_dim" or "depth"
     reason: str
+    every_recipe: bool = False  # applies to every recipe (the depth rule's exceptions), not only μP's
 
     def applies(self, mup_readout: bool, module: str, quantity: str, step: int, roles: dict[str, str]) -> bool:
-        return (mup_readout and quantity == self.quantity and self.step in (None, step)
+        return ((mup_readout or self.every_recipe) and quantity == self.quantity and self.step in (None, step)
                 and (fnmatch.fnmatchcase(module, self.module) if self.module else roles.get(module) == self.role))
 
 
@@ -496,11 +504,11 @@ EXPECTED = (
 )
 
 
-def seed_means(records: list[dict]) -> dict[tuple, dict[int, dict[int, float]]]:
-    """(recipe, module, quantity) -> step -> width -> mean value over seeds."""
+def seed_means(records: list[dict], axis: str = "width") -> dict[tuple, dict[int, dict[int, float]]]:
+    """(recipe, module, quantity) -> step -> width (or the record's `axis`) -> mean value over seeds."""
     sums: dict = defaultdict(lambda: [0.0, 0])
     for r in records:
-        acc = sums[(r["recipe"], r["module"], r["quantity"], r["step"], r["width"])]
+        acc = sums[(r["recipe"], r["module"], r["quantity"], r["step"], r[axis])]
         acc[0] += r["value"]
         acc[1] += 1
     means: dict = defaultdict(lambda: defaultdict(dict))
@@ -510,18 +518,21 @@ def seed_means(records: list[dict]) -> dict[tuple, dict[int, dict[int, float]]]:
 
 
 def slopes(records: list[dict], head_dims: dict | None = None, roles: dict | None = None,
-           mup_readout: Collection[str] = ()) -> list[dict]:
+           mup_readout: Collection[str] = (), axis: str = "width",
+           expected: Sequence[Expected] = EXPECTED) -> list[dict]:
     """One row per (recipe, module, quantity, step): the fitted `slope` of the seed means, the expected slope and
     the declared exception behind it (if any). A step where the quantity is zero at every width gets slope None
     and a note. head_dims: {width: head dim}, roles: {module: role}, mup_readout: the recipes with μP's readout and
-    attention, for the exceptions that depend on them."""
-    widths = sorted({r["width"] for r in records})
-    per_doubling = {"width": 1.0, "head_dim": _head_dim_exponent(head_dims or {}, widths)}
+    attention, for the exceptions that depend on them. axis: the record key the slope is fitted against ("width",
+    or "depth" for a check across depth, whose `expected` are `depth_expected`'s)."""
+    widths = sorted({r[axis] for r in records})
+    per_doubling = {"width": 1.0, "depth": 1.0,
+                    "head_dim": _head_dim_exponent(head_dims or {}, widths) if axis == "width" else 0.0}
     rows = []
-    for (recipe, module, quantity), by_step in seed_means(records).items():
+    for (recipe, module, quantity), by_step in seed_means(records, axis).items():
         for step, by_width in sorted(by_step.items()):
             values = [by_width.get(w, math.nan) for w in widths]
-            declared = next((e for e in EXPECTED
+            declared = next((e for e in expected
                              if e.applies(recipe in mup_readout, module, quantity, step, roles or {})), None)
             row = {"recipe": recipe, "module": module, "quantity": quantity, "step": step,
                    "slope": slope(widths, values), "values": values,
@@ -575,13 +586,20 @@ def _deviation(slope_: float, expected: float) -> float:
 MIN_JUDGED_WIDTHS, MIN_JUDGED_SEEDS = 3, 2
 
 
+def axis_of(config: dict) -> tuple[str, list[int]]:
+    """The axis a coordinate check varies ("width", or "depth" for a check across depth) and its values."""
+    axis = config.get("axis", "width")
+    return axis, config[f"{axis}s"]
+
+
 def judgeable(config: dict) -> list[str]:
     """Why a coordinate check's numbers cannot carry a verdict (empty: they can). A slope through two widths has no
     residual, so a bend or an outlier at one width reads as a width dependence; one seed leaves the seed-to-seed
     noise of a mean unmeasured, and at tiny widths and few steps that noise alone exceeds the threshold."""
     reasons = []
-    if len(config["widths"]) < MIN_JUDGED_WIDTHS:
-        reasons.append(f"{len(config['widths'])} widths, a judged slope needs at least {MIN_JUDGED_WIDTHS}")
+    axis, values = axis_of(config)
+    if len(values) < MIN_JUDGED_WIDTHS:
+        reasons.append(f"{len(values)} {axis}s, a judged slope needs at least {MIN_JUDGED_WIDTHS}")
     if config["seeds"] < MIN_JUDGED_SEEDS:
         reasons.append(f"{config['seeds']} seed, averaging out seed noise needs at least {MIN_JUDGED_SEEDS}")
     return reasons
@@ -597,7 +615,10 @@ class CoordCheckResult:
             raise CoordCheckError("a coordinate-check config must list 'mup_readout' (the recipes with μP's readout "
                                   "and attention); build it with lrm_mup.tuning.coord_check.CoordCheckResult")
         self.config, self.records = config, records
-        self.slopes = slopes(records, config.get("head_dims"), config.get("roles"), config["mup_readout"])
+        axis, _ = axis_of(config)
+        self.expected = EXPECTED if axis == "width" else depth_expected(config)
+        self.slopes = slopes(records, config.get("head_dims"), config.get("roles"), config["mup_readout"], axis,
+                             self.expected)
         self.verdicts = judge(self.slopes, config["steps"], config["last_steps"], config["threshold"])
 
     def passed(self, recipe: str) -> bool:
@@ -615,12 +636,16 @@ class CoordCheckResult:
         """The verdict per recipe with its worst series, the declared exceptions as measured, and what was skipped."""
         c = self.config
         late = f"t={c['steps'] - c['last_steps'] + 1}..{c['steps']}"
+        axis, values = axis_of(c)
+        where = (f"widths {', '.join(map(str, values))} (base {c['base_width']})" if axis == "width" else
+                 f"depths {', '.join(map(str, values))} (base {c['base_depth']}, depth rule {c['depth_rule']}) "
+                 f"at width {c['width']}")
         lines = [
-            f"coordinate check: widths {', '.join(map(str, c['widths']))} (base {c['base_width']}), "
+            f"coordinate check: {where}, "
             f"{c['steps']} steps, {c['seeds']} seed{'s' if c['seeds'] != 1 else ''}, {c['optimizer']} lr {c['lr']:g}, "
             f"batch {c['batch_size']}×{c['context']} of {c['corpus']} "
             f"({'a fresh batch per step' if c['fresh_batches'] else 'one fixed batch'})",
-            f"a series passes when its slope of log2 value against log2 width is within {c['threshold']:g} of the "
+            f"a series passes when its slope of log2 value against log2 {axis} is within {c['threshold']:g} of the "
             f"expected slope (0 unless declared below) at t=0 and on average over {late}",
         ]
         cannot = judgeable(c)
@@ -637,7 +662,7 @@ class CoordCheckResult:
                 lines.append(f"    {v.quantity:4s} {v.module:28s} slope {v.slope:+.2f} at {v.at}"
                              + (f" (expected {v.expected:+.2f})" if v.expected else ""))
         lines.append("declared exceptions (slopes μP prescribes; judged against them instead of 0):")
-        for e in EXPECTED:
+        for e in self.expected:
             lines.append(f"    {e.name}: {e.reason}")
             series = defaultdict(list)
             for r in self.slopes:
@@ -648,8 +673,8 @@ class CoordCheckResult:
                 lines.append("        (no checked recipe has it)")
             elif all(x == 0 for found in checks.values() for _, _, x in found):
                 worst_ = max(abs(s) for found in checks.values() for _, s, _ in found)
-                lines.append(f"        expected slope 0 here: the head dim is the same at every width "
-                             f"(measured |slope| <= {worst_:.2f})")
+                why = "the head dim is the same at every width" if axis == "width" else "under this depth rule"
+                lines.append(f"        expected slope 0 here: {why} (measured |slope| <= {worst_:.2f})")
             else:
                 for recipe in c["recipes"]:
                     got = [f"{module} " + ", ".join(f"{s:+.2f} at {at} (expected {x:+.2f})" for at, s, x in found)
@@ -658,14 +683,14 @@ class CoordCheckResult:
                         lines.append(f"        {recipe}: " + "; ".join(got))
         skipped = sorted({(r["quantity"], r["step"]) for r in self.slopes if r["note"] == "zero at every width"})
         if skipped:
-            lines.append("skipped, zero at every width: " + ", ".join(f"{q} at t={t}" for q, t in skipped)
+            lines.append(f"skipped, zero at every {axis}: " + ", ".join(f"{q} at t={t}" for q, t in skipped)
                          + " (no update has happened yet at t=0)")
         return "\n".join(lines)
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Every number (config, the declared exceptions, verdicts, slopes, records) as JSON; NaN/inf kept as
         JSON's NaN/Infinity so that `from_json` rebuilds the same verdicts."""
-        data = {"config": self.config, "exceptions": [asdict(e) for e in EXPECTED],
+        data = {"config": self.config, "exceptions": [asdict(e) for e in self.expected],
                 "verdicts": [asdict(v) for v in self.verdicts], "slopes": self.slopes, "records": self.records}
         write_text_atomic(path, json.dumps(data, allow_nan=True))
 
@@ -676,6 +701,23 @@ class CoordCheckResult:
         config = data["config"]
         config["head_dims"] = {int(w): d for w, d in config.get("head_dims", {}).items()}
         return cls(config, data["records"])
+
+
+def depth_expected(config: dict) -> tuple[Expected, ...]:
+    """The slopes against log2 depth that the depth rule itself prescribes (`lrm_mup.core.depth`), for a check
+    across depth: config "depth_alpha" α, "depth_lr_exponent" (α - 1 under a rule, 0 under none) and "branches",
+    the residual-branch layers of the last block as the check names them. Everything else should be flat."""
+    alpha, lr_exp = config["depth_alpha"], config["depth_lr_exponent"]
+    out = [Expected(f"residual branch {b}", "act", b, None, None, -alpha, "depth",
+                    f"the branch's output carries the rule's fixed multiplier (L_base/L)^α, α = {alpha:g} (for "
+                    "0 < α < 1 only at init: the part its updates add scales as (L_base/L)^α · LR ∝ L^-1, so the "
+                    "slope falls toward -1 as training proceeds)",
+                    every_recipe=True) for b in config["branches"]]
+    for q in ("dw", "dy"):
+        out.append(Expected(f"block updates ({q})", q, f"{config['blocks']}.last.*", None, None, lr_exp, "depth",
+                            "Adam's relative update follows its LR, which the rule scales by (L/L_base)^(α-1) "
+                            "inside the blocks (0 for α = 1: every block keeps learning)", every_recipe=True))
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -10,7 +10,18 @@ import argparse
 import os
 import sys
 
-from ._names import DEVICES, MODELS, OPTIMIZERS, PARALLEL, PATHS, PLACEMENTS, RECIPES, SCHEDULES, STORAGE_ENV
+from ._names import (
+    DEPTH_RULES,
+    DEVICES,
+    MODELS,
+    OPTIMIZERS,
+    PARALLEL,
+    PATHS,
+    PLACEMENTS,
+    RECIPES,
+    SCHEDULES,
+    STORAGE_ENV,
+)
 from ._version import __version__
 from .errors import LrmMupError
 
@@ -48,6 +59,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a("--context", type=int, help="sequence length (default 128)")
     a("--base-width", dest="base_width", type=int, help="μP base width (default 64)")
     a("--delta-width", dest="delta_width", type=int, help="μP delta width (default 2× base)")
+    a("--depth-rule", dest="depth_rule", choices=DEPTH_RULES,
+      help="residual branches × (base depth / depth)^α: none (α 0, default), sqrt (1/2), complete (1, CompleteP)")
+    a("--base-depth", dest="base_depth", type=int, help="the depth rule's base: blocks of the base model "
+      "(default: --depth)")
     a("--steps", type=int, help="optimizer steps (default 200)")
     a("--batch", type=int, help="sequences per step over all processes (default 16)")
     a("--micro-batch", dest="micro_batch", type=int,
@@ -110,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipes", type=_name_list, default=["sp", "lr-only", "mup", "lrm"],
                    help="comma-separated recipes (default sp,lr-only,mup,lrm)")
     p.add_argument("--widths", type=_int_list, default=[64, 128, 256, 512], help="default 64,128,256,512")
+    p.add_argument("--depths", type=_int_list, help="check across depth instead: blocks, e.g. 2,4,8, at one --width "
+                   "(the μP base), under --depth-rule against --base-depth; writes the numbers (JSON), no HTML")
+    p.add_argument("--width", type=int, default=64, help="the width of a check across --depths (default 64)")
+    p.add_argument("--depth-rule", dest="depth_rule", choices=DEPTH_RULES, default="none",
+                   help="residual branches × (base depth / depth)^α: none (default), sqrt, complete")
+    p.add_argument("--base-depth", dest="base_depth", type=int, help="the depth rule's base (default: the smallest "
+                   "of --depths)")
     p.add_argument("--base-width", dest="base_width", type=int, default=64, help="μP base width (default 64)")
     p.add_argument("--delta-width", dest="delta_width", type=int, default=128, help="μP delta width (default 128)")
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per run (default 10)")

@@ -42,6 +42,11 @@ COMMANDS = {
     "lrm-mup describe --recipe lrm --width 512": ("run", [], "lr-only's units, so one --clip acts alike"),
     "lrm-mup coord-check --recipes sp,lr-only,mup,lrm --widths 64,128,256,512 --steps 10 --seeds 3 --lr 1e-2":
         ("run", TINY_COORD, "NO VERDICT: too little data to judge"),
+    "lrm-mup train --recipe lrm --depth 8 --base-depth 2 --depth-rule complete":
+        ("run", TINY_TRAIN + ["--out", "train-depth"], "bits/byte"),
+    "lrm-mup coord-check --depths 2,4,8 --width 32 --depth-rule complete --recipes mup,lrm":
+        ("run", ["--steps", "2", "--seeds", "1", "--context", "16", "--data", SLICE, "--out", "ccd", "--quiet"],
+         "depth rule complete"),
     "lrm-mup sweep sweeps/lr_transfer.toml --workers 2": ("chain", ["--workers", "1"], "sweep 'lr-transfer' done"),
     "lrm-mup transfer runs/lr-transfer --out runs/lr-transfer-target":
         ("chain", ["--widths", "64", "--lr-offsets=-1,1"], "runs/lr-transfer-target"),

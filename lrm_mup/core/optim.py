@@ -2,7 +2,8 @@
 
 Groups: matrices (AdamW, or Muon for hidden 2-D matrices), learnable multipliers (AdamW with their own LR and a small
 decoupled WD that pins the forward-pass symmetries, 2e-3 as in the paper) and vectors/norms/biases (AdamW, no WD).
-Each group stores its `lr_scale`/`wd_scale` and starts at lr·lr_scale, so a torch LR scheduler (which multiplies each
+Each group stores its `lr_scale`/`wd_scale` (and, under a depth rule, the `eps_scale` its Adam ε is multiplied by:
+`core.depth`) and starts at lr·lr_scale, so a torch LR scheduler (which multiplies each
 group's initial LR) keeps the μP ratios: schedulers multiply, they never overwrite.
 Muon gets the embedding and readout through AdamW (its orthogonalized update suits hidden matrices only) and runs with
 adjust_lr_fn="original", whose update spectral norm is width-independent (see `recipes`).
@@ -22,8 +23,9 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError
+from . import depth
 from .multipliers import multiplied_modules, multiplier_parameters
-from .parametrization import parametrization_of
+from .parametrization import MODEL_ATTR, parametrization_of
 from .recipes import OPTIMIZERS
 from .roles import FINITE, HIDDEN
 
@@ -53,33 +55,45 @@ def param_groups(
     groups: dict[tuple, dict] = {}
     seen: set[int] = set()
 
-    def add(p, algo, kind, base_lr, lr_scale, wd, wd_scale, grad_unit=1.0):
+    def add(p, algo, kind, base_lr, lr_scale, wd, wd_scale, grad_unit=1.0, eps_scale=1.0):
         if id(p) in seen or not p.requires_grad:
             return
         seen.add(id(p))
-        key = (algo, kind, lr_scale, wd_scale, grad_unit)
+        key = (algo, kind, lr_scale, wd_scale, grad_unit, eps_scale)
         if key not in groups:
             scales = "" if (lr_scale, wd_scale) == (1.0, 1.0) else f" lr×{lr_scale:.4g} wd×{wd_scale:.4g}"
+            scales += "" if eps_scale == 1.0 else f" eps×{eps_scale:.4g}"
             groups[key] = {"params": [], "name": f"{algo}/{kind}{scales}", "algo": algo, "lr": base_lr * lr_scale,
                            "weight_decay": wd * wd_scale, "lr_scale": lr_scale, "wd_scale": wd_scale,
                            "grad_unit": grad_unit}
+            if eps_scale != 1.0:  # the depth rule's ε factor (core.depth); build_optimizer sets the group's eps
+                groups[key]["eps_scale"] = eps_scale
         groups[key]["params"].append(p)
 
-    for _, m in multiplied_modules(model):
+    record = parametrization_of(model)
+    # parameter names as the parametrized module has them (a DDP / torch.compile wrapper adds a prefix)
+    inner = next(m for m in model.modules() if MODEL_ATTR in m.__dict__)
+    own_names = {id(p): n for n, p in inner.named_parameters(remove_duplicate=False)}
+
+    def add_vector(name, p, kind, base_lr, wd):  # the depth rule's LR / ε factors by the parameter's name
+        d = depth.parameter_depth(own_names.get(id(p), name), record)
+        add(p, "adamw", kind, base_lr, d.lr_scale, wd, 1.0, eps_scale=d.eps_scale)
+
+    for name, m in multiplied_modules(model):
         info = m.parametrization
         muon = optimizer == "muon" and isinstance(m, nn.Linear) and info.kind in (HIDDEN, FINITE)
         if not info.tied:  # a tied weight is updated under its owner's rules
             add(m.weight, "muon" if muon else "adamw", info.kind, lr if muon else adam_lr, info.lr_scale,
-                weight_decay, info.wd_scale, info.grad_unit)
+                weight_decay, info.wd_scale, info.grad_unit, info.eps_scale)
         if getattr(m, "bias", None) is not None:
-            add(m.bias, "adamw", "vector", adam_lr, 1.0, 0.0, 1.0)
-    for _, p in multiplier_parameters(model):
-        add(p, "adamw", "multiplier", mult_lr, 1.0, mult_wd, 1.0)
-    for _, p in model.named_parameters():
+            add_vector(f"{name}.bias", m.bias, "vector", adam_lr, 0.0)
+    for name, p in multiplier_parameters(model):
+        add_vector(name, p, "multiplier", mult_lr, mult_wd)
+    for name, p in model.named_parameters():
         if p.ndim >= 2:  # matrices outside the converted layers (no width dim, or a raw position table): plain SP
             add(p, "adamw", "finite", adam_lr, 1.0, weight_decay, 1.0)
         else:
-            add(p, "adamw", "vector", adam_lr, 1.0, 0.0, 1.0)
+            add_vector(name, p, "vector", adam_lr, 0.0)
     return list(groups.values())
 
 
@@ -151,7 +165,8 @@ def build_optimizer(
     groups = param_groups(model, optimizer, lr, weight_decay, adam_lr=adam_lr, mult_lr=mult_lr, mult_wd=mult_wd)
     for g in groups:
         if g["algo"] == "adamw":
-            g["eps"] = eps / g["grad_unit"]  # ε in lr-only's gradient units (module doc: Adam's ε across width)
+            # ε in lr-only's gradient units (module doc: Adam's ε across width), times the depth rule's factor
+            g["eps"] = eps * g.get("eps_scale", 1.0) / g["grad_unit"]
     if optimizer == "adamw":
         return torch.optim.AdamW(groups, betas=betas, eps=eps)
     return MuonAdamW(groups, betas=betas, eps=eps)

@@ -10,9 +10,9 @@ gradient of the same matrix). `parametrize` builds it once per layer and `multip
 layer (`_Multiplied.parametrization`); the float the forward multiplies by (`fixed_mult`) is copied from it there.
 
 A `ModelParametrization` is the arguments of `parametrize` (recipe, optimizer, placement, per-module multiplier and
-role overrides, alphas), the base shapes it measured widths against (so no base model is needed to redo it) and the
-layer records by module name. It is metadata, not state: `state_dict` does not hold it; `parametrize` (or
-`apply_parametrization` from a saved record) rebuilds it. Its JSON round trip is exact:
+role overrides, alphas, depth rule and depth layout), the base shapes it measured widths against (so no base model
+is needed to redo it) and the layer records by module name. It is metadata, not state: `state_dict` does not hold it;
+`parametrize` (or `apply_parametrization` from a saved record) rebuilds it. Its JSON round trip is exact:
 `ModelParametrization.from_json(rec.to_json()) == rec`.
 """
 from __future__ import annotations
@@ -52,6 +52,8 @@ class LayerParametrization(Record):
     grad_unit: float = 1.0          # stored gradient × this = lr-only's gradient (m for mup/lrm hidden matrices)
     module_scale: float = 1.0       # the constant the module's own forward applies (Gemma's √hidden embedding
     #                                 scale): the converted forward applies fixed_mult instead; merge divides it out
+    depth_mult: float = 1.0         # the depth rule's residual-branch multiplier (L_base/L)^α, part of fixed_mult
+    eps_scale: float = 1.0          # the optimizer group's Adam ε is eps × this (depth rule: (L_base/L)^α in blocks)
 
     def __post_init__(self):
         if ROLE_KIND.get(self.role) != self.kind:
@@ -60,7 +62,8 @@ class LayerParametrization(Record):
         if tuple(m for m in MULTIPLIERS if m in self.learned) != tuple(self.learned):
             raise RecordError(f"learned multipliers {self.learned!r}: each of {', '.join(MULTIPLIERS)} at most once, "
                               "in that order")
-        for name in ("fan_in_mult", "fixed_mult", "lr_scale", "wd_scale", "grad_unit", "module_scale"):
+        for name in ("fan_in_mult", "fixed_mult", "lr_scale", "wd_scale", "grad_unit", "module_scale", "depth_mult",
+                     "eps_scale"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise RecordError(f"layer {name} is {value!r}; it must be a positive finite number")
@@ -84,18 +87,24 @@ class ModelParametrization(Record):
     init: str = "rescale"                           # "rescale" or "keep": what parametrize did with the init
     free_tensors: dict[str, str] = field(default_factory=dict)  # raw width parameters kept as they are -> role
     base_module_scales: dict[str, float] | None = None  # module -> c of lookup × c embeddings in the base
+    # the depth rule (core.depth); records saved before it existed load as "none" with no layout
+    depth_rule: str = "none"
+    depth_layout: dict = field(default_factory=dict)  # {"blocks": name, "branches": [...]}; {} if none declared
+    depth: int | None = None                          # L, the model's blocks (None without a layout)
+    base_depth: int | None = None                     # L_base, the base model's blocks
 
     def base(self) -> BaseShapes:
         """The base shapes as `BaseShapes` (what `parametrize` takes as `base`; `.save` writes base_shapes.json)."""
         return BaseShapes.from_dims(self.base_shapes, self.base_head_dim, self.base_init_std,
-                                    self.base_module_scales)
+                                    self.base_module_scales, self.base_depth)
 
     def options(self) -> dict:
         """The keyword arguments of `parametrize` besides the base: parametrize(model, rec.base(), **rec.options())
         parametrizes a model of any width of the same definition as this one was."""
         return {"recipe": self.recipe, "optimizer": self.optimizer, "placement": self.placement,
                 "multipliers": dict(self.multipliers) or None, "roles": dict(self.roles) or None,
-                "alphas": dict(self.alphas) or None, "init": self.init}
+                "alphas": dict(self.alphas) or None, "init": self.init, "depth_rule": self.depth_rule,
+                "depth_layout": dict(self.depth_layout) or None}
 
 
 def parametrization_of(model: nn.Module) -> ModelParametrization:

@@ -55,6 +55,7 @@ from .._names import INITS, OPTIMIZERS, check_table
 from .._names import PLACEMENTS as PLACEMENT_NAMES
 from .._names import RECIPES as RECIPE_NAMES
 from ..errors import RecipeError, RoleError, ShapeError
+from . import depth
 from .foreign import guard
 from .multipliers import convert, multiplied_modules
 from .parametrization import (
@@ -140,6 +141,8 @@ def parametrize(
     roles: dict[str, str] | None = None,
     alphas: dict[str, float] | None = None,
     init: str = "rescale",
+    depth_rule: str = "none",
+    depth_layout: dict | None = None,
 ) -> nn.Module:
     """Parametrize `model` (in place; returned for chaining) under `recipe`.
 
@@ -152,6 +155,9 @@ def parametrize(
     alphas: tuned forward multipliers α by role or kind ({"embedding": 2.0, "readout": 0.5, "hidden": 1.0}).
     init: "rescale" (default) sets each width matrix's init std from the base's so that the μP recipes are μP for
       any init convention (module doc); "keep" leaves the model's init as it is and warns where it is not μP.
+    depth_rule: "none", "sqrt" or "complete": residual branches × (L_base/L)^α with AdamW's per-block LR and ε
+      corrections (`core.depth`); L_base is the base model's number of blocks. depth_layout: {"blocks": ...,
+      "branches": [...]} where the model declares no `lrm_depth()`.
     """
     spec = _check_args(recipe, optimizer, placement, multipliers, alphas, init)
     rec = RECIPES[recipe]
@@ -163,7 +169,8 @@ def parametrize(
         shapes = base_shapes(base, delta)
     else:
         shapes = base if isinstance(base, BaseShapes) else BaseShapes.load(base)
-    inf = infshapes(model, shapes)
+    aligned, layout, scales = depth.plan(model, shapes, depth_rule, optimizer, depth_layout)  # the depth rule
+    inf = infshapes(model, aligned)
     attn = _attention_factor(model, shapes, rec)
     free: list[FreeTensor] = []
     layers = find_matrices(model, inf, roles, free)
@@ -175,7 +182,7 @@ def parametrize(
                               "transposed): Muon's LR adjustment reads the shape as (fan_out, fan_in); use adamw")
     place = PLACEMENTS[spec["placement"]] if rec.learnable else None
     param_names = {id(p): n for n, p in model.named_parameters()}
-    gains = _InitGains(shapes, rec, init)
+    gains = _InitGains(aligned, rec, init)
     records = {}
     for layer in layers:
         mults = _learned(layer, place, multipliers) if rec.learnable else _NONE
@@ -187,11 +194,13 @@ def parametrize(
         scale = 1.0
         if layer.layout == SCALED_EMBEDDING:  # μP keeps the base's constant (embedding updates as in the base)
             scale = embedding_scale(layer.module)
-            base_scale = (shapes.module_scales or {}).get(layer.name)
+            base_scale = (aligned.module_scales or {}).get(layer.name)
             if base_scale is None and rec.mup_readout:
                 gains.unknown = True
             alpha *= base_scale if base_scale is not None and rec.mup_readout else scale
-        records[layer.name] = _apply(layer, rec, optimizer, mults, alpha, gain, scale)
+        has_bias = getattr(layer.module, "bias", None) is not None
+        records[layer.name] = _apply(layer, rec, optimizer, mults, alpha, gain, scale,
+                                     depth.layer_depth(layer.name, layout, scales, has_bias))
     with torch.no_grad():
         for t in free:
             t.param.mul_(gains.of(t.param, t.name, t.kind, 1.0))
@@ -199,7 +208,10 @@ def parametrize(
     record = ModelParametrization(**spec, roles=dict(roles or {}), base_shapes=shapes.dims(),
                                   base_head_dim=shapes.head_dim, layers=records, base_init_std=shapes.init_std,
                                   free_tensors={t.name: t.role for t in free},
-                                  base_module_scales=shapes.module_scales)
+                                  base_module_scales=shapes.module_scales, depth_rule=depth_rule,
+                                  depth_layout=layout.to_dict() if layout else {},
+                                  depth=scales.depth if scales else None,
+                                  base_depth=scales.base_depth if scales else shapes.depth)
     set_parametrization(model, record)
     guard(model)
     return model
@@ -354,9 +366,10 @@ class _InitGains:
 
 @torch.no_grad()
 def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], alpha: float,
-           init_gain_of_model: float = 1.0, module_scale: float = 1.0) -> LayerParametrization:
+           init_gain_of_model: float = 1.0, module_scale: float = 1.0,
+           at_depth: depth.LayerDepth = depth.NO_DEPTH) -> LayerParametrization:
     """Rescale the layer's init (`init_gain_of_model` puts the model's init on the SP scale the table assumes, then
-    the recipe's stored-weight factor), convert it, and return its record."""
+    the recipe's stored-weight factor), convert it, and return its record (`at_depth`: the depth rule's factors)."""
     m = layer.fan_in_mult
     width_factor, init_gain, lr_scale, wd_scale = 1.0, 1.0, 1.0, 1.0
     if layer.kind == HIDDEN and optimizer == "adamw":
@@ -372,9 +385,11 @@ def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], al
     # the stored hidden weight is 1/width_factor times lr-only's, so its gradient is width_factor times lr-only's
     grad_unit = 1.0 / width_factor if layer.kind == HIDDEN else 1.0
     record = LayerParametrization(
-        role=layer.role, kind=layer.kind, fan_in_mult=float(m), fixed_mult=float(alpha * width_factor),
-        learned=tuple(k for k in MULTIPLIERS if k in mults), lr_scale=float(lr_scale), wd_scale=float(wd_scale),
-        tied=layer.tied, grad_unit=float(grad_unit), module_scale=float(module_scale),
+        role=layer.role, kind=layer.kind, fan_in_mult=float(m),
+        fixed_mult=float(alpha * width_factor * at_depth.branch_mult),
+        learned=tuple(k for k in MULTIPLIERS if k in mults), lr_scale=float(lr_scale * at_depth.lr_scale),
+        wd_scale=float(wd_scale), tied=layer.tied, grad_unit=float(grad_unit), module_scale=float(module_scale),
+        depth_mult=float(at_depth.branch_mult), eps_scale=float(at_depth.eps_scale),
     )
     convert(module, record, layer.layout)
     return record
@@ -392,6 +407,9 @@ DESCRIBE_COLUMNS = {
     "wd_scale": "factor on the group's weight decay (lr-wd's m on hidden matrices)",
     "clip_unit": "factor on the stored gradient when clipping measures the global norm: it puts every recipe in "
                  "lr-only's units, so one --clip acts alike under every recipe (m under mup and lrm)",
+    "depth_mult": "the depth rule's residual-branch multiplier (L_base/L)^α, part of fixed_mult (1 off the branches "
+                  "and under --depth-rule none)",
+    "eps_scale": "factor on the group's Adam ε (the depth rule's (L_base/L)^α inside the blocks)",
     "tied": "True where the weight is owned (initialised, optimized) by another layer, e.g. a readout tied to the "
             "embedding",
 }
@@ -406,5 +424,6 @@ def describe(model: nn.Module) -> list[dict]:
         p = m.parametrization
         rows.append({"module": name, "role": p.role, "kind": p.kind, "fan_in_mult": p.fan_in_mult,
                      "fixed_mult": p.fixed_mult, "learned": ",".join(p.learned) or "-", "lr_scale": p.lr_scale,
-                     "wd_scale": p.wd_scale, "clip_unit": p.grad_unit, "tied": p.tied})
+                     "wd_scale": p.wd_scale, "clip_unit": p.grad_unit, "depth_mult": p.depth_mult,
+                     "eps_scale": p.eps_scale, "tied": p.tied})
     return rows

@@ -64,14 +64,17 @@ class BaseShapes(dict):
     """Parameter name -> `InfShape` of the base model (`None` dims of the target filled in later).
 
     Also carries `head_dim`, the base model's attention head dimension, so that μP's 1/d_head attention scaling can
-    be applied when the head dimension grows with width, and `init_std`, the std of every matrix of the base model
-    at init ({parameter: std}; None where unknown: a meta base or an older file), and `module_scales`, the constant
-    c of each embedding whose forward is lookup × c (Gemma's √hidden), which μP keeps at the base's value.
+    be applied when the head dimension grows with width, `init_std`, the std of every matrix of the base model
+    at init ({parameter: std}; None where unknown: a meta base or an older file), `module_scales`, the constant
+    c of each embedding whose forward is lookup × c (Gemma's √hidden), which μP keeps at the base's value, and
+    `depth`, its number of blocks, the base of the depth rules (`core.depth`; None where the model declares no
+    blocks, or in a file saved before it was recorded).
     """
 
     head_dim: int | None = None
     init_std: dict[str, float] | None = None
     module_scales: dict[str, float] | None = None
+    depth: int | None = None  # the base model's number of blocks, where it declares them (core.depth)
 
     def dims(self) -> dict[str, tuple[int | None, ...]]:
         """Parameter name -> base dims (None for a finite dim): what base_shapes.json and a ModelParametrization
@@ -81,10 +84,12 @@ class BaseShapes(dict):
     @classmethod
     def from_dims(cls, dims: dict[str, Sequence[int | None]], head_dim: int | None,
                   init_std: dict[str, float] | None = None,
-                  module_scales: dict[str, float] | None = None) -> BaseShapes:
-        """The inverse of `dims()` (with the head dim, init statistics and embedding constants beside them)."""
+                  module_scales: dict[str, float] | None = None,
+                  depth: int | None = None) -> BaseShapes:
+        """The inverse of `dims()` (with the head dim, init statistics, embedding constants and depth beside
+        them)."""
         out = cls({name: InfShape.from_base_shape(list(d)) for name, d in dims.items()})
-        out.head_dim = head_dim
+        out.head_dim, out.depth = head_dim, depth
         if module_scales is not None:
             out.module_scales = {k: float(v) for k, v in module_scales.items()}
         if init_std is not None:
@@ -96,10 +101,10 @@ class BaseShapes(dict):
         return out
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write as JSON {"head_dim": ..., "shapes": {name: base dims}, "init_std": {name: std} | null,
+        """Write as JSON {"head_dim": ..., "depth": ..., "shapes": {name: base dims}, "init_std": {name: std} | null,
         "module_scales": {module: c} | null} (atomically)."""
-        write_json_atomic(path, {"head_dim": self.head_dim, "shapes": self.dims(), "init_std": self.init_std,
-                                 "module_scales": self.module_scales})
+        write_json_atomic(path, {"head_dim": self.head_dim, "depth": self.depth, "shapes": self.dims(),
+                                 "init_std": self.init_std, "module_scales": self.module_scales})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BaseShapes:
@@ -107,7 +112,7 @@ class BaseShapes(dict):
         try:
             payload = json.loads(Path(path).read_text())
             return cls.from_dims(payload["shapes"], payload.get("head_dim"), payload.get("init_std"),
-                                 payload.get("module_scales"))
+                                 payload.get("module_scales"), payload.get("depth"))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ShapeError(f"cannot read base shapes from {str(path)!r}: {e}") from None
 
@@ -124,10 +129,22 @@ def base_shapes(base: nn.Module, delta: nn.Module) -> BaseShapes:
     if all(b[k] == d[k] for k in b):
         raise ShapeError("base and delta models have identical parameter shapes: build delta wider than base")
     out = BaseShapes(make_base_shapes(b, d))
-    out.head_dim = head_dim_of(base)
+    out.head_dim, out.depth = head_dim_of(base), declared_depth(base)
     out.init_std = init_stds(base)
     out.module_scales = module_scales(base)
     return out
+
+
+def declared_depth(model: nn.Module) -> int | None:
+    """The number of blocks a model declares through `lrm_depth()` ({"blocks": name, ...}), if any."""
+    if not hasattr(model, "lrm_depth"):
+        return None
+    declared = model.lrm_depth()
+    blocks = declared.get("blocks") if isinstance(declared, dict) else None
+    try:
+        return len(model.get_submodule(blocks)) if isinstance(blocks, str) else None
+    except (AttributeError, TypeError):
+        return None  # a bad declaration is reported by parametrize (core.depth), which reads it in full
 
 
 def infshapes(model: nn.Module, base: BaseShapes) -> dict[str, InfShape]:

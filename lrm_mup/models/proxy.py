@@ -201,6 +201,11 @@ class GPT(nn.Module):
         leaves = ((name, name.rpartition(".")[2]) for name, _ in self.named_modules())
         return {name: ROLES[leaf] for name, leaf in leaves if leaf in ROLES}
 
+    def lrm_depth(self) -> dict:
+        """Where the depth is, for the depth rules (`lrm_mup.core.depth`): the block list and, inside each block,
+        the layers whose output the residual stream adds (x + attn.o(...), x + mlp.down(...))."""
+        return {"blocks": "blocks", "branches": ["attn.o", "mlp.down"]}
+
     def flops_per_token(self) -> float:
         """Training (forward + backward) FLOPs per token, PaLM convention.
 

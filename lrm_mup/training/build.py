@@ -24,12 +24,14 @@ from .config import TrainConfig
 
 def config_base_shapes(cfg: TrainConfig) -> BaseShapes:
     """The μP base shapes of `cfg`: its model at `base_width` (initialized on the CPU from `cfg.seed` in a forked
-    generator: its init statistics) against its model at `delta_width` (on the meta device)."""
+    generator: its init statistics) against its model at `delta_width` (on the meta device), both at `base_depth`
+    (the depth rule's base)."""
+    depth = cfg.base_depth_or_default
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(cfg.seed)
-        base = cfg.build(cfg.base_width)
+        base = cfg.build(cfg.base_width, depth)
     with torch.device("meta"):
-        return base_shapes(base, cfg.build(cfg.delta_or_default))
+        return base_shapes(base, cfg.build(cfg.delta_or_default, depth))
 
 
 def parametrized_model(cfg: TrainConfig, width: int | None = None, *, device: str | torch.device | None = None
@@ -48,5 +50,5 @@ def parametrized_model(cfg: TrainConfig, width: int | None = None, *, device: st
     with torch.device("meta") if meta else contextlib.nullcontext():
         model = cfg.build(width)
         parametrize(model, config_base_shapes(cfg), recipe=cfg.recipe, optimizer=cfg.optimizer,
-                    placement=cfg.placement, alphas=cfg.alphas or None)
+                    placement=cfg.placement, alphas=cfg.alphas or None, depth_rule=cfg.depth_rule)
     return model.to(device) if device is not None and not meta else model

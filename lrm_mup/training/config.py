@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from .._names import DEVICES, PATHS, SCHEDULES
+from .._names import DEPTH_RULES, DEVICES, PATHS, SCHEDULES
 from ..core.recipes import OPTIMIZERS, PLACEMENTS, RECIPES, check_alphas
 from ..errors import ConfigError
 from ..models import MODELS, GPTConfig
@@ -36,6 +36,8 @@ class TrainConfig:
     context: int = 128
     base_width: int = 64            # the μP base; delta is 2× base unless given
     delta_width: int | None = None
+    depth_rule: str = "none"        # residual branches × (base_depth/depth)^α: none / sqrt / complete (core.depth)
+    base_depth: int | None = None   # the depth rule's base: blocks of the base and delta models (default: depth)
     steps: int = 200
     batch: int = 16                 # sequences per optimizer step, over all processes
     micro_batch: int | None = None  # sequences per forward in each process (gradient accumulation; default: all)
@@ -64,6 +66,7 @@ class TrainConfig:
             raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: {allowed}")
 
         choices = {"recipe": RECIPES, "optimizer": OPTIMIZERS, "model": MODELS, "schedule": SCHEDULES,
+                   "depth_rule": DEPTH_RULES,
                    "device": DEVICES, "path": PATHS, "parallel": distributed.PARALLEL}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -93,6 +96,11 @@ class TrainConfig:
                         "use path autograd, or parallel ddp")
         if self.parallel == "fsdp" and self.optimizer == "muon":
             bad("optimizer", "Muon's Newton-Schulz needs whole matrices, not FSDP shards; use parallel ddp")
+        if self.base_depth is not None and not (isinstance(self.base_depth, int) and self.base_depth > 0
+                                                and not isinstance(self.base_depth, bool)):
+            bad("base_depth", "must be a positive integer (or None: the run's depth)")
+        if self.depth_rule != "none" and self.optimizer != "adamw":
+            bad("depth_rule", f"the depth rules are derived for AdamW (CompleteP), not {self.optimizer!r}")
         if self.delta_width is not None and self.delta_width == self.base_width:
             bad("delta_width", "must differ from base_width")
         for name in ("lr", "weight_decay", "mult_wd", "clip", "adam_lr", "mult_lr", "init_std"):
@@ -119,19 +127,25 @@ class TrainConfig:
         return self.delta_width if self.delta_width is not None else 2 * self.base_width
 
     @property
+    def base_depth_or_default(self) -> int:
+        return self.base_depth if self.base_depth is not None else self.depth
+
+    @property
     def warmup_steps(self) -> int:
         return self.warmup if self.warmup is not None else self.steps // 10
 
-    def model_config(self, width: int) -> dict:
-        """The model fields of the config (the registry constructor's keyword arguments), checked at `width`."""
-        kw = {"depth": self.depth, "head_dim": self.head_dim, "heads": self.heads, "context": self.context,
-              "init_std": self.init_std}
+    def model_config(self, width: int, depth: int | None = None) -> dict:
+        """The model fields of the config (the registry constructor's keyword arguments), checked at `width` (and
+        `depth`, default the config's: the base and delta models are built at `base_depth`)."""
+        kw = {"depth": self.depth if depth is None else depth, "head_dim": self.head_dim, "heads": self.heads,
+              "context": self.context, "init_std": self.init_std}
         GPTConfig(width=width, **kw)
         return kw
 
-    def build(self, width: int) -> torch.nn.Module:
-        """The plain model at `width`, from the registry; `lrm_mup.training.parametrized_model` parametrizes it."""
-        return MODELS[self.model](width, **self.model_config(width))
+    def build(self, width: int, depth: int | None = None) -> torch.nn.Module:
+        """The plain model at `width` (and `depth`, default the config's), from the registry;
+        `lrm_mup.training.parametrized_model` parametrizes it."""
+        return MODELS[self.model](width, **self.model_config(width, depth))
 
     def differences(self, other: TrainConfig) -> list[str]:
         """The fields, execution settings aside, in which two configs differ: what makes them different runs."""

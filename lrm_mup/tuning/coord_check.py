@@ -16,6 +16,8 @@ records at each step t (t=0 is the init, before any update), per module:
           small widths (measured under μP: slope ≈ -0.2 at widths 32..256, ≈ -0.1 at 64..512)
     dy    ‖ΔW·x‖/‖W·x‖: the change of each matrix's output caused by its own update, on the measurement batch
     mult  mean |value| of each learnable multiplier (recipe lrm)
+    dact  (the check across depth, `depth_coord_check`) mean |x_t - x_0| of the residual stream leaving the last
+          block: how far training has moved it
 
 The verdict (`lrm_mup.analysis`: `slopes`, `judge`, `CoordCheckResult`; this module only measures) fits, for every
 series (recipe, module, quantity) and step, the slope of log2(seed-mean value) against
@@ -41,6 +43,7 @@ from torch import nn
 
 from .. import analysis
 from ..analysis import EXPECTED, LOGITS, QUANTITIES, Expected, Verdict
+from ..core import depth as depth_mod
 from ..core.multipliers import multiplied_modules
 from ..core.optim import build_optimizer, clip_grad_norm_
 from ..core.recipes import RECIPES, parametrize
@@ -49,8 +52,8 @@ from ..core.shapes import base_shapes
 from ..data import Corpus, load_corpus
 from ..errors import CoordCheckError
 
-__all__ = ["coord_check", "CoordCheckResult", "Verdict", "Expected", "EXPECTED", "QUANTITIES", "LOGITS",
-           "DEFAULT_WIDTHS", "DEFAULT_BASE_WIDTH", "DEFAULT_DELTA_WIDTH", "DEFAULT_PROXY"]
+__all__ = ["coord_check", "depth_coord_check", "CoordCheckResult", "Verdict", "Expected", "EXPECTED", "QUANTITIES",
+           "LOGITS", "DEFAULT_WIDTHS", "DEFAULT_BASE_WIDTH", "DEFAULT_DELTA_WIDTH", "DEFAULT_PROXY"]
 
 # What `lrm-mup coord-check` runs by default (benchmarks/bench_coord_check.py times it: < 2 min on 2 CPU cores):
 # the proxy at these widths with these GPTConfig fields (its context set to the check's), and coord_check's defaults.
@@ -91,22 +94,8 @@ def coord_check(
       average over the last `last_steps` steps (module docstring).
     weight_decay: 0 by default, as in mup's check; recipe lr-wd differs from lr-only only through it.
     """
-    for name, value in (("lr", lr), ("threshold", threshold)):
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
-            raise CoordCheckError(f"{name}={value!r} is invalid: it must be a positive finite number")
-    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
-        raise CoordCheckError(f"weight_decay={weight_decay!r} is invalid: it must be a finite number >= 0")
-    for name, value in (("steps", steps), ("seeds", seeds), ("batch_size", batch_size), ("context", context)):
-        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-            raise CoordCheckError(f"{name}={value!r} is invalid: it must be a positive integer")
-    widths = sorted(set(widths))
-    if len(widths) < 2:
-        raise CoordCheckError(f"widths {widths}: a slope needs at least two widths")
-    if not 1 <= last_steps <= steps:
-        raise CoordCheckError(f"last_steps={last_steps} must be between 1 and steps={steps}")
-    unknown = [r for r in recipes if r not in RECIPES]
-    if unknown:
-        raise CoordCheckError(f"unknown recipe {unknown[0]!r}; allowed: {', '.join(RECIPES)}")
+    widths = _check_settings("width", widths, recipes, steps, seeds, lr, weight_decay, batch_size, context,
+                             threshold, last_steps)
     corpus = corpus if corpus is not None else load_corpus(None, progress=progress)
     corpus.check_context(context)
     shapes = base_shapes(build(base_width), build(delta_width))
@@ -130,6 +119,117 @@ def coord_check(
               "threshold": threshold, "last_steps": last_steps, "head_dims": head_dims, "roles": roles,
               "mup_readout": mup_readout(recipes)}
     return CoordCheckResult(config, records)
+
+
+def _check_settings(axis, values, recipes, steps, seeds, lr, weight_decay, batch_size, context, threshold,
+                    last_steps) -> list[int]:
+    """The arguments both checks share, validated (one line each); returns the axis values sorted, deduplicated."""
+    for name, value in (("lr", lr), ("threshold", threshold)):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+            raise CoordCheckError(f"{name}={value!r} is invalid: it must be a positive finite number")
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise CoordCheckError(f"weight_decay={weight_decay!r} is invalid: it must be a finite number >= 0")
+    for name, value in (("steps", steps), ("seeds", seeds), ("batch_size", batch_size), ("context", context)):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise CoordCheckError(f"{name}={value!r} is invalid: it must be a positive integer")
+    values = sorted(set(values))
+    if len(values) < 2:
+        raise CoordCheckError(f"{axis}s {values}: a slope needs at least two {axis}s")
+    if not 1 <= last_steps <= steps:
+        raise CoordCheckError(f"last_steps={last_steps} must be between 1 and steps={steps}")
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        raise CoordCheckError(f"unknown recipe {unknown[0]!r}; allowed: {', '.join(RECIPES)}")
+    return values
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The same check across depth
+
+
+def depth_coord_check(
+    build: Callable[[int, int], nn.Module],
+    depths: Sequence[int],
+    *,
+    width: int,
+    base_depth: int,
+    depth_rule: str,
+    delta_width: int | None = None,
+    recipes: Sequence[str] = ("sp", "mup", "lrm"),
+    steps: int = 10,
+    seeds: int = 3,
+    lr: float = 1e-2,
+    weight_decay: float = 0.0,
+    optimizer: str = "adamw",
+    corpus: Corpus | None = None,
+    batch_size: int = 16,
+    context: int = 32,
+    fresh_batches: bool = False,
+    threshold: float = 0.2,
+    last_steps: int = 5,
+    progress: bool = True,
+) -> "CoordCheckResult":
+    """`coord_check` with depth as the axis: `build(width, depth)` at one `width` and several `depths`, each under
+    `depth_rule` (`lrm_mup.core.depth`) against `base_depth`, judged by the slope of log2 value against log2 depth.
+
+    The width is the μP base width (delta: `delta_width`, default 2 × width), so the width recipes differ only by
+    their width-independent parts and depth is the only thing that moves. Blocks are compared by position: the last
+    block's modules (and its output, the residual stream the final norm reads) are named `<blocks>.last...`; the
+    other blocks are not kept (their number differs between depths). Declared exceptions are the rule's own
+    (`analysis.depth_expected`): the branch outputs carry (L_base/L)^α, and under "sqrt" the block updates shrink as
+    (L/L_base)^-1/2 with their LR. Under "none", theory says the residual stream (`<blocks>.last`) grows with
+    depth: like √L at init, and its change under Adam like L; that is the series the rule exists to flatten."""
+    depth_mod.check_rule(depth_rule)
+    depths = _check_settings("depth", depths, recipes, steps, seeds, lr, weight_decay, batch_size, context,
+                             threshold, last_steps)
+    if not (isinstance(base_depth, int) and base_depth > 0):
+        raise CoordCheckError(f"base_depth={base_depth!r} is invalid: it must be a positive integer")
+    corpus = corpus if corpus is not None else load_corpus(None, progress=progress)
+    corpus.check_context(context)
+    delta_width = 2 * width if delta_width is None else delta_width
+    shapes = base_shapes(build(width, base_depth), build(delta_width, base_depth))
+    runs = [(r, d, s) for r in recipes for d in depths for s in range(seeds)]
+    records, roles, layout = [], {}, None
+    bar = _progress([d for _, d, _ in runs], progress)
+    for recipe, depth, seed in runs:
+        gen = torch.Generator().manual_seed(seed)
+        batches = [corpus.batch("train", batch_size, context, gen) for _ in range(1 + steps * fresh_batches)]
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = parametrize(build(width, depth), shapes, recipe=recipe, optimizer=optimizer, depth_rule=depth_rule)
+        layout = depth_mod.layout_of(model)
+        if layout is None:
+            raise CoordCheckError("a check across depth needs the model's blocks: declare lrm_depth() on it")
+        opt = build_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay)
+        rows, _ = _train_and_record(model, opt, batches, steps, watch=[f"{layout.blocks}.{depth - 1}"])
+        for name, m in multiplied_modules(model):
+            if (kept := _by_position(name, layout, depth)) is not None:
+                roles[kept] = m.parametrization.role
+        for row in rows:
+            if (kept := _by_position(row["module"], layout, depth)) is not None:
+                records.append({"recipe": recipe, "depth": depth, "width": width, "seed": seed, **row,
+                                "module": kept})
+        bar(f"{recipe} depth {depth} seed {seed}")
+    scales = depth_mod.DepthScales(depth_rule, max(depths), base_depth)
+    config = {"axis": "depth", "depths": depths, "width": width, "base_depth": base_depth, "depth_rule": depth_rule,
+              "depth_alpha": scales.alpha, "depth_lr_exponent": scales.alpha - 1.0 if depth_rule != "none" else 0.0,
+              "blocks": layout.blocks, "branches": [f"{layout.blocks}.last.{b}" for b in layout.branches],
+              "base_width": width, "delta_width": delta_width, "recipes": list(recipes), "steps": steps,
+              "seeds": seeds, "lr": lr, "weight_decay": weight_decay, "optimizer": optimizer, "corpus": corpus.name,
+              "batch_size": batch_size, "context": context, "fresh_batches": fresh_batches, "threshold": threshold,
+              "last_steps": last_steps, "head_dims": {}, "roles": roles, "mup_readout": mup_readout(recipes)}
+    return CoordCheckResult(config, records)
+
+
+def _by_position(name: str, layout: depth_mod.DepthLayout, depth: int) -> str | None:
+    """The name a check across depth records module `name` under: the last block's modules (and the block itself)
+    as `<blocks>.last...`, modules outside the blocks as themselves, None for the other blocks' (not kept)."""
+    blocks, last = layout.blocks, f"{layout.blocks}.{depth - 1}"
+    if name == last or name.startswith(last + "."):
+        return f"{blocks}.last" + name[len(last):]
+    if name == blocks or name.startswith(blocks + "."):
+        return None
+    return name
 
 
 def _progress(widths: list[int], enabled: bool) -> Callable[[str], None]:
@@ -254,8 +354,12 @@ class _SpectralNorm:
         return norm.item()
 
 
-def _train_and_record(model, opt, batches, steps) -> tuple[list[dict], int | None]:
+def _train_and_record(model, opt, batches, steps, watch: Sequence[str] = ()) -> tuple[list[dict], int | None]:
+    """Train `steps` steps and record every quantity; `watch`: modules whose output's change since the init,
+    mean |y_t - y_0| on the measurement batch, is recorded too (quantity "dact"; the check across depth watches
+    the residual stream)."""
     probe, spectral = _Probe(model), _SpectralNorm()
+    initial: dict[str, torch.Tensor] = {}
     matrices = multiplied_modules(model)
     multipliers = [(f"{name}.mult_{kind}", p) for name, m in matrices for kind, p in m.learned_multipliers().items()]
     (x, y), fresh = batches[0], len(batches) > 1
@@ -279,6 +383,10 @@ def _train_and_record(model, opt, batches, steps) -> tuple[list[dict], int | Non
             logits = probe.forward(model, x)
         for name, value in probe.activations(logits).items():
             add(t, name, "act", value)
+        for name in watch:
+            out = probe.outputs[name].detach()
+            initial.setdefault(name, out.clone())
+            add(t, name, "dact", _mean_abs(out - initial[name]))
         for name, p in multipliers:
             add(t, name, "mult", p.detach().abs().mean().item())
         if not training:

@@ -42,7 +42,9 @@ A sweep file (TOML) names the model, the recipes, widths, seeds and steps, the s
 Search keys: ``lr adam_lr mult_lr init_std weight_decay mult_wd clip`` (TrainConfig fields), ``alpha_in``
 (embedding α), ``alpha_out`` (readout α) or ``alpha_<role or kind>``; each may be prefixed with ``log2_`` to
 search its base-2 logarithm. ``*mult_*`` keys apply to ``lrm`` only and ``alpha_*`` keys to the fixed recipes (all
-but ``lrm``, which learns its multipliers) unless the key's table says ``recipes = [...]``.
+but ``lrm``, which learns its multipliers) unless the key's table says ``recipes = [...]``. Grid sweeps may also
+vary ``depth = [2, 4, 8]`` and ``depth_rule = ["none", "complete"]`` (every recipe; an LR grid across depth,
+sweeps/depth_transfer.toml, read per depth with ``lrm_mup.analysis.lr_curves(trials, axis="depth")``).
 
 One study per recipe ("<name>/<recipe>") holds the trials. Storage: ``<out>/optuna.journal`` (JournalFileBackend:
 many processes on one machine, no server), or an RDB URL (PostgreSQL for many machines) with heartbeats, where a

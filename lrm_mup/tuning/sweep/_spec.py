@@ -9,6 +9,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..._names import DEPTH_RULES
 from ...core.recipes import RECIPES
 from ...core.roles import ROLE_KIND
 from ...errors import ConfigError, SweepError
@@ -21,6 +22,9 @@ MANIFEST = "sweep.json"
 STATUSES = ("ok", "diverged", "pruned")
 FIXED_RECIPES = tuple(r for r in RECIPES if r != "lrm")
 _FIELDS = ("lr", "adam_lr", "mult_lr", "init_std", "weight_decay", "mult_wd", "clip")
+# grid axes over the model's depth and depth rule (an LR-transfer grid across depth: sweeps/depth_transfer.toml);
+# their values are kept as they are (an int, a name), not made floats
+_DEPTH_FIELDS = ("depth", "depth_rule")
 _ALPHA_ALIASES = {"in": "embedding", "out": "readout"}
 _ALPHA_TARGETS = tuple(_ALPHA_ALIASES) + tuple(ROLE_KIND) + tuple(sorted(set(ROLE_KIND.values()) - set(ROLE_KIND)))
 _TOP_LEVEL = ("name", "description", "recipes", "widths", "seeds", "steps", "model", "search", "sampler", "pruner",
@@ -56,6 +60,8 @@ class Param:
         if name.startswith("alpha_"):
             role = name[6:]
             cfg["alphas"] = {**cfg.get("alphas", {}), _ALPHA_ALIASES.get(role, role): float(value)}
+        elif name in _DEPTH_FIELDS:
+            cfg[name] = value
         else:
             cfg[name] = float(value)
 
@@ -366,6 +372,8 @@ def _check_every_run(r: _Reader, spec: SweepSpec) -> None:
 
 
 def _parse_param(key: str, entry, sampler: str, recipes: list[str], fail) -> Param:
+    if key in _DEPTH_FIELDS:
+        return _depth_param(key, entry, sampler, recipes, fail)
     base = key.removeprefix("log2_")
     if base.startswith("alpha_"):
         if base[6:] not in _ALPHA_TARGETS:
@@ -375,7 +383,7 @@ def _parse_param(key: str, entry, sampler: str, recipes: list[str], fail) -> Par
         default = ("lrm",) if base in ("mult_lr", "mult_wd") else tuple(RECIPES)
     else:
         fail(f"search.{key}", f"is not a searchable key; allowed: {', '.join(_FIELDS)}, alpha_in, alpha_out, "
-                              "alpha_<role>, each optionally prefixed with log2_")
+                              "alpha_<role>, each optionally prefixed with log2_; depth, depth_rule (grid)")
     if isinstance(entry, list):
         entry = {"values": entry}
     if not isinstance(entry, dict):
@@ -424,3 +432,17 @@ def _parse_param(key: str, entry, sampler: str, recipes: list[str], fail) -> Par
     return Param(key, low=float(low), high=float(high), log=log, step=None if step is None else float(step),
                  recipes=ordered)
 
+
+
+def _depth_param(key: str, entry, sampler: str, recipes: list[str], fail) -> Param:
+    """`depth = [2, 4, 8]` (positive ints) or `depth_rule = ["none", "complete"]`: grid axes for every recipe."""
+    if sampler != "grid":
+        fail(f"search.{key}", f"is a grid axis; sampler {sampler!r} tunes at one depth and rule (set it in [model])")
+    if not isinstance(entry, list) or not entry or len(set(map(repr, entry))) != len(entry):
+        fail(f"search.{key}", f"must be a list of distinct values, not {entry!r}")
+    for v in entry:
+        ok = _is_int(v) and v > 0 if key == "depth" else v in DEPTH_RULES
+        if not ok:
+            fail(f"search.{key}", f"has {v!r}: " + ("values must be positive integers" if key == "depth" else
+                                                    f"allowed: {', '.join(DEPTH_RULES)}"))
+    return Param(key, values=tuple(entry), recipes=tuple(recipes))
