@@ -8,7 +8,7 @@ from __future__ import annotations
 RECIPES = ("sp", "lr-only", "lr-wd", "mup", "lrm")
 OPTIMIZERS = ("adamw", "muon")
 PLACEMENTS = ("all", "symmetry-free", "scalar")
-MODELS = ("proxy",)  # the built-in models; `lrm_mup.models.register_model` adds a user's to the registry
+MODELS = ("proxy", "hybrid")  # the built-in models; `lrm_mup.models.register_model` adds a user's to the registry
 SCHEDULES = ("constant", "cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda")
 PATHS = ("autograd", "effective")

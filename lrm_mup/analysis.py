@@ -300,8 +300,12 @@ def recipe_summary(cfg: dict, runs: Sequence[TransferRun]) -> RecipeTransfer:
 
 # paper's width exponent of the total multiplier (Table 1 "through the multiplier", Fig. 5); Muon's spectral update
 # needs no width factor on hidden matrices (core/recipes.py), so their prediction under Muon is d⁰
-PREDICTED = {"embedding": 0.0, "input": 0.0, "readout": -1.0, "query×key": -2.0}
-HIDDEN_ROLES = ("query", "key", "value", "attn_out", "mlp_gate", "mlp_up", "mlp_down", "hidden")
+# the SSM's readout-like segments (B, C; dt at a fixed number of SSM heads) are d⁻¹ like the LM head, under Muon
+# too; its hidden ones (z, x, out; dt where widening adds SSM heads) like every hidden matrix: the paper's dt ∝ d⁻¹
+PREDICTED = {"embedding": 0.0, "input": 0.0, "readout": -1.0, "query×key": -2.0,
+             "ssm_b": -1.0, "ssm_c": -1.0, "ssm_dt_readout": -1.0}
+HIDDEN_ROLES = ("query", "key", "value", "attn_out", "mlp_gate", "mlp_up", "mlp_down", "hidden",
+                "ssm_z", "ssm_x", "ssm_dt", "ssm_out", "ssm_out_normed")
 
 
 def predicted_exponent(name: str, optimizer: str = "adamw") -> float | None:
@@ -492,6 +496,12 @@ EXPECTED = (
     Expected("query output", "act", None, "query", None, -0.5, "head_dim",
              "μP's α/d_head is applied as the query's fixed multiplier √(d_head,base/d_head) (SDPA keeps its "
              "1/√d_head), so the query's output carries that factor at every step; none at a fixed head dim"),
+    Expected("SSM B, C at init", "act", "*.ssm.[bc]_*", None, 0, -0.5, "width",
+             "W_B, W_C map width to the fixed state size: μP's readout init W ~ 1/width makes B and C (and SiLU of "
+             "their conv, whose bias starts at 0) ~ width^-1/2 until the first updates (Θ(1)) dominate"),
+    Expected("SSM dt at init, fixed SSM heads", "act", None, "ssm_dt_readout", 0, -0.5, "width",
+             "at a fixed number of SSM heads W_dt is readout-like (width → heads): its output is ~ width^-1/2 at "
+             "init; dt = softplus(· + dt_bias) itself stays Θ(1)"),
 )
 
 

@@ -18,7 +18,7 @@ from ..errors import RecipeError
 from .multipliers import multiplied_modules, multiplier_parameters
 from .parametrization import parametrization_of
 from .recipes import OPTIMIZERS
-from .roles import FINITE, HIDDEN
+from .roles import FINITE, HIDDEN, per_channel_parameters
 
 MULTIPLIER_WD = 2e-3
 
@@ -65,8 +65,9 @@ def param_groups(
             add(m.bias, "adamw", "vector", adam_lr, 1.0, 0.0, 1.0)
     for _, p in multiplier_parameters(model):
         add(p, "adamw", "multiplier", mult_lr, 1.0, mult_wd, 1.0)
+    per_channel = per_channel_parameters(model)  # depthwise conv1d weights: vectors, in ≥ 2-dim tensors
     for _, p in model.named_parameters():
-        if p.ndim >= 2:  # matrices outside nn.Linear/nn.Embedding with no width dim: plain SP
+        if p.ndim >= 2 and id(p) not in per_channel:  # matrices outside nn.Linear/nn.Embedding with no width dim: plain SP
             add(p, "adamw", "finite", adam_lr, 1.0, weight_decay, 1.0)
         else:
             add(p, "adamw", "vector", adam_lr, 1.0, 0.0, 1.0)

@@ -80,12 +80,17 @@ check_table("RECIPES", RECIPES, RECIPE_NAMES)
 _ALL = frozenset({"row", "col"})
 _NONE: frozenset[str] = frozenset()
 PLACEMENTS: dict[str, dict[str, frozenset[str]]] = {
-    "all": {role: (_NONE if kind in (READOUT, FINITE) else _ALL) for role, kind in ROLE_KIND.items()},
+    # every matrix but the LM head (the paper's default); the SSM's readout-like B, C, dt segments are matrices
+    "all": {role: (_NONE if role in ("readout", "finite") else _ALL) for role in ROLE_KIND},
     "symmetry-free": {
         "embedding": _ALL, "input": _ALL,  # the paper is silent on the embedding: kept as in "all"
         "query": frozenset({"row"}), "key": _NONE, "value": _NONE, "attn_out": _ALL,
         "mlp_gate": frozenset({"row"}), "mlp_up": _NONE, "mlp_down": _ALL,
         "readout": _NONE, "finite": _NONE,
+        # Mamba-2 (appendix C): W_out row, + col where no internal norm precedes it; W_Z and W_dt row; W_X/B/C none
+        "ssm_z": frozenset({"row"}), "ssm_x": _NONE, "ssm_b": _NONE, "ssm_c": _NONE,
+        "ssm_dt": frozenset({"row"}), "ssm_dt_readout": frozenset({"row"}),
+        "ssm_out": _ALL, "ssm_out_normed": frozenset({"row"}),
     },
     "scalar": {role: (_NONE if kind == FINITE else frozenset({"scale"})) for role, kind in ROLE_KIND.items()},
 }
