@@ -496,12 +496,6 @@ EXPECTED = (
     Expected("query output", "act", None, "query", None, -0.5, "head_dim",
              "μP's α/d_head is applied as the query's fixed multiplier √(d_head,base/d_head) (SDPA keeps its "
              "1/√d_head), so the query's output carries that factor at every step; none at a fixed head dim"),
-    Expected("SSM B, C at init", "act", "*.ssm.[bc]_*", None, 0, -0.5, "width",
-             "W_B, W_C map width to the fixed state size: μP's readout init W ~ 1/width makes B and C (and SiLU of "
-             "their conv, whose bias starts at 0) ~ width^-1/2 until the first updates (Θ(1)) dominate"),
-    Expected("SSM dt at init, fixed SSM heads", "act", None, "ssm_dt_readout", 0, -0.5, "width",
-             "at a fixed number of SSM heads W_dt is readout-like (width → heads): its output is ~ width^-1/2 at "
-             "init; dt = softplus(· + dt_bias) itself stays Θ(1)"),
 )
 
 

@@ -25,17 +25,22 @@ share one column vector; at init, all ones, the two are the same model).
 Width and μP (widths grow by SSM heads at a fixed ssm_head_dim, or by head dim at fixed ssm_heads):
 - W_z, W_x (width → d_ssm) and W_out (d_ssm → width): hidden matrices.
 - W_B, W_C (width → ssm_state, fixed): readout-like, fan-in grows, fan-out fixed: μP's readout rule (multiplier
-  α/m, init ∝ 1/fan_in): B and C vanish like width^-1/2 at init and become Θ(1) with the first updates, like
-  the logits. C·B sums ssm_state (fixed) terms, so no extra factor. The conv bias starts at 0 (Mamba's default is
-  uniform) so that B and C after the conv carry that law cleanly.
+  α/m, Adam LR × 1, init ∝ 1/fan_in or zero). They start at ZERO (μP's zero readout init), so B and C start at
+  SiLU(conv bias), Θ(1) and width-independent (their conv biases at the quantiles of Mamba's uniform init), and
+  their updates are Θ(1). With the
+  1/fan_in init instead, B and C start ~ width^-1/2 and the SSD scores C·B ~ width^-1: measured on the coordinate
+  check (widths 32..128, lr 1e-2), the Θ(1) updates take far more than its 10 steps to dominate that init term
+  (B's slope still -0.3 at step 24), so the whole SSD path sits in a width-dependent transient; zero starts avoid
+  it. C·B sums ssm_state (fixed) terms, so no extra factor. W_B and W_C are not both a saddle at zero: the gradient
+  of W_B is ∝ C = SiLU(bias) ≠ 0.
 - W_dt (width → ssm_heads): hidden when width grows by SSM heads (role `ssm_dt`), readout-like when the number of
-  SSM heads is fixed (role `ssm_dt_readout`: μP multiplier α/m, init ∝ 1/fan_in). Under Adam both give the dt
-  segment a forward multiplier ∝ d⁻¹, the paper's measured law for the learned dt multiplier; under Muon only the
-  readout-like one has it. dt after softplus(· + dt_bias) is Θ(1) either way.
+  SSM heads is fixed (role `ssm_dt_readout`: μP multiplier α/m; zero init, so dt starts at softplus(dt_bias)).
+  Under Adam both give the dt segment a forward multiplier ∝ d⁻¹, the paper's measured law for the learned dt
+  multiplier; under Muon only the readout-like one has it. dt after softplus(· + dt_bias) is Θ(1) either way.
 - The SSM head dim needs no factor: the scan contracts over the state (C·h sums ssm_state terms), not the head dim.
 - conv1d weights and bias, A_log, D, dt_bias: per-channel / per-head vectors; no width scaling, no weight decay
   (core/roles.py `per_channel_parameters`).
-Inits: matrices as the proxy's (N(0, init_std²/fan_in)); A ~ U(1, 16) per head as in Mamba-2; dt at the heads'
+Inits: matrices as the proxy's (N(0, init_std²/fan_in)) but the zero readout-like ones above; A ~ U(1, 16) per head as in Mamba-2; dt at the heads'
 quantiles of Mamba-2's log-uniform(1e-3, 1e-1) (deterministic, so that the mean over a few heads does not swing with
 the draw at small widths), dt_bias = softplus⁻¹(dt); D = 1. Both spreads are width-independent (Falcon-H1's
 A = 1..heads is not).
@@ -139,7 +144,10 @@ class Mamba2Mixer(nn.Module):
         channels = d_ssm + 2 * n
         self.conv1d = nn.Conv1d(channels, channels, config.ssm_conv, groups=channels, padding=config.ssm_conv - 1)
         with torch.no_grad():
-            self.conv1d.bias.zero_()
+            # B's and C's conv biases at the quantiles of the default U(-1/√kernel, 1/√kernel): what B and C start
+            # at (W_B = W_C = 0), the same few values at every width
+            bound = 1 / math.sqrt(config.ssm_conv)
+            self.conv1d.bias[d_ssm:] = (((torch.arange(n) + 0.5) / n) * 2 - 1).repeat(2) * bound
             # the log-uniform's quantiles, not samples: the same spread of time scales at every width
             quantiles = (torch.arange(self.heads, dtype=torch.float32) + 0.5) / self.heads
             dt = torch.exp(math.log(1e-3) + quantiles * (math.log(1e-1) - math.log(1e-3)))
@@ -193,6 +201,10 @@ class Hybrid(GPT):
         if not isinstance(config, HybridConfig):
             raise ConfigError(f"Hybrid needs a HybridConfig, not {type(config).__name__}")
         super().__init__(config)
+        with torch.no_grad():  # μP's zero readout init for the readout-like segments (module docstring)
+            for block in self.blocks:
+                for layer in (block.ssm.b_proj, block.ssm.c_proj) + ((block.ssm.dt_proj,) if config.ssm_heads else ()):
+                    layer.weight.zero_()
 
     def lrm_roles(self) -> dict[str, str]:
         """The proxy's roles plus the SSM's: each in_proj segment, out_proj (`ssm_out_normed` behind the gated norm,

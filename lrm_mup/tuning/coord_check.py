@@ -311,12 +311,18 @@ def _train_and_record(model, opt, batches, steps) -> tuple[list[dict], int | Non
             for name, m in matrices:
                 kind, w0 = m.parametrization.kind, weights[name]
                 delta = updated[name] - w0
-                add(t + 1, name, "dw", norm((name, "dw"), kind, delta) / norm((name, "w"), kind, w0))
+                add(t + 1, name, "dw", _ratio(norm((name, "dw"), kind, delta), norm((name, "w"), kind, w0)))
                 x_in = probe.inputs[name]
                 dy = F.embedding(x_in, delta) if isinstance(m, nn.Embedding) else F.linear(x_in, delta)
-                add(t + 1, name, "dy", (dy.norm() / probe.outputs[name].detach().norm()).item())
+                add(t + 1, name, "dy", _ratio(dy.norm().item(), probe.outputs[name].detach().norm().item()))
             weights = updated
     return rows, probe.head_dim()
+
+
+def _ratio(change: float, before: float) -> float:
+    """A relative update; NaN for a matrix (or output) that was zero before the step, which has none: a zero-init
+    matrix (the hybrid's readout-like SSM segments) at step 1, a transient step that is plotted, not judged."""
+    return change / before if before else math.nan
 
 
 # ----------------------------------------------------------------------------------------------------------
