@@ -13,7 +13,7 @@ import torch
 from .._names import DEVICES, PATHS, SCHEDULES
 from ..core.recipes import OPTIMIZERS, PLACEMENTS, RECIPES, check_alphas
 from ..errors import ConfigError
-from ..models import MODELS, GPTConfig
+from ..models import MODELS, GPTConfig, HybridConfig
 from ..models.proxy import DEFAULT_HEAD_DIM
 from . import distributed
 
@@ -126,7 +126,7 @@ class TrainConfig:
         """The model fields of the config (the registry constructor's keyword arguments), checked at `width`."""
         kw = {"depth": self.depth, "head_dim": self.head_dim, "heads": self.heads, "context": self.context,
               "init_std": self.init_std}
-        GPTConfig(width=width, **kw)
+        (HybridConfig if self.model == "hybrid" else GPTConfig)(width=width, **kw)  # the built-in model's checks
         return kw
 
     def build(self, width: int) -> torch.nn.Module:
