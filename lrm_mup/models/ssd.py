@@ -59,29 +59,34 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     if pad:
         x, dt, B, C = (F.pad(t, (0, 0) * (t.ndim - 2) + (0, pad)) for t in (x, dt, B, C))
     c, Q = (length + pad) // chunk, chunk
-    X = (x * dt[..., None]).reshape(b, c, Q, g, r, p)                  # dt_s x_s
-    a = (dt * A).reshape(b, c, Q, g, r).permute(0, 3, 4, 1, 2)         # (b, g, r, c, Q): log-decay per step
-    Bc, Cc = B.reshape(b, c, Q, g, n), C.reshape(b, c, Q, g, n)
-    a_cum = a.cumsum(-1)
-    # 1. inside each chunk: y_l = Σ_{s≤l} (C_l·B_s) L[l, s] X_s
-    scores = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)[:, :, None] * torch.exp(segsum(a))  # (b, g, r, c, Q, Q)
-    y = torch.einsum("bgrcls,bcsgrp->bclgrp", scores, X)
+    # layout (b, g, r, c, Q, ·): batch, group, head in group, chunk, step in chunk; matmuls over the last two dims
+    X = (x * dt[..., None]).reshape(b, c, Q, g, r, p).permute(0, 3, 4, 1, 2, 5)  # dt_s x_s
+    a_cum = (dt * A).reshape(b, c, Q, g, r).permute(0, 3, 4, 1, 2).cumsum(-1)    # (b, g, r, c, Q) log-decays
+    Bc = B.reshape(b, c, Q, g, n).permute(0, 3, 1, 2, 4)[:, :, None]              # (b, g, 1, c, Q, n)
+    Cc = C.reshape(b, c, Q, g, n).permute(0, 3, 1, 2, 4)[:, :, None]
+    # 1. inside each chunk: y_l = Σ_{s≤l} (C_l·B_s) L[l, s] X_s, with L[l, s] = exp(a_cum[l] - a_cum[s]): a
+    #    difference of one chunk's cumulative sums (2× faster than `segsum` on CPU; in float32 it costs a relative
+    #    error ≈ 6e-8 · |a_cum| on L, where |a_cum| ≤ chunk · max dt·|A|); the mask goes in before the exp, so no
+    #    inf meets a zero in the backward pass
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    L = torch.exp((a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~causal, float("-inf")))
+    y = ((Cc @ Bc.transpose(-1, -2)) * L) @ X                                     # (b, g, r, c, Q, p)
     # 2. each chunk's final state from its own inputs: Σ_s exp(a_cum[end] - a_cum[s]) X_s ⊗ B_s
-    to_end = torch.exp(a_cum[..., -1:] - a_cum).permute(0, 3, 4, 1, 2)[..., None]  # (b, c, Q, g, r, 1)
-    states = torch.einsum("bclgn,bclgrp->bcgrpn", Bc, X * to_end)
+    to_end = torch.exp(a_cum[..., -1:] - a_cum)[..., None]
+    states = (X * to_end).transpose(-1, -2) @ Bc                                  # (b, g, r, c, p, n)
     # 3. the state entering each chunk: recurrence over chunks, the initial state entering the first
     if initial_state is None:
-        first = states.new_zeros(b, 1, g, r, p, n)
+        first = states.new_zeros(b, g, r, 1, p, n)
     else:
-        first = initial_state.reshape(b, 1, g, r, p, n).to(states.dtype)
-    states = torch.cat([first, states], dim=1)                         # (b, c+1, g, r, p, n)
-    decay_chunks = torch.exp(segsum(F.pad(a_cum[..., -1], (1, 0))))   # (b, g, r, c+1, c+1)
-    states = torch.einsum("bgrzc,bcgrpn->bzgrpn", decay_chunks, states)
-    entering, final = states[:, :-1], states[:, -1]
+        first = initial_state.reshape(b, g, r, 1, p, n).to(states.dtype)
+    states = torch.cat([first, states], dim=3)                                    # (b, g, r, c+1, p, n)
+    decay_chunks = torch.exp(segsum(F.pad(a_cum[..., -1], (1, 0))))              # (b, g, r, c+1, c+1)
+    states = (decay_chunks @ states.flatten(-2)).unflatten(-1, (p, n))
+    entering, final = states[:, :, :, :-1], states[:, :, :, -1]
     # 4. the entering state's contribution to every position: exp(a_cum[l]) C_l · h_entering
-    from_start = torch.exp(a_cum).permute(0, 3, 4, 1, 2)[..., None]   # (b, c, Q, g, r, 1)
-    y = y + torch.einsum("bclgn,bcgrpn->bclgrp", Cc, entering) * from_start
-    return y.reshape(b, c * Q, h, p)[:, :length], final.reshape(b, h, p, n)
+    y = y + (Cc @ entering.transpose(-1, -2)) * torch.exp(a_cum)[..., None]
+    y = y.permute(0, 3, 4, 1, 2, 5).reshape(b, c * Q, h, p)[:, :length]
+    return y, final.reshape(b, h, p, n)
 
 
 def ssd_sequential(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
