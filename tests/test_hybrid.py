@@ -221,3 +221,17 @@ def test_coordinate_check_sees_the_ssm_fails_sp_and_passes_the_mup_recipes():
         for quantity, module in SSM_JUDGED:
             v = verdicts[(recipe, f"blocks.0.ssm.{module}", quantity)]
             assert v.passed, v
+
+
+def test_falcon_h1_ssm_multipliers_are_the_alphas_of_the_ssm_roles():
+    # Falcon-H1-0.5B's ssm_multipliers (z, x, B, C, dt) as forward multipliers α of the matching roles
+    falcon = {"ssm_z": 0.354, "ssm_x": 0.25, "ssm_b": 0.354, "ssm_c": 0.5, "ssm_dt": 0.354}
+    model = make("mup", 4 * BASE, alphas=falcon)
+    for name, layer in multiplied_modules(model):
+        role = layer.parametrization.role
+        if role in falcon:
+            assert layer.fixed_mult == pytest.approx(falcon[role] / 4), name
+    at_base = make("mup", BASE, alphas=falcon).blocks[0].ssm
+    u = torch.randn(2, 5, BASE, dtype=torch.float64)
+    plain = build(BASE).blocks[0].ssm
+    assert torch.allclose(at_base.x_proj(u), 0.25 * plain.x_proj(u), rtol=1e-12, atol=0)
