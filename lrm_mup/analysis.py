@@ -532,6 +532,8 @@ def slopes(records: list[dict], head_dims: dict | None = None, roles: dict | Non
                    "exception": declared.name if declared else None, "note": None}
             if all(v == 0 for v in values):
                 row["slope"], row["note"] = None, "zero at every width"
+            elif all(math.isnan(v) for v in values):  # a relative update of a zero-init matrix at its first step
+                row["slope"], row["note"] = None, "undefined at every width (zero before the step)"
             elif not math.isfinite(row["slope"]):
                 row["note"] = "non-finite value" if math.isnan(row["slope"]) else "zero at some widths"
             rows.append(row)

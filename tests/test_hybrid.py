@@ -212,6 +212,10 @@ def test_coordinate_check_sees_the_ssm_fails_sp_and_passes_the_mup_recipes():
     verdicts = {(v.recipe, v.module, v.quantity): v for v in result.verdicts}
     modules = {m for _, m, _ in verdicts}
     assert {f"blocks.0.ssm.{p}" for p in ("x_probe", "b_probe", "c_probe", "dt_probe", "y_probe")} <= modules
+    # W_B, W_C start at zero: their first relative update is undefined, skipped with a note instead of judged
+    first = [r for r in result.slopes if r["module"] == "blocks.0.ssm.b_proj" and r["quantity"] == "dw"
+             and r["step"] == 1]
+    assert first and all(r["slope"] is None and r["note"].startswith("undefined") for r in first)
     assert not result.passed("sp")
     assert not all(verdicts[("sp", f"blocks.0.ssm.{m}", q)].passed for q, m in SSM_JUDGED)
     for recipe in ("lr-only", "mup", "lrm"):
