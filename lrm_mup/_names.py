@@ -11,7 +11,7 @@ OPTIMIZERS = ("adamw", "muon")
 INITS = ("rescale", "keep")  # what parametrize does with the model's own init (core.recipes)
 PLACEMENTS = ("all", "symmetry-free", "scalar")
 DEPTH_RULES = ("none", "sqrt", "complete")  # residual branches × (L_base/L)^α, α = 0, 1/2, 1 (core.depth)
-MODELS = ("proxy",)  # the built-in models; `lrm_mup.models.register_model` adds a user's to the registry
+MODELS = ("proxy", "hybrid")  # the built-in models; `lrm_mup.models.register_model` adds a user's to the registry
 SCHEDULES = ("constant", "cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda")
 PATHS = ("autograd", "effective")

@@ -307,8 +307,12 @@ def recipe_summary(cfg: dict, runs: Sequence[TransferRun]) -> RecipeTransfer:
 
 # paper's width exponent of the total multiplier (Table 1 "through the multiplier", Fig. 5); Muon's spectral update
 # needs no width factor on hidden matrices (core/recipes.py), so their prediction under Muon is d⁰
-PREDICTED = {"embedding": 0.0, "input": 0.0, "readout": -1.0, "query×key": -2.0}
-HIDDEN_ROLES = ("query", "key", "value", "attn_out", "mlp_gate", "mlp_up", "mlp_down", "hidden")
+# the SSM's readout-like segments (B, C; dt at a fixed number of SSM heads) are d⁻¹ like the LM head, under Muon
+# too; its hidden ones (z, x, out; dt where widening adds SSM heads) like every hidden matrix: the paper's dt ∝ d⁻¹
+PREDICTED = {"embedding": 0.0, "input": 0.0, "readout": -1.0, "query×key": -2.0,
+             "ssm_b": -1.0, "ssm_c": -1.0, "ssm_dt_readout": -1.0}
+HIDDEN_ROLES = ("query", "key", "value", "attn_out", "mlp_gate", "mlp_up", "mlp_down", "hidden",
+                "ssm_z", "ssm_x", "ssm_dt", "ssm_out", "ssm_out_normed")
 
 
 def predicted_exponent(name: str, optimizer: str = "adamw") -> float | None:
@@ -540,6 +544,8 @@ def slopes(records: list[dict], head_dims: dict | None = None, roles: dict | Non
                    "exception": declared.name if declared else None, "note": None}
             if all(v == 0 for v in values):
                 row["slope"], row["note"] = None, "zero at every width"
+            elif all(math.isnan(v) for v in values):  # a relative update of a zero-init matrix at its first step
+                row["slope"], row["note"] = None, "undefined at every width (zero before the step)"
             elif not math.isfinite(row["slope"]):
                 row["note"] = "non-finite value" if math.isnan(row["slope"]) else "zero at some widths"
             rows.append(row)

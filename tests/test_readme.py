@@ -40,6 +40,9 @@ COMMANDS = {
     "lrm-mup data": ("run", ["--data", SLICE], "distinct characters"),
     "lrm-mup train --recipe lrm --width 128 --steps 200": ("run", TINY_TRAIN + ["--out", "train"], "bits/byte"),
     "lrm-mup describe --recipe lrm --width 512": ("run", [], "lr-only's units, so one --clip acts alike"),
+    "lrm-mup train --model hybrid --recipe lrm --width 128 --steps 200 --out runs/hybrid":
+        ("run", TINY_TRAIN + ["--width", "64", "--base-width", "32", "--out", "hybrid"], "bits/byte"),
+    "lrm-mup describe --model hybrid --recipe lrm --placement symmetry-free": ("run", [], "ssm_dt"),
     "lrm-mup coord-check --recipes sp,lr-only,mup,lrm --widths 64,128,256,512 --steps 10 --seeds 3 --lr 1e-2":
         ("run", TINY_COORD, "NO VERDICT: too little data to judge"),
     "lrm-mup train --recipe lrm --depth 8 --base-depth 2 --depth-rule complete":

@@ -27,7 +27,7 @@ from . import depth
 from .multipliers import multiplied_modules, multiplier_parameters
 from .parametrization import MODEL_ATTR, parametrization_of
 from .recipes import OPTIMIZERS
-from .roles import FINITE, HIDDEN
+from .roles import FINITE, HIDDEN, per_channel_parameters
 
 MULTIPLIER_WD = 2e-3
 ADAM_BETAS = (0.9, 0.95)  # every AdamW group's betas and ε (the equilibrium's ABM reuses them)
@@ -89,8 +89,10 @@ def param_groups(
             add_vector(f"{name}.bias", m.bias, "vector", adam_lr, 0.0)
     for name, p in multiplier_parameters(model):
         add_vector(name, p, "multiplier", mult_lr, mult_wd)
+    per_channel = per_channel_parameters(model)  # depthwise conv1d weights: vectors, in ≥ 2-dim tensors
     for name, p in model.named_parameters():
-        if p.ndim >= 2:  # matrices outside the converted layers (no width dim, or a raw position table): plain SP
+        # matrices outside the converted layers (no width dim, or a raw position table): plain SP
+        if p.ndim >= 2 and id(p) not in per_channel:
             add(p, "adamw", "finite", adam_lr, 1.0, weight_decay, 1.0)
         else:
             add_vector(name, p, "vector", adam_lr, 0.0)

@@ -13,6 +13,11 @@ multiplier m = fan_in / base fan_in of each matrix (mup shape inference). For a 
 | readout (LM head)         | sp      | α                           | 1               | 1         | 1    |
 |                           | others  | α/m                         | √m              | 1         | 1    |
 
+The SSM's matrices (models/hybrid.py) take these rows by their kind, which their shapes decide: z, x, out_proj
+(and dt where widening adds SSM heads, role ssm_dt) are hidden; B and C (width → the fixed state size) and dt at a
+fixed number of SSM heads (ssm_dt_readout) are readouts, width exponent of the μP multiplier −1 all the same.
+Depthwise conv1d weights, A_log, D and dt_bias are vectors (no width factor, no weight decay).
+
 so the three μP recipes have the same effective weights at init (readout variance ∝ 1/fan_in², the μP readout),
 and every recipe is exactly the SP model at the base width (m = 1, α = 1). The query of μP recipes also carries
 √(d_head,base / d_head): SDPA's 1/√d_head becomes μP's α/d_head (α = √d_head,base) when the head dim grows.
@@ -108,12 +113,17 @@ check_table("RECIPES", RECIPES, RECIPE_NAMES)
 _ALL = frozenset({"row", "col"})
 _NONE: frozenset[str] = frozenset()
 PLACEMENTS: dict[str, dict[str, frozenset[str]]] = {
-    "all": {role: (_NONE if kind in (READOUT, FINITE) else _ALL) for role, kind in ROLE_KIND.items()},
+    # every matrix but the LM head (the paper's default); the SSM's readout-like B, C, dt segments are matrices
+    "all": {role: (_NONE if role in ("readout", "finite") else _ALL) for role in ROLE_KIND},
     "symmetry-free": {
         "embedding": _ALL, "input": _ALL,  # the paper is silent on the embedding: kept as in "all"
         "query": frozenset({"row"}), "key": _NONE, "value": _NONE, "attn_out": _ALL,
         "mlp_gate": frozenset({"row"}), "mlp_up": _NONE, "mlp_down": _ALL,
         "readout": _NONE, "finite": _NONE,
+        # Mamba-2 (appendix C): W_out row, + col where no internal norm precedes it; W_Z and W_dt row; W_X/B/C none
+        "ssm_z": frozenset({"row"}), "ssm_x": _NONE, "ssm_b": _NONE, "ssm_c": _NONE,
+        "ssm_dt": frozenset({"row"}), "ssm_dt_readout": frozenset({"row"}),
+        "ssm_out": _ALL, "ssm_out_normed": frozenset({"row"}),
     },
     "scalar": {role: (_NONE if kind == FINITE else frozenset({"scale"})) for role, kind in ROLE_KIND.items()},
 }

@@ -39,6 +39,17 @@ ROLE_KIND = {
     "hidden": HIDDEN,
     "readout": READOUT,
     "finite": FINITE,
+    # the Mamba-2 mixer (models/hybrid.py): in_proj's segments z, x, B, C, dt and out_proj. B, C map width to the
+    # state size (fixed): readout-like. dt maps width to the SSM heads: hidden where widening adds SSM heads,
+    # readout-like at a fixed number of SSM heads. out_proj behind the gated RMSNorm is its own role (placements).
+    "ssm_z": HIDDEN,
+    "ssm_x": HIDDEN,
+    "ssm_b": READOUT,
+    "ssm_c": READOUT,
+    "ssm_dt": HIDDEN,
+    "ssm_dt_readout": READOUT,
+    "ssm_out": HIDDEN,
+    "ssm_out_normed": HIDDEN,
 }
 ROLES = tuple(ROLE_KIND)
 
@@ -193,6 +204,8 @@ def find_matrices(model: nn.Module, shapes: dict[str, InfShape], overrides: dict
         matrix_params = [(n, p) for n, p in module.named_parameters(recurse=False) if p.ndim >= 2]
         layout = layout_of(module)
         if layout is None:
+            if is_depthwise_conv(module):
+                continue  # per-channel vectors, not a matrix (per_channel_parameters below)
             for pname, p in matrix_params:
                 full = param_names[id(p)]
                 if any(d.isinf() for d in shapes[full]):
@@ -242,6 +255,25 @@ def _free_tensor(module: nn.Module, full: str, p: nn.Parameter, infshape: InfSha
         )
     raise RoleError(
         f"{full!r} ({dims}) is a width matrix held by {type(module).__name__}, which lrm-mup cannot reparametrize: "
-        "it converts nn.Linear, nn.Embedding and transformers' Conv1D, and keeps raw parameters whose only width "
-        "dim is the last (position tables); write the layer as nn.Linear (split fused layers into nn.Linear)"
+        "it converts nn.Linear, nn.Embedding and transformers' Conv1D, keeps depthwise nn.Conv1d weights as "
+        "per-channel vectors and raw parameters whose only width dim is the last (position tables); write the layer "
+        "as nn.Linear (split fused layers into nn.Linear)"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-channel parameters held in ≥ 2-dim tensors: the depthwise causal conv1d of an SSM (models/hybrid.py)
+
+
+def is_depthwise_conv(module: nn.Module) -> bool:
+    """An exact nn.Conv1d with one kernel per channel (groups = in_channels = out_channels): its weight
+    (channels, 1, kernel) is a stack of per-channel vectors, not a matrix. Each output channel reads one input
+    channel over `kernel` steps, so neither its fan-in nor its fan-out grows with width: μP gives it no width factor,
+    like a norm's weight."""
+    return (type(module) is nn.Conv1d and module.groups == module.in_channels == module.out_channels)
+
+
+def per_channel_parameters(model: nn.Module) -> set[int]:
+    """ids of the ≥ 2-dim parameters that are per-channel vectors (depthwise conv1d weights): they get the vector
+    group (no weight decay, no width scaling, `core.optim.param_groups`) and `find_matrices` leaves them alone."""
+    return {id(p) for m in model.modules() if is_depthwise_conv(m) for p in m.parameters(recurse=False)}

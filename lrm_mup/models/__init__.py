@@ -2,7 +2,8 @@
 
 A model entry is a constructor taking the width first (`build(width, **fields)`), so base, delta and target are
 built from one definition; the remaining fields are the config's model fields (depth, head_dim, heads, context,
-init_std). Each model's own config lives beside it (`proxy.py`: `GPTConfig` and `GPT`). `register_model` adds a
+init_std). Each model's own config lives beside it (`proxy.py`: `GPTConfig` and `GPT`; `hybrid.py`: `HybridConfig`
+and `Hybrid`, Falcon-H1's attention ∥ Mamba-2 block, its scan in `ssd.py`). `register_model` adds a
 user's model under a name, which every stage (train, sweep, transfer, coord-check) then accepts.
 """
 from __future__ import annotations
@@ -14,11 +15,12 @@ from torch import nn
 from .._names import MODELS as BUILTIN_MODELS
 from .._names import check_table
 from ..errors import ConfigError
+from .hybrid import Hybrid, HybridConfig, hybrid
 from .proxy import GPT, GPTConfig, proxy
 
-__all__ = ["MODELS", "GPT", "GPTConfig", "proxy", "register_model", "build_model"]
+__all__ = ["MODELS", "GPT", "GPTConfig", "proxy", "Hybrid", "HybridConfig", "hybrid", "register_model", "build_model"]
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"proxy": proxy}
+MODELS: dict[str, Callable[..., nn.Module]] = {"proxy": proxy, "hybrid": hybrid}
 check_table("MODELS", MODELS, BUILTIN_MODELS)
 
 

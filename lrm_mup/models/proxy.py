@@ -162,14 +162,17 @@ ROLES = {
 
 
 class GPT(nn.Module):
-    """Decoder-only language model: embed -> blocks -> RMSNorm -> readout."""
+    """Decoder-only language model: embed -> blocks -> RMSNorm -> readout. `block` is the block class (the hybrid
+    model, models/hybrid.py, swaps in its attention ∥ SSM block)."""
+
+    block: type[nn.Module] = Block
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
         self.head_dim = config.d_head  # read by the core to scale attention as head dim grows
         self.embed = nn.Embedding(config.vocab, config.width)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(self.block(config) for _ in range(config.depth))
         self.norm = nn.RMSNorm(config.width)
         self.head = nn.Linear(config.width, config.vocab, bias=False)
         if config.tie_embeddings:

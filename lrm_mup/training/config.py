@@ -13,7 +13,7 @@ import torch
 from .._names import DEPTH_RULES, DEVICES, PATHS, SCHEDULES
 from ..core.recipes import OPTIMIZERS, PLACEMENTS, RECIPES, check_alphas
 from ..errors import ConfigError
-from ..models import MODELS, GPTConfig
+from ..models import MODELS, GPTConfig, HybridConfig
 from ..models.proxy import DEFAULT_HEAD_DIM
 from . import distributed
 
@@ -139,7 +139,7 @@ class TrainConfig:
         `depth`, default the config's: the base and delta models are built at `base_depth`)."""
         kw = {"depth": self.depth if depth is None else depth, "head_dim": self.head_dim, "heads": self.heads,
               "context": self.context, "init_std": self.init_std}
-        GPTConfig(width=width, **kw)
+        (HybridConfig if self.model == "hybrid" else GPTConfig)(width=width, **kw)  # the built-in model's checks
         return kw
 
     def build(self, width: int, depth: int | None = None) -> torch.nn.Module:

@@ -6,7 +6,8 @@ failed transfers. This one trains every recipe for `steps` steps at several widt
 records at each step t (t=0 is the init, before any update), per module:
 
     act   mean |output| of every nn.Linear / nn.Embedding / norm layer and of every block (the residual stream),
-          plus the attention logits q·kᵀ·scale (causal part, read from the model's q_probe / k_probe) and the logits
+          plus the attention logits q·kᵀ·scale (causal part, read from the model's q_probe / k_probe), the logits,
+          and an SSM mixer's x, B, C, dt (after softplus) and scan output y (its `ssm_probes`)
     dw    relative update ‖ΔW‖/‖W‖ of each effective matrix; spectral norm for hidden matrices (μP's condition is a
           width-independent ‖ΔW‖₂/‖W‖₂; the Frobenius ratio of a low-rank update to a random matrix shrinks like
           width^-1/2 even under μP), Frobenius for matrices with a fixed dimension (embedding, readout), where both
@@ -287,6 +288,7 @@ class _Probe:
                 self.scales[name] = m.scale
                 m.q_probe.register_forward_hook(self._qk_hook(name))
                 m.k_probe.register_forward_hook(self._qk_hook(name))
+        _hook_ssm_series(model, self)
 
     def _output_hook(self, name, keep_input):
         def hook(module, args, output):
@@ -322,6 +324,17 @@ class _Probe:
 
     def head_dim(self) -> int | None:
         return next((q.shape[-1] for q, _ in self.qk.values()), None)
+
+
+def _hook_ssm_series(model: nn.Module, probe: _Probe) -> None:
+    """The SSM's inner series: a mixer that lists `ssm_probes` (nn.Identity submodules, models/hybrid.py: x, B, C
+    after the conv, dt after softplus, the scan output y) has each recorded as an "act" series like any module
+    output (`name.x_probe`, ...); its matrices (in_proj segments, out_proj) are recorded as matrices already."""
+    for name, m in model.named_modules():
+        for attr in getattr(m, "ssm_probes", ()):
+            child = getattr(m, attr, None)
+            if isinstance(child, nn.Module):
+                child.register_forward_hook(probe._output_hook(f"{name}.{attr}", keep_input=False))
 
 
 def _mean_abs(t: torch.Tensor) -> float:
@@ -406,12 +419,18 @@ def _train_and_record(model, opt, batches, steps, watch: Sequence[str] = ()) -> 
             for name, m in matrices:
                 kind, w0 = m.parametrization.kind, weights[name]
                 delta = updated[name] - w0
-                add(t + 1, name, "dw", norm((name, "dw"), kind, delta) / norm((name, "w"), kind, w0))
+                add(t + 1, name, "dw", _ratio(norm((name, "dw"), kind, delta), norm((name, "w"), kind, w0)))
                 x_in = probe.inputs[name]
                 dy = F.embedding(x_in, delta) if isinstance(m, nn.Embedding) else F.linear(x_in, delta)
-                add(t + 1, name, "dy", (dy.norm() / probe.outputs[name].detach().norm()).item())
+                add(t + 1, name, "dy", _ratio(dy.norm().item(), probe.outputs[name].detach().norm().item()))
             weights = updated
     return rows, probe.head_dim()
+
+
+def _ratio(change: float, before: float) -> float:
+    """A relative update; NaN for a matrix (or output) that was zero before the step, which has none: a zero-init
+    matrix (the hybrid's readout-like SSM segments) at step 1, a transient step that is plotted, not judged."""
+    return change / before if before else math.nan
 
 
 # ----------------------------------------------------------------------------------------------------------
