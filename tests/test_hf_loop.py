@@ -19,12 +19,11 @@ from lrm_mup.core.optim import clip_grad_norm_, param_groups  # noqa: E402
 from lrm_mup.core.recipes import parametrize  # noqa: E402
 from lrm_mup.core.shapes import base_shapes  # noqa: E402
 from lrm_mup.data import load_corpus  # noqa: E402
-from lrm_mup.errors import ConfigError  # noqa: E402
-from lrm_mup.models import build_model, logits_of  # noqa: E402
+from lrm_mup.errors import ConfigError, SweepError  # noqa: E402
+from lrm_mup.models import build_model, flops_per_token, logits_of  # noqa: E402
 from lrm_mup.models.hf import attention_probe  # noqa: E402
 from lrm_mup.training import TrainConfig, parametrized_model  # noqa: E402
 from lrm_mup.training.engine import Run, lm_forward  # noqa: E402
-from lrm_mup.training.hf_trainer import MupTrainer  # noqa: E402
 from lrm_mup.tuning.coord_check import coord_check  # noqa: E402
 from lrm_mup.tuning.sweep import load_sweep  # noqa: E402
 
@@ -53,6 +52,12 @@ def test_hf_names_build_the_family_at_each_width_mlp_by_ratio_heads_by_fixed_hea
         assert getattr(c, "num_key_value_heads", c.num_attention_heads) == width // 32 // kv_group
         assert c.vocab_size == 256 and c.max_position_embeddings == 16 and c.use_cache is False
         assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied
+
+
+def test_an_hf_llama_counts_the_flops_of_the_proxy_of_the_same_shape():
+    """PaLM's 6·N + 12·L·d·T from the modules of an HF model: the proxy's own count, for the same architecture."""
+    kw = dict(depth=2, head_dim=32, context=64)
+    assert flops_per_token(build_model("hf:llama", 128, **kw), 64) == build_model("proxy", 128, **kw).flops_per_token()
 
 
 def test_fixed_head_count_grows_the_head_dim():
@@ -116,7 +121,7 @@ def test_sweep_files_name_the_model_by_name_and_old_files_keep_model(tmp_path):
 
     assert spec('name = "hf:llama"').model["model"] == "hf:llama"
     assert spec('model = "proxy"').model["model"] == "proxy"
-    with pytest.raises(ConfigError, match="model.name and model.model both name the model"):
+    with pytest.raises(SweepError, match="model.name and model.model both name the model"):
         spec('name = "hf:llama"\nmodel = "proxy"')
 
 
@@ -237,7 +242,16 @@ def _tiny_llama(width):
                                         max_position_embeddings=32, use_cache=False))
 
 
+def _mup_trainer():
+    """HF's Trainer needs `accelerate` (transformers' own requirement of `Trainer` with PyTorch)."""
+    pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate")
+    from lrm_mup.training.hf_trainer import MupTrainer
+
+    return MupTrainer
+
+
 def test_hf_trainer_trains_with_the_mup_param_groups_and_lrm_mups_clipping(corpus, tmp_path, one_thread):
+    MupTrainer = _mup_trainer()
     with torch.device("meta"):
         shapes = base_shapes(_tiny_llama(32), _tiny_llama(64))
     torch.manual_seed(0)
@@ -273,6 +287,7 @@ def test_hf_trainer_trains_with_the_mup_param_groups_and_lrm_mups_clipping(corpu
 
 
 def test_hf_trainer_refuses_a_plain_model(tmp_path):
+    MupTrainer = _mup_trainer()
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
     with pytest.raises(ConfigError, match="MupTrainer needs a parametrized model"):
         MupTrainer(model=_tiny_llama(32), args=args)

@@ -30,7 +30,7 @@ from .hf import FAMILIES, check_hf_fields, hf_builder, hf_model
 from .proxy import GPT, GPTConfig, proxy
 
 __all__ = ["MODELS", "GPT", "GPTConfig", "proxy", "register_model", "build_model", "model_builder", "check_model",
-           "logits_of", "hf_model", "is_hf"]
+           "logits_of", "hf_model", "is_hf", "flops_per_token"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"proxy": proxy, **{f"{HF_PREFIX}{k}": hf_builder(k) for k in FAMILIES}}
 check_table("MODELS", MODELS, BUILTIN_MODELS)
@@ -111,3 +111,22 @@ def logits_of(output) -> torch.Tensor:
         return output[0]
     raise ConfigError(f"the model's forward returned {type(output).__name__}, not logits: return a tensor "
                       "(B, T, vocab), a tuple whose first element is one, or an object with .logits")
+
+
+def flops_per_token(model: nn.Module, context: int) -> float:
+    """Training (forward + backward) FLOPs per token: the model's own `flops_per_token()` where it has one (the
+    proxy), else, for a model with an HF config, the same PaLM convention counted from its modules: 6 × the weights
+    of every matrix layer but the embedding lookups (a tied readout counted as a matmul), plus 12 · layers · heads ·
+    head dim · context for q·k and attention·v; 0 for any other model (unknown)."""
+    own = getattr(model, "flops_per_token", None)
+    if callable(own):
+        return float(own())
+    config = getattr(model, "config", None)
+    layers, heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_attention_heads", None)
+    hidden = getattr(config, "hidden_size", None)
+    if not (layers and heads and hidden):
+        return 0.0
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    weights = sum(m.weight.numel() for m in model.modules() if not isinstance(m, nn.Embedding)
+                  and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2)
+    return float(6 * weights + 12 * layers * heads * head_dim * context)

@@ -119,6 +119,8 @@ def scaled_config(family: dict, width: int, *, depth: int, context: int, vocab: 
         update["num_key_value_heads"] = heads // group
     if "head_dim" in new:
         update["head_dim"] = head_dim
+    if isinstance(new.get("layer_types"), list) and new["layer_types"]:  # per-layer kinds (Qwen3): the pattern, cycled
+        update["layer_types"] = [new["layer_types"][i % len(new["layer_types"])] for i in range(depth)]
     if mlp_key is not None:
         inner = getattr(base, mlp_key) or 4 * h0  # GPT-2's n_inner None means 4 × hidden
         hidden = inner / h0 * width

@@ -32,7 +32,7 @@ from .. import data as data_mod
 from ..core.multipliers import EffectivePath
 from ..core.optim import build_optimizer, clip_grad_norm_
 from ..errors import ConfigError
-from ..models import logits_of
+from ..models import flops_per_token, logits_of
 from ..records import RunResult, StepRecord
 from . import distributed
 from .build import parametrized_model
@@ -121,8 +121,9 @@ class Run:
 
     @property
     def flops_per_token(self) -> float:
-        """Model training FLOPs per token (forward and backward), as the model counts them; 0 if it does not."""
-        return self.model.flops_per_token() if hasattr(self.model, "flops_per_token") else 0.0
+        """Model training FLOPs per token (forward and backward): `lrm_mup.models.flops_per_token` (the model's own
+        count, or one from an HF config; 0 if unknown)."""
+        return flops_per_token(self.model, self.cfg.context)
 
     @property
     def tokens(self) -> int:
