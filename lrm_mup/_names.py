@@ -9,6 +9,7 @@ import re
 
 RECIPES = ("sp", "lr-only", "lr-wd", "mup", "lrm")
 OPTIMIZERS = ("adamw", "muon")
+INITS = ("rescale", "keep")  # what parametrize does with the model's own init (core.recipes)
 PLACEMENTS = ("all", "symmetry-free", "scalar")
 # the built-in models (hf:* need transformers); `lrm_mup.models.register_model` adds a user's to the registry, and a
 # name `pkg.module:build` names a user's builder `build(width) -> nn.Module` (see `is_model_name`)

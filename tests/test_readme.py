@@ -26,7 +26,7 @@ TINY_COORD = ["--recipes", "sp,mup", "--widths", "32,64", "--base-width", "32", 
 
 # command (comment stripped) -> (how it is checked, flags appended / why not run, what its output must contain)
 COMMANDS = {
-    'pip install torch==2.13.0 && pip install --no-deps mup==1.0.0 && pip install -e ".[test,postgres]"':
+    'pip install torch==2.13.0 && pip install --no-deps mup==1.0.0 && pip install -e ".[test,postgres,hf]"':
         ("ci", ".ci/run runs the Install section's first bash block in a fresh venv", None),
     "python -m pytest -q": ("ci", ".ci/run runs the Test section's first bash block", None),
     'pip install -e ".[png]" && apt-get install -y chromium':

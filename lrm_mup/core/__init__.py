@@ -3,6 +3,7 @@
 Nothing here knows about training runs, sweeps or reports; every higher layer builds on these modules. What
 `parametrize` did is a typed record: `parametrization_of(model)` (the model's), `layer.parametrization` (a layer's).
 """
+from .foreign import save_pretrained
 from .multipliers import EffectivePath, merge, multiplied_modules, multiplier_parameters
 from .optim import MULTIPLIER_WD, build_optimizer, clip_grad_norm_, param_groups
 from .parametrization import LayerParametrization, ModelParametrization, parametrization_of
@@ -14,5 +15,5 @@ __all__ = [
     "parametrize", "apply_parametrization", "parametrization_of", "LayerParametrization", "ModelParametrization",
     "build_optimizer", "clip_grad_norm_", "param_groups", "merge", "EffectivePath",
     "multiplied_modules", "multiplier_parameters", "base_shapes", "BaseShapes", "describe", "RECIPES", "PLACEMENTS",
-    "OPTIMIZERS", "ROLES", "MULTIPLIER_WD",
+    "OPTIMIZERS", "ROLES", "MULTIPLIER_WD", "save_pretrained",
 ]

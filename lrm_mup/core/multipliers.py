@@ -26,7 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .parametrization import MODEL_ATTR, MULTIPLIERS, LayerParametrization, parametrization_of
+from .parametrization import (
+    GUARDED_METHODS,
+    MODEL_ATTR,
+    MULTIPLIERS,
+    UNMERGED_MARKER,
+    LayerParametrization,
+    parametrization_of,
+)
 
 MULTIPLIER_PARAMS = tuple(f"mult_{m}" for m in MULTIPLIERS)
 
@@ -40,9 +47,11 @@ class _Multiplied:
     parametrization: LayerParametrization
     fixed_mult: float  # = parametrization.fixed_mult, as a plain float for the forward
     _effective: torch.Tensor | None
+    # class constant: the weight is stored (fan_in, fan_out), transposed against nn.Linear (transformers' Conv1D)
+    TRANSPOSED = False
 
     def _attach(self, record: LayerParametrization) -> None:
-        w = self.weight
+        w = self._matrix(self.weight)
         self.parametrization = record
         self.fixed_mult = float(record.fixed_mult)
         self._effective = None
@@ -54,9 +63,17 @@ class _Multiplied:
     def learned_multipliers(self) -> dict[str, nn.Parameter]:
         return {m: p for m in MULTIPLIERS if (p := getattr(self, f"mult_{m}")) is not None}
 
+    def _matrix(self, w: torch.Tensor) -> torch.Tensor:
+        """The stored tensor as an (fan_out, fan_in) view (rows are outputs: what r and c index), and back."""
+        return w.T if self.TRANSPOSED else w
+
     def effective_weight(self) -> torch.Tensor:
-        """The matrix the layer applies: fixed_mult · s · r ⊙ W̃ ⊙ c (with autograd through the factors)."""
-        w = self.weight
+        """The matrix the layer applies: fixed_mult · s · r ⊙ W̃ ⊙ c (with autograd through the factors), in the
+        layout the weight is stored in."""
+        return self._matrix(self._effective_matrix())
+
+    def _effective_matrix(self) -> torch.Tensor:
+        w = self._matrix(self.weight)
         if self.mult_row is not None:
             w = w * self.mult_row[:, None]
         if self.mult_col is not None:
@@ -78,13 +95,14 @@ class _Multiplied:
         if g is None:
             return
         self._effective.grad = None
+        g, weight = self._matrix(g), self._matrix(self.weight)
         ones = {"row": g.new_ones(g.shape[0]), "col": g.new_ones(g.shape[1])}
         r = self.mult_row if self.mult_row is not None else ones["row"]
         c = self.mult_col if self.mult_col is not None else ones["col"]
         a = self.fixed_mult * (self.mult_scale if self.mult_scale is not None else 1.0)
-        grads = {"weight": g * (r[:, None] * c) * a}
+        grads = {"weight": self._matrix(g * (r[:, None] * c) * a)}
         if self.mult_row is not None or self.mult_col is not None or self.mult_scale is not None:
-            h = g * self.weight
+            h = g * weight
             hc = h @ c
             if self.mult_row is not None:
                 grads["mult_row"] = hc * a
@@ -125,16 +143,36 @@ class MultipliedEmbedding(_Multiplied, nn.Embedding):
         return F.embedding(idx, table, self.padding_idx, None, 2.0, self.scale_grad_by_freq, False)
 
 
+class _MultipliedTransposedLinear(_Multiplied):
+    """Mixed with transformers' Conv1D (GPT-2: y = x·W + b, W stored (fan_in, fan_out)) by `convert`: the same
+    multipliers, indexed as for nn.Linear (r per output, c per input)."""
+
+    TRANSPOSED = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self._effective if self._effective is not None else self.effective_weight()
+        out = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), w) if self.bias is not None else x @ w
+        return out.reshape(*x.shape[:-1], w.shape[1])
+
+
 _CONVERTED = {nn.Linear: MultipliedLinear, nn.Embedding: MultipliedEmbedding}
 _PLAIN = {v: k for k, v in _CONVERTED.items()}
 _LAYER_ATTRS = tuple(inspect.get_annotations(_Multiplied))  # what a converted layer adds: merge removes these
-# what parametrize adds to the model
-_MODEL_ATTRS = (MODEL_ATTR,)
+# what parametrize adds to the model (instance attributes; and the marker buffer of `foreign.guard`)
+_MODEL_ATTRS = (MODEL_ATTR, *GUARDED_METHODS)
+# the converted class of each module layout `roles.layout_of` names (a foreign class gets a subclass made on first
+# use: Multiplied<Class>, its forward from the layout's mixin)
+_MIXINS = {"transposed-linear": _MultipliedTransposedLinear}
 
 
-def convert(module: nn.Module, record: LayerParametrization) -> None:
-    """Turn an exact nn.Linear / nn.Embedding into its multiplied version, in place, as `record` says."""
-    module.__class__ = _CONVERTED[type(module)]
+def convert(module: nn.Module, record: LayerParametrization, layout: str = "") -> None:
+    """Turn an nn.Linear / nn.Embedding (or a module of a foreign `layout`, e.g. transformers' Conv1D) into its
+    multiplied version, in place, as `record` says."""
+    cls = type(module)
+    if cls not in _CONVERTED:
+        _CONVERTED[cls] = type(f"Multiplied{cls.__name__}", (_MIXINS[layout], cls), {})
+        _PLAIN[_CONVERTED[cls]] = cls
+    module.__class__ = _CONVERTED[cls]
     module._attach(record)
 
 
@@ -153,7 +191,8 @@ def multiplier_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 @torch.no_grad()
 def merge(model: nn.Module) -> nn.Module:
-    """A copy of `model` made of plain nn.Linear / nn.Embedding with the multipliers folded into the weights.
+    """A copy of `model` made of its plain layer classes (nn.Linear, nn.Embedding, Conv1D) with the multipliers
+    folded into the weights.
 
     Same outputs, no multiplier parameters, no extra cost at inference. Tied weights whose layers carry different
     multipliers are untied (each layer gets its own merged matrix).
@@ -171,6 +210,7 @@ def merge(model: nn.Module) -> nn.Module:
     for sub in out.modules():
         for attr in _MODEL_ATTRS:
             sub.__dict__.pop(attr, None)
+        sub._buffers.pop(UNMERGED_MARKER, None)
     return out
 
 

@@ -30,6 +30,10 @@ from .shapes import BaseShapes
 
 MULTIPLIERS = ("scale", "row", "col")  # the learnable multipliers s (shape (1,)), r (per output), c (per input)
 MODEL_ATTR = "lrm_parametrization"  # where `parametrize` stores the ModelParametrization on the model
+# what `foreign.guard` adds to a Hugging Face model: methods that would silently break the parametrization,
+# replaced on the instance by ones that refuse, and a state-dict marker (a buffer) that a plain class refuses
+GUARDED_METHODS = ("save_pretrained", "resize_token_embeddings")
+UNMERGED_MARKER = "lrm_mup_unmerged"
 
 
 @dataclass(frozen=True)
@@ -74,17 +78,20 @@ class ModelParametrization(Record):
     base_shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)  # parameter -> base dims
     base_head_dim: int | None = None
     layers: dict[str, LayerParametrization] = field(default_factory=dict)
+    base_init_std: dict[str, float] | None = None  # parameter -> std of the base model's init (None: unknown)
+    init: str = "rescale"                           # "rescale" or "keep": what parametrize did with the init
+    free_tensors: dict[str, str] = field(default_factory=dict)  # raw width parameters kept as they are -> role
 
     def base(self) -> BaseShapes:
         """The base shapes as `BaseShapes` (what `parametrize` takes as `base`; `.save` writes base_shapes.json)."""
-        return BaseShapes.from_dims(self.base_shapes, self.base_head_dim)
+        return BaseShapes.from_dims(self.base_shapes, self.base_head_dim, self.base_init_std)
 
     def options(self) -> dict:
         """The keyword arguments of `parametrize` besides the base: parametrize(model, rec.base(), **rec.options())
         parametrizes a model of any width of the same definition as this one was."""
         return {"recipe": self.recipe, "optimizer": self.optimizer, "placement": self.placement,
                 "multipliers": dict(self.multipliers) or None, "roles": dict(self.roles) or None,
-                "alphas": dict(self.alphas) or None}
+                "alphas": dict(self.alphas) or None, "init": self.init}
 
 
 def parametrization_of(model: nn.Module) -> ModelParametrization:

@@ -27,21 +27,35 @@ already μP's condition for hidden matrices; so under Muon hidden matrices get n
 
 `lrm` starts as `mup` and adds learnable multipliers (scalar/row/column, init 1) on top of the fixed μP factor, so
 the learned part is width-independent and a width-independent LR transfers.
+
+Init is part of the recipe. The table's "stored weight ×" column is relative to the SP init the μP recipes need:
+hidden and readout matrices with std σ_base·√(fan_in,base / fan_in) = σ_base/√m, input matrices (embeddings) with
+σ_base, where σ_base is the std the same tensor has in the base model at init (`BaseShapes.init_std`; at the base
+width every recipe is the model's own SP). A model whose init already scales so (the proxy, torch's default
+nn.Linear init: both ∝ 1/√fan_in) is left bit-for-bit as it is; any other convention (Hugging Face's std 0.02 at
+every width, a user's own) is multiplied, per tensor, by σ_target / std(W) under the μP recipes (`init="rescale"`,
+the default), so it comes out μP at every width. "Already so" means |ln(std(W) / σ_target)| within the sampling
+noise of the two stds (6 standard errors of ln std, √(1/2n_base + 1/2n)) and at least 0.1. `sp` keeps the model's
+init (it is the baseline); `init="keep"` keeps it under every recipe and warns for each tensor that is off.
+Without base statistics (a meta-device base, an older base_shapes.json) the init is taken as already μP-scaled,
+with a warning.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .._names import OPTIMIZERS, check_table
+from .._names import INITS, OPTIMIZERS, check_table
 from .._names import PLACEMENTS as PLACEMENT_NAMES
 from .._names import RECIPES as RECIPE_NAMES
 from ..errors import RecipeError, RoleError, ShapeError
+from .foreign import guard
 from .multipliers import convert, multiplied_modules
 from .parametrization import (
     MULTIPLIERS,
@@ -50,7 +64,18 @@ from .parametrization import (
     parametrization_of,
     set_parametrization,
 )
-from .roles import FINITE, HIDDEN, INPUT, READOUT, ROLE_KIND, Matrix, find_matrices, match_pattern
+from .roles import (
+    FINITE,
+    HIDDEN,
+    INPUT,
+    READOUT,
+    ROLE_KIND,
+    TRANSPOSED_LINEAR,
+    FreeTensor,
+    Matrix,
+    find_matrices,
+    match_pattern,
+)
 from .shapes import BaseShapes, base_shapes, head_dim_of, infshapes
 
 
@@ -112,6 +137,7 @@ def parametrize(
     multipliers: dict[str, str] | None = None,
     roles: dict[str, str] | None = None,
     alphas: dict[str, float] | None = None,
+    init: str = "rescale",
 ) -> nn.Module:
     """Parametrize `model` (in place; returned for chaining) under `recipe`.
 
@@ -122,8 +148,10 @@ def parametrize(
     multipliers: per-module overrides of the placement, {fnmatch pattern: "row,col" | "scale" | "none" | ...}.
     roles: per-module role overrides {pattern: role}; else the model's `lrm_roles()`, else names and shapes.
     alphas: tuned forward multipliers α by role or kind ({"embedding": 2.0, "readout": 0.5, "hidden": 1.0}).
+    init: "rescale" (default) sets each width matrix's init std from the base's so that the μP recipes are μP for
+      any init convention (module doc); "keep" leaves the model's init as it is and warns where it is not μP.
     """
-    spec = _check_args(recipe, optimizer, placement, multipliers, alphas)
+    spec = _check_args(recipe, optimizer, placement, multipliers, alphas, init)
     rec = RECIPES[recipe]
     if multiplied_modules(model):
         raise RecipeError("model is already parametrized: build a fresh model to parametrize it again")
@@ -135,16 +163,34 @@ def parametrize(
         shapes = base if isinstance(base, BaseShapes) else BaseShapes.load(base)
     inf = infshapes(model, shapes)
     attn = _attention_factor(model, shapes, rec)
-    layers = find_matrices(model, inf, roles)
+    free: list[FreeTensor] = []
+    layers = find_matrices(model, inf, roles, free)
+    if attn != 1.0:
+        _check_attention_reachable(model, layers, shapes.head_dim, head_dim_of(model))
     place = PLACEMENTS[spec["placement"]] if rec.learnable else None
+    param_names = {id(p): n for n, p in model.named_parameters()}
+    gains = _InitGains(shapes, rec, init)
     records = {}
     for layer in layers:
         mults = _learned(layer, place, multipliers) if rec.learnable else _NONE
         alpha = _alpha(layer, alphas) * (attn if layer.role == "query" else 1.0)
-        records[layer.name] = _apply(layer, rec, optimizer, mults, alpha)
+        if layer.layout == TRANSPOSED_LINEAR and optimizer == "muon" and layer.kind in (HIDDEN, FINITE):
+            raise RecipeError(f"optimizer 'muon' with {type(layer.module).__name__} {layer.name!r} (weight stored "
+                              "transposed): Muon's LR adjustment reads the shape as (fan_out, fan_in); use adamw")
+        if layer.tied:
+            gain = 1.0
+        else:
+            gain = gains.of(layer.module.weight, param_names[id(layer.module.weight)], layer.kind, layer.fan_in_mult)
+        records[layer.name] = _apply(layer, rec, optimizer, mults, alpha, gain)
+    with torch.no_grad():
+        for t in free:
+            t.param.mul_(gains.of(t.param, t.name, t.kind, 1.0))
+    gains.warn()
     record = ModelParametrization(**spec, roles=dict(roles or {}), base_shapes=shapes.dims(),
-                                  base_head_dim=shapes.head_dim, layers=records)
+                                  base_head_dim=shapes.head_dim, layers=records, base_init_std=shapes.init_std,
+                                  free_tensors={t.name: t.role for t in free})
     set_parametrization(model, record)
+    guard(model)
     return model
 
 
@@ -181,7 +227,9 @@ def check_alphas(alphas: dict[str, float] | None) -> None:
             raise RecipeError(f"alpha for {key!r} is {value!r}; it must be a positive finite number")
 
 
-def _check_args(recipe, optimizer, placement, multipliers, alphas) -> dict:
+def _check_args(recipe, optimizer, placement, multipliers, alphas, init) -> dict:
+    if init not in INITS:
+        raise RecipeError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
     if recipe not in RECIPES:
         raise RecipeError(f"unknown recipe {recipe!r}; allowed: {', '.join(RECIPES)}")
     if optimizer not in OPTIMIZERS:
@@ -195,7 +243,8 @@ def _check_args(recipe, optimizer, placement, multipliers, alphas) -> dict:
         parse_multipliers(text)
     check_alphas(alphas)
     return {"recipe": recipe, "optimizer": optimizer, "placement": placement if RECIPES[recipe].learnable else None,
-            "multipliers": dict(multipliers or {}), "alphas": {k: float(v) for k, v in (alphas or {}).items()}}
+            "multipliers": dict(multipliers or {}), "alphas": {k: float(v) for k, v in (alphas or {}).items()},
+            "init": init}
 
 
 def _attention_factor(model: nn.Module, shapes: BaseShapes, rec: Recipe) -> float:
@@ -203,6 +252,29 @@ def _attention_factor(model: nn.Module, shapes: BaseShapes, rec: Recipe) -> floa
     if not rec.mup_readout or head_dim is None or shapes.head_dim is None:
         return 1.0
     return math.sqrt(shapes.head_dim / head_dim)
+
+
+# a per-head norm after the query projection (Qwen3, OLMo-2, Gemma-3 ...) undoes any factor on the query's output
+_QUERY_NORMS = ("q_norm", "q_layernorm", "query_norm", "q_ln")
+
+
+def _check_attention_reachable(model: nn.Module, layers: list[Matrix], base_head_dim: int, head_dim: int) -> None:
+    """μP's α/d_head reaches the attention logits through the query layer's forward multiplier; refuse models where
+    it cannot (no separate query layer, e.g. GPT-2's fused c_attn; a norm on the query's output) rather than skip it."""
+    where = f"the head dim grows with width ({base_head_dim} at the base, {head_dim} here)"
+    queries = [layer.name for layer in layers if layer.role == "query"]
+    if not queries:
+        raise RoleError(f"{where} but no layer has role 'query' to carry μP's 1/d_head attention factor (a fused qkv "
+                        "layer cannot): keep the head dim fixed as width grows (more heads), or declare the query "
+                        "layers with roles={pattern: 'query'}")
+    modules = dict(model.named_modules())
+    for name in queries:
+        parent = modules[name.rsplit(".", 1)[0]] if "." in name else model
+        norm = next((n for n in _QUERY_NORMS if isinstance(getattr(parent, n, None), nn.Module)), None)
+        if norm is not None:
+            raise RoleError(f"{where} but {type(parent).__name__} {name.rsplit('.', 1)[0]!r} normalizes the query "
+                            f"after {name!r} ({norm}), which would undo μP's 1/d_head factor on it: keep the head dim "
+                            "fixed as width grows (more heads)")
 
 
 def _alpha(layer: Matrix, alphas: dict[str, float] | None) -> float:
@@ -222,9 +294,58 @@ def _learned(layer: Matrix, place: dict[str, frozenset[str]], overrides: dict[st
     return place[layer.role]
 
 
+class _InitGains:
+    """The factor on each matrix's init that gives it the std the recipe needs (module doc: "Init is part of the
+    recipe"), and the warnings for matrices that are off and kept so."""
+
+    SIGMAS = 6.0     # "already so": |ln(std / target)| within this many standard errors of ln std ...
+    MIN_TOL = 0.1    # ... and at least this
+
+    def __init__(self, shapes: BaseShapes, rec: Recipe, init: str):
+        self.shapes, self.rec, self.init = shapes, rec, init
+        self.off: list[str] = []   # matrices whose init is not what the recipe needs and stays so
+        self.unknown = False       # a real target but no base statistics
+
+    @torch.no_grad()
+    def of(self, w: torch.Tensor, weight_name: str, kind: str, fan_in_mult: float) -> float:
+        """The factor on `w` (a matrix of `kind` whose fan-in is `fan_in_mult` × the base's)."""
+        if not self.rec.mup_readout or kind == FINITE or w.is_meta:
+            return 1.0
+        if self.shapes.init_std is None or weight_name not in self.shapes.init_std:
+            self.unknown = True
+            return 1.0
+        base_std = self.shapes.init_std[weight_name]
+        target = base_std / math.sqrt(fan_in_mult)
+        got = float(w.detach().double().std()) if w.numel() > 1 else 0.0
+        base_dims = self.shapes[weight_name].base_shape()  # None for a finite dim: the target's size
+        n_base = math.prod(b if b is not None else t for b, t in zip(base_dims, w.shape))
+        tol = max(self.MIN_TOL, self.SIGMAS * math.sqrt(0.5 / max(n_base - 1, 1) + 0.5 / max(w.numel() - 1, 1)))
+        if got == target or (got > 0 and target > 0 and abs(math.log(got / target)) <= tol):
+            return 1.0
+        if self.init == "keep" or got == 0:  # a zero init cannot be rescaled
+            self.off.append(f"{weight_name} std {got:.4g}, the recipe needs {target:.4g} (base {base_std:.4g} "
+                            f"/ √{fan_in_mult:g})")
+            return 1.0
+        return target / got
+
+    def warn(self) -> None:
+        if self.off:
+            more = " ..." if len(self.off) > 3 else ""
+            warnings.warn(f"init of {len(self.off)} matrices is not the {self.rec.name} init, so activations "
+                          f"will not be width-independent: {'; '.join(self.off[:3])}{more} "
+                          "(init='rescale' sets it from the base)", stacklevel=3)
+        elif self.unknown:
+            warnings.warn("the base shapes carry no init statistics (a base on the meta device, or a base_shapes.json "
+                          "from before lrm-mup recorded them): the model's init is taken as already μP-scaled "
+                          "(∝ 1/√fan_in); build the base with real tensors for base_shapes(base, delta) if it is not "
+                          "(e.g. Hugging Face models, std 0.02 at every width)", stacklevel=3)
+
+
 @torch.no_grad()
-def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], alpha: float) -> LayerParametrization:
-    """Rescale the layer's init, convert it, and return its record."""
+def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], alpha: float,
+           init_gain_of_model: float = 1.0) -> LayerParametrization:
+    """Rescale the layer's init (`init_gain_of_model` puts the model's init on the SP scale the table assumes, then
+    the recipe's stored-weight factor), convert it, and return its record."""
     m = layer.fan_in_mult
     width_factor, init_gain, lr_scale, wd_scale = 1.0, 1.0, 1.0, 1.0
     if layer.kind == HIDDEN and optimizer == "adamw":
@@ -234,7 +355,7 @@ def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], al
         width_factor, init_gain = 1.0 / m, 1.0 / math.sqrt(m)
     module = layer.module
     if not layer.tied:
-        module.weight.mul_(init_gain / width_factor)
+        module.weight.mul_(init_gain_of_model * init_gain / width_factor)
     if rec.mup_readout and getattr(module, "bias", None) is not None:
         module.bias.mul_(math.sqrt(m))
     # the stored hidden weight is 1/width_factor times lr-only's, so its gradient is width_factor times lr-only's
@@ -244,7 +365,7 @@ def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], al
         learned=tuple(k for k in MULTIPLIERS if k in mults), lr_scale=float(lr_scale), wd_scale=float(wd_scale),
         tied=layer.tied, grad_unit=float(grad_unit),
     )
-    convert(module, record)
+    convert(module, record, layer.layout)
     return record
 
 

@@ -48,16 +48,53 @@ _NAME_ROLES = {
 _ROLE_BY_NAME = {alias: role for role, aliases in _NAME_ROLES.items() for alias in aliases}
 
 
+# How a module holds a matrix lrm-mup converts (`multipliers.convert`), tried in order: (layout, test). Modules of no
+# layout may still hold width tensors that a rule of `_FREE_RULES` accepts as they are (no conversion).
+LINEAR, EMBEDDING, TRANSPOSED_LINEAR = "linear", "embedding", "transposed-linear"
+
+
+def _is_transposed_linear(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2 family): y = x·W + b with W stored (fan_in, fan_out). Duck-typed on the class
+    name, its module and its nx/nf fields (transformers is an optional dependency)."""
+    cls = type(module)
+    return (cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
+            and tuple(module.weight.shape) == (getattr(module, "nx", None), getattr(module, "nf", None)))
+
+
+_LAYOUTS = (
+    (LINEAR, lambda m: type(m) is nn.Linear),
+    (EMBEDDING, lambda m: type(m) is nn.Embedding),
+    (TRANSPOSED_LINEAR, _is_transposed_linear),
+)
+
+
+def layout_of(module: nn.Module) -> str | None:
+    """The layout name of a module lrm-mup converts, None for any other module."""
+    return next((layout for layout, test in _LAYOUTS if test(module)), None)
+
+
 @dataclass(frozen=True)
 class Matrix:
     """One reparametrizable matrix: the module holding it and what μP needs to know about it."""
 
     name: str                 # module name
-    module: nn.Module         # exact nn.Linear or nn.Embedding
+    module: nn.Module         # nn.Linear, nn.Embedding or a foreign layout (`layout_of`)
     role: str
     kind: str
     fan_in_mult: float        # width multiplier of the fan-in dim (1 if finite)
     tied: bool                # weight already owned by an earlier module (tied embedding/readout)
+    layout: str = LINEAR
+
+
+@dataclass(frozen=True)
+class FreeTensor:
+    """A width tensor held outside the converted layers and accepted as it is (a raw nn.Parameter position table):
+    no multipliers, trained as SP's (LR × 1), its init set from the base's like a matrix of its kind."""
+
+    name: str                 # parameter name
+    param: nn.Parameter
+    role: str
+    kind: str
 
 
 def kind_of(module: nn.Module, infshape: InfShape) -> str:
@@ -67,10 +104,28 @@ def kind_of(module: nn.Module, infshape: InfShape) -> str:
         if vocab_inf:
             raise RoleError("an nn.Embedding whose number of embeddings grows with width is not a width layout")
         return INPUT if dim_inf else FINITE
-    out_inf, in_inf = infshape[0].isinf(), infshape[1].isinf()
+    out_axis, in_axis = (1, 0) if _is_transposed_linear(module) else (0, 1)
+    out_inf, in_inf = infshape[out_axis].isinf(), infshape[in_axis].isinf()
     return {(True, True): HIDDEN, (False, True): READOUT, (True, False): INPUT, (False, False): FINITE}[
         (out_inf, in_inf)
     ]
+
+
+def _raw_position_table(module: nn.Module, full: str, p: nn.Parameter, infshape: InfShape,
+                        role: str | None) -> FreeTensor | None:
+    """A raw nn.Parameter whose only width dim is its last (a learned position table (context, width), added to the
+    residual stream): an input tensor (role 'input' or 'embedding'), as nn.Embedding's table would be."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):  # a subclass with its own forward: not a raw table
+        return None
+    width = [d.isinf() for d in infshape]
+    if width[-1] and not any(width[:-1]) and (role or "input") in ("input", "embedding"):
+        return FreeTensor(full, p, role or "input", INPUT)
+    return None
+
+
+# rules for width tensors held outside the converted layouts, tried in order: (module, parameter name, parameter,
+# its InfShape, the role override or None) -> FreeTensor, or None when the rule does not apply
+_FREE_RULES = (_raw_position_table,)
 
 
 def role_from_name(name: str, kind: str) -> str:
@@ -88,8 +143,10 @@ def match_pattern(name: str, table: dict[str, object] | None) -> object | None:
     return None
 
 
-def find_matrices(model: nn.Module, shapes: dict[str, InfShape], overrides: dict[str, str] | None) -> list[Matrix]:
-    """Every matrix of `model` with its role; errors for matrices we cannot reparametrize or roles that misfit."""
+def find_matrices(model: nn.Module, shapes: dict[str, InfShape], overrides: dict[str, str] | None,
+                  free: list[FreeTensor] | None = None) -> list[Matrix]:
+    """Every matrix of `model` with its role; errors for matrices we cannot reparametrize or roles that misfit.
+    Width tensors outside the converted layouts that a rule accepts are appended to `free`."""
     declared = dict(model.lrm_roles()) if hasattr(model, "lrm_roles") else {}
     for pattern, role in (overrides or {}).items():
         if role not in ROLE_KIND:
@@ -98,14 +155,12 @@ def find_matrices(model: nn.Module, shapes: dict[str, InfShape], overrides: dict
     found = []
     for name, module in model.named_modules():
         matrix_params = [(n, p) for n, p in module.named_parameters(recurse=False) if p.ndim >= 2]
-        if type(module) not in (nn.Linear, nn.Embedding):
+        layout = layout_of(module)
+        if layout is None:
             for pname, p in matrix_params:
                 full = param_names[id(p)]
                 if any(d.isinf() for d in shapes[full]):
-                    raise RoleError(
-                        f"{full!r} is a width matrix held by {type(module).__name__}, not nn.Linear/nn.Embedding: "
-                        "lrm-mup reparametrizes only those two (split fused layers into nn.Linear)"
-                    )
+                    _free_tensor(module, full, p, shapes[full], match_pattern(full, overrides), free)
             continue
         if isinstance(module, nn.Embedding) and (module.max_norm is not None or module.sparse):
             raise RoleError(f"nn.Embedding {name!r} uses max_norm or sparse gradients, which lrm-mup does not support")
@@ -119,12 +174,31 @@ def find_matrices(model: nn.Module, shapes: dict[str, InfShape], overrides: dict
                 f"{name!r} has role {role!r} ({ROLE_KIND[role]}) but its width dims say {kind}: fix the role override "
                 "or the base/delta models"
             )
-        fan_in_mult = 1.0 if isinstance(module, nn.Embedding) else float(infshape[1].width_mult())
-        found.append((name, module, role, kind, fan_in_mult))
+        in_axis = 0 if layout == TRANSPOSED_LINEAR else 1
+        fan_in_mult = 1.0 if isinstance(module, nn.Embedding) else float(infshape[in_axis].width_mult())
+        found.append((name, module, role, kind, fan_in_mult, layout))
     # a weight shared by several layers (tied embedding/readout) is owned, for init and optimizer, by its input
     # layer if it has one, else by the first layer holding it; the others only apply their forward multiplier
     owner: dict[int, str] = {}
-    for name, module, _, kind, _ in sorted(found, key=lambda f: f[3] != INPUT):
+    for name, module, _, kind, _, _ in sorted(found, key=lambda f: f[3] != INPUT):
         owner.setdefault(id(module.weight), name)
-    return [Matrix(name, module, role, kind, m, tied=owner[id(module.weight)] != name)
-            for name, module, role, kind, m in found]
+    return [Matrix(name, module, role, kind, m, tied=owner[id(module.weight)] != name, layout=layout)
+            for name, module, role, kind, m, layout in found]
+
+
+def _free_tensor(module: nn.Module, full: str, p: nn.Parameter, infshape: InfShape, role: str | None,
+                 free: list[FreeTensor] | None) -> None:
+    """Accept a width tensor outside the converted layouts by the first rule of `_FREE_RULES` that applies, or
+    refuse it with what the user can do."""
+    for rule in _FREE_RULES:
+        found = rule(module, full, p, infshape, role)
+        if found is not None:
+            if free is not None:
+                free.append(found)
+            return
+    dims = "x".join(f"{d.dim}{'(width)' if d.isinf() else ''}" for d in infshape)
+    raise RoleError(
+        f"{full!r} ({dims}) is a width matrix held by {type(module).__name__}, which lrm-mup cannot reparametrize: "
+        "it converts nn.Linear, nn.Embedding and transformers' Conv1D, and keeps raw parameters whose only width "
+        "dim is the last (position tables); write the layer as nn.Linear (split fused layers into nn.Linear)"
+    )

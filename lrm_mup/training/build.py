@@ -5,7 +5,9 @@
 
 The model comes from the registry (`cfg.build(width)`), and `lrm_mup.parametrize` applies the recipe with the base
 shapes of the config: μP's width dimensions are those that differ between a model at `base_width` and one at
-`delta_width` (2 × base by default). Base and delta are built on the meta device: they lend only their shapes.
+`delta_width` (2 × base by default). The delta is built on the meta device (it lends only its shapes); the base is
+initialized on the CPU from `cfg.seed`, without touching the global generator, for its init statistics (the std of
+each matrix, which `parametrize` sets the target's init from).
 Training runs, sweep trials, transfer runs, `lrm-mup describe` and the benchmarks all build through here.
 """
 from __future__ import annotations
@@ -21,10 +23,13 @@ from .config import TrainConfig
 
 
 def config_base_shapes(cfg: TrainConfig) -> BaseShapes:
-    """The μP base shapes of `cfg`: its model at `base_width` against its model at `delta_width` (on the meta
-    device, so nothing is allocated or initialized)."""
+    """The μP base shapes of `cfg`: its model at `base_width` (initialized on the CPU from `cfg.seed` in a forked
+    generator: its init statistics) against its model at `delta_width` (on the meta device)."""
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.manual_seed(cfg.seed)
+        base = cfg.build(cfg.base_width)
     with torch.device("meta"):
-        return base_shapes(cfg.build(cfg.base_width), cfg.build(cfg.delta_or_default))
+        return base_shapes(base, cfg.build(cfg.delta_or_default))
 
 
 def parametrized_model(cfg: TrainConfig, width: int | None = None, *, device: str | torch.device | None = None
@@ -33,8 +38,9 @@ def parametrized_model(cfg: TrainConfig, width: int | None = None, *, device: st
 
     On a real device the model is initialized on the CPU after seeding torch's global generator with `cfg.seed`, then
     moved to `device` (if given): the init is a function of the config, the same on every device. On
-    `device="meta"` nothing is initialized or allocated (and no generator is touched): the layer table only
-    (`lrm_mup.describe`), whatever the width."""
+    `device="meta"` nothing at `width` is initialized or allocated (and the global generator is not touched): the
+    layer table only (`lrm_mup.describe`), whatever the width (only the small base model is built, for its init
+    statistics, in a forked generator)."""
     width = cfg.width if width is None else width
     meta = device is not None and torch.device(device).type == "meta"
     if not meta:
