@@ -212,11 +212,18 @@ def test_coord_check_of_an_hf_llama_with_hf_init_passes_mup_lr_only_lrm_and_fail
     assert not llama_check.passed("sp")
 
 
-def test_coord_check_records_a_growing_head_dim_per_width(corpus):
+def test_coord_check_judges_a_growing_head_dim_of_an_hf_llama(corpus, one_thread):
+    """Fixed head count: d_head 16 / 32 / 64. The head dim recorded per width makes the judge expect μP's d_head^-1/2
+    where it belongs (the query's output, the attention logits at init), and mup's series meet it there."""
     build = lambda w: build_model("hf:llama", w, heads=2, **SMALL)  # noqa: E731
-    result = coord_check(build, [32, 64], base_width=32, delta_width=64, recipes=["mup"], steps=1, seeds=1,
-                         corpus=corpus, context=16, batch_size=4, last_steps=1, progress=False)
-    assert result.config["head_dims"] == {32: 16, 64: 32}
+    result = coord_check(build, [32, 64, 128], base_width=32, delta_width=64, recipes=["mup"], steps=4, seeds=2,
+                         corpus=corpus, context=16, batch_size=8, last_steps=2, progress=False)
+    assert result.config["head_dims"] == {32: 16, 64: 32, 128: 64}
+    query = next(v for v in result.verdicts if (v.module, v.quantity) == ("model.layers.0.self_attn.q_proj", "act"))
+    assert query.expected == -0.5 and query.passed
+    at_init = {r["module"]: r for r in result.slopes if r["quantity"] == "act" and r["step"] == 0}
+    logits = at_init["model.layers.0.self_attn.logits"]
+    assert logits["expected"] == -0.5 and abs(logits["slope"] + 0.5) <= result.config["threshold"]
 
 
 # ----------------------------------------------------------------------------------------------------------
