@@ -162,7 +162,7 @@ _LAYER_ATTRS = tuple(inspect.get_annotations(_Multiplied))  # what a converted l
 _MODEL_ATTRS = (MODEL_ATTR, *GUARDED_METHODS)
 # the converted class of each module layout `roles.layout_of` names (a foreign class gets a subclass made on first
 # use: Multiplied<Class>, its forward from the layout's mixin)
-_MIXINS = {"transposed-linear": _MultipliedTransposedLinear}
+_MIXINS = {"transposed-linear": _MultipliedTransposedLinear, "scaled-embedding": MultipliedEmbedding}
 
 
 def convert(module: nn.Module, record: LayerParametrization, layout: str = "") -> None:
@@ -199,7 +199,9 @@ def merge(model: nn.Module) -> nn.Module:
     """
     out = copy.deepcopy(model)
     layers = multiplied_modules(out)
-    merged = [m.effective_weight().detach().clone() for _, m in layers]  # before any weight is replaced
+    # before any weight is replaced; a module whose own forward multiplies by a constant gets it divided out
+    merged = [m.effective_weight().detach() / m.parametrization.module_scale
+              if m.parametrization.module_scale != 1.0 else m.effective_weight().detach().clone() for _, m in layers]
     for (_, m), w in zip(layers, merged):
         for name in MULTIPLIER_PARAMS:
             delattr(m, name)

@@ -66,7 +66,7 @@ def param_groups(
     for _, p in multiplier_parameters(model):
         add(p, "adamw", "multiplier", mult_lr, 1.0, mult_wd, 1.0)
     for _, p in model.named_parameters():
-        if p.ndim >= 2:  # matrices outside nn.Linear/nn.Embedding with no width dim: plain SP
+        if p.ndim >= 2:  # matrices outside the converted layers (no width dim, or a raw position table): plain SP
             add(p, "adamw", "finite", adam_lr, 1.0, weight_decay, 1.0)
         else:
             add(p, "adamw", "vector", adam_lr, 1.0, 0.0, 1.0)

@@ -50,6 +50,8 @@ class LayerParametrization(Record):
     wd_scale: float                 # and its weight decay wd × this
     tied: bool                      # the weight is owned (initialised, optimized) by another layer
     grad_unit: float = 1.0          # stored gradient × this = lr-only's gradient (m for mup/lrm hidden matrices)
+    module_scale: float = 1.0       # the constant the module's own forward applies (Gemma's √hidden embedding
+    #                                 scale): the converted forward applies fixed_mult instead; merge divides it out
 
     def __post_init__(self):
         if ROLE_KIND.get(self.role) != self.kind:
@@ -58,7 +60,7 @@ class LayerParametrization(Record):
         if tuple(m for m in MULTIPLIERS if m in self.learned) != tuple(self.learned):
             raise RecordError(f"learned multipliers {self.learned!r}: each of {', '.join(MULTIPLIERS)} at most once, "
                               "in that order")
-        for name in ("fan_in_mult", "fixed_mult", "lr_scale", "wd_scale", "grad_unit"):
+        for name in ("fan_in_mult", "fixed_mult", "lr_scale", "wd_scale", "grad_unit", "module_scale"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise RecordError(f"layer {name} is {value!r}; it must be a positive finite number")
@@ -81,10 +83,12 @@ class ModelParametrization(Record):
     base_init_std: dict[str, float] | None = None  # parameter -> std of the base model's init (None: unknown)
     init: str = "rescale"                           # "rescale" or "keep": what parametrize did with the init
     free_tensors: dict[str, str] = field(default_factory=dict)  # raw width parameters kept as they are -> role
+    base_module_scales: dict[str, float] | None = None  # module -> c of lookup × c embeddings in the base
 
     def base(self) -> BaseShapes:
         """The base shapes as `BaseShapes` (what `parametrize` takes as `base`; `.save` writes base_shapes.json)."""
-        return BaseShapes.from_dims(self.base_shapes, self.base_head_dim, self.base_init_std)
+        return BaseShapes.from_dims(self.base_shapes, self.base_head_dim, self.base_init_std,
+                                    self.base_module_scales)
 
     def options(self) -> dict:
         """The keyword arguments of `parametrize` besides the base: parametrize(model, rec.base(), **rec.options())

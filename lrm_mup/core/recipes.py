@@ -70,9 +70,11 @@ from .roles import (
     INPUT,
     READOUT,
     ROLE_KIND,
+    SCALED_EMBEDDING,
     TRANSPOSED_LINEAR,
     FreeTensor,
     Matrix,
+    embedding_scale,
     find_matrices,
     match_pattern,
 )
@@ -167,6 +169,10 @@ def parametrize(
     layers = find_matrices(model, inf, roles, free)
     if attn != 1.0:
         _check_attention_reachable(model, layers, shapes.head_dim, head_dim_of(model))
+    for layer in layers:  # before anything is converted: a refused model stays as it was
+        if layer.layout == TRANSPOSED_LINEAR and optimizer == "muon" and layer.kind in (HIDDEN, FINITE):
+            raise RecipeError(f"optimizer 'muon' with {type(layer.module).__name__} {layer.name!r} (weight stored "
+                              "transposed): Muon's LR adjustment reads the shape as (fan_out, fan_in); use adamw")
     place = PLACEMENTS[spec["placement"]] if rec.learnable else None
     param_names = {id(p): n for n, p in model.named_parameters()}
     gains = _InitGains(shapes, rec, init)
@@ -174,21 +180,26 @@ def parametrize(
     for layer in layers:
         mults = _learned(layer, place, multipliers) if rec.learnable else _NONE
         alpha = _alpha(layer, alphas) * (attn if layer.role == "query" else 1.0)
-        if layer.layout == TRANSPOSED_LINEAR and optimizer == "muon" and layer.kind in (HIDDEN, FINITE):
-            raise RecipeError(f"optimizer 'muon' with {type(layer.module).__name__} {layer.name!r} (weight stored "
-                              "transposed): Muon's LR adjustment reads the shape as (fan_out, fan_in); use adamw")
         if layer.tied:
             gain = 1.0
         else:
             gain = gains.of(layer.module.weight, param_names[id(layer.module.weight)], layer.kind, layer.fan_in_mult)
-        records[layer.name] = _apply(layer, rec, optimizer, mults, alpha, gain)
+        scale = 1.0
+        if layer.layout == SCALED_EMBEDDING:  # μP keeps the base's constant (embedding updates as in the base)
+            scale = embedding_scale(layer.module)
+            base_scale = (shapes.module_scales or {}).get(layer.name)
+            if base_scale is None and rec.mup_readout:
+                gains.unknown = True
+            alpha *= base_scale if base_scale is not None and rec.mup_readout else scale
+        records[layer.name] = _apply(layer, rec, optimizer, mults, alpha, gain, scale)
     with torch.no_grad():
         for t in free:
             t.param.mul_(gains.of(t.param, t.name, t.kind, 1.0))
     gains.warn()
     record = ModelParametrization(**spec, roles=dict(roles or {}), base_shapes=shapes.dims(),
                                   base_head_dim=shapes.head_dim, layers=records, base_init_std=shapes.init_std,
-                                  free_tensors={t.name: t.role for t in free})
+                                  free_tensors={t.name: t.role for t in free},
+                                  base_module_scales=shapes.module_scales)
     set_parametrization(model, record)
     guard(model)
     return model
@@ -343,7 +354,7 @@ class _InitGains:
 
 @torch.no_grad()
 def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], alpha: float,
-           init_gain_of_model: float = 1.0) -> LayerParametrization:
+           init_gain_of_model: float = 1.0, module_scale: float = 1.0) -> LayerParametrization:
     """Rescale the layer's init (`init_gain_of_model` puts the model's init on the SP scale the table assumes, then
     the recipe's stored-weight factor), convert it, and return its record."""
     m = layer.fan_in_mult
@@ -363,7 +374,7 @@ def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], al
     record = LayerParametrization(
         role=layer.role, kind=layer.kind, fan_in_mult=float(m), fixed_mult=float(alpha * width_factor),
         learned=tuple(k for k in MULTIPLIERS if k in mults), lr_scale=float(lr_scale), wd_scale=float(wd_scale),
-        tied=layer.tied, grad_unit=float(grad_unit),
+        tied=layer.tied, grad_unit=float(grad_unit), module_scale=float(module_scale),
     )
     convert(module, record, layer.layout)
     return record

@@ -5,12 +5,19 @@ and the attention scaling also need its *role* inside the block (query, key, MLP
 from the shapes; the role comes from, in order: the user's overrides, the model's own `lrm_roles()` table, and the
 module's name. A declared role that contradicts the shapes is an error, and so is a matrix held by a module type we
 cannot reparametrize: we never guess.
+
+Module types (`layout_of`, a table of rules tried in order): exact nn.Linear and nn.Embedding, transformers' Conv1D
+(weight stored (fan_in, fan_out)), nn.Embedding subclasses whose forward is lookup × a constant (Gemma). Width
+tensors outside these (raw nn.Parameters) go through `_FREE_RULES`: a position table (only its last dim is width)
+is kept as it is, as an input tensor; anything else is refused naming the class and what to do.
 """
 from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from mup import InfShape
 from torch import nn
 
@@ -51,6 +58,7 @@ _ROLE_BY_NAME = {alias: role for role, aliases in _NAME_ROLES.items() for alias 
 # How a module holds a matrix lrm-mup converts (`multipliers.convert`), tried in order: (layout, test). Modules of no
 # layout may still hold width tensors that a rule of `_FREE_RULES` accepts as they are (no conversion).
 LINEAR, EMBEDDING, TRANSPOSED_LINEAR = "linear", "embedding", "transposed-linear"
+SCALED_EMBEDDING = "scaled-embedding"  # an nn.Embedding subclass whose forward is lookup × a constant (Gemma)
 
 
 def _is_transposed_linear(module: nn.Module) -> bool:
@@ -61,10 +69,38 @@ def _is_transposed_linear(module: nn.Module) -> bool:
             and tuple(module.weight.shape) == (getattr(module, "nx", None), getattr(module, "nf", None)))
 
 
+@torch.no_grad()
+def embedding_scale(module: nn.Module) -> float | None:
+    """The constant c of an nn.Embedding subclass whose forward is lookup × c (Gemma's √hidden), else None.
+
+    Read from a float `scalar_embed_scale` (Gemma's) if the module has one, else measured from a probe lookup; either
+    way a real module's forward must then equal F.embedding(ids, weight) * c exactly. On the meta device only the
+    attribute can say."""
+    if not isinstance(module, nn.Embedding) or type(module) is nn.Embedding:
+        return None
+    declared = getattr(module, "scalar_embed_scale", None)
+    declared = float(declared) if isinstance(declared, (int, float)) and not isinstance(declared, bool) else None
+    w = module.weight
+    if w.is_meta:
+        return declared
+    ids = torch.arange(min(module.num_embeddings, 16), device=w.device)
+    out, ref = module(ids), F.embedding(ids, w, module.padding_idx)
+    if not isinstance(out, torch.Tensor) or out.shape != ref.shape:
+        return None
+    measured = float((out.double() * ref.double()).sum() / (ref.double() ** 2).sum().clamp_min(1e-300))
+    # the constant as the forward has it: often a float32 buffer (Gemma's embed_scale), so try that rounding too
+    for c in dict.fromkeys(x for v in (declared, measured) if v is not None
+                           for x in (v, float(torch.tensor(v, dtype=torch.float32)))):
+        if torch.equal(out, ref * c):
+            return c
+    return None
+
+
 _LAYOUTS = (
     (LINEAR, lambda m: type(m) is nn.Linear),
     (EMBEDDING, lambda m: type(m) is nn.Embedding),
     (TRANSPOSED_LINEAR, _is_transposed_linear),
+    (SCALED_EMBEDDING, lambda m: embedding_scale(m) is not None),
 )
 
 
@@ -197,6 +233,13 @@ def _free_tensor(module: nn.Module, full: str, p: nn.Parameter, infshape: InfSha
                 free.append(found)
             return
     dims = "x".join(f"{d.dim}{'(width)' if d.isinf() else ''}" for d in infshape)
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        plain = "nn.Linear" if isinstance(module, nn.Linear) else "nn.Embedding"
+        raise RoleError(
+            f"{full!r} is held by {type(module).__name__}, a subclass of {plain} with a forward of its own, which "
+            "lrm-mup cannot reparametrize (it takes nn.Embedding subclasses whose forward is the lookup times a "
+            f"constant): use a plain {plain}, or give the constant as a float attribute `scalar_embed_scale`"
+        )
     raise RoleError(
         f"{full!r} ({dims}) is a width matrix held by {type(module).__name__}, which lrm-mup cannot reparametrize: "
         "it converts nn.Linear, nn.Embedding and transformers' Conv1D, and keeps raw parameters whose only width "

@@ -25,6 +25,7 @@ from torch import nn
 
 from .._files import write_json_atomic
 from ..errors import ShapeError
+from .roles import embedding_scale
 
 
 def head_dim_of(model: nn.Module) -> int | None:
@@ -54,16 +55,23 @@ def init_stds(model: nn.Module) -> dict[str, float] | None:
     return {name: float(p.detach().double().std()) if p.numel() > 1 else 0.0 for name, p in params if p.ndim >= 2}
 
 
+def module_scales(model: nn.Module) -> dict[str, float]:
+    """Module name -> c for every nn.Embedding subclass whose forward is lookup × c (`roles.embedding_scale`)."""
+    return {name: c for name, m in model.named_modules() if (c := embedding_scale(m)) is not None}
+
+
 class BaseShapes(dict):
     """Parameter name -> `InfShape` of the base model (`None` dims of the target filled in later).
 
     Also carries `head_dim`, the base model's attention head dimension, so that μP's 1/d_head attention scaling can
     be applied when the head dimension grows with width, and `init_std`, the std of every matrix of the base model
-    at init ({parameter: std}; None where unknown: a meta base or an older file).
+    at init ({parameter: std}; None where unknown: a meta base or an older file), and `module_scales`, the constant
+    c of each embedding whose forward is lookup × c (Gemma's √hidden), which μP keeps at the base's value.
     """
 
     head_dim: int | None = None
     init_std: dict[str, float] | None = None
+    module_scales: dict[str, float] | None = None
 
     def dims(self) -> dict[str, tuple[int | None, ...]]:
         """Parameter name -> base dims (None for a finite dim): what base_shapes.json and a ModelParametrization
@@ -72,10 +80,13 @@ class BaseShapes(dict):
 
     @classmethod
     def from_dims(cls, dims: dict[str, Sequence[int | None]], head_dim: int | None,
-                  init_std: dict[str, float] | None = None) -> BaseShapes:
-        """The inverse of `dims()` (with the head dim and init statistics beside them)."""
+                  init_std: dict[str, float] | None = None,
+                  module_scales: dict[str, float] | None = None) -> BaseShapes:
+        """The inverse of `dims()` (with the head dim, init statistics and embedding constants beside them)."""
         out = cls({name: InfShape.from_base_shape(list(d)) for name, d in dims.items()})
         out.head_dim = head_dim
+        if module_scales is not None:
+            out.module_scales = {k: float(v) for k, v in module_scales.items()}
         if init_std is not None:
             bad = [k for k, v in init_std.items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)]
             if bad:
@@ -85,16 +96,18 @@ class BaseShapes(dict):
         return out
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write as JSON {"head_dim": ..., "shapes": {name: base dims}, "init_std": {name: std} | null}
-        (atomically)."""
-        write_json_atomic(path, {"head_dim": self.head_dim, "shapes": self.dims(), "init_std": self.init_std})
+        """Write as JSON {"head_dim": ..., "shapes": {name: base dims}, "init_std": {name: std} | null,
+        "module_scales": {module: c} | null} (atomically)."""
+        write_json_atomic(path, {"head_dim": self.head_dim, "shapes": self.dims(), "init_std": self.init_std,
+                                 "module_scales": self.module_scales})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BaseShapes:
         """Read a file `save` wrote; files from before the init statistics load with `init_std = None`."""
         try:
             payload = json.loads(Path(path).read_text())
-            return cls.from_dims(payload["shapes"], payload.get("head_dim"), payload.get("init_std"))
+            return cls.from_dims(payload["shapes"], payload.get("head_dim"), payload.get("init_std"),
+                                 payload.get("module_scales"))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ShapeError(f"cannot read base shapes from {str(path)!r}: {e}") from None
 
@@ -113,6 +126,7 @@ def base_shapes(base: nn.Module, delta: nn.Module) -> BaseShapes:
     out = BaseShapes(make_base_shapes(b, d))
     out.head_dim = head_dim_of(base)
     out.init_std = init_stds(base)
+    out.module_scales = module_scales(base)
     return out
 
 
