@@ -96,3 +96,14 @@ def test_a_corpus_of_another_tokenizer_is_refused(bpe):
     cfg = TrainConfig(width=32, base_width=16, depth=1, head_dim=8, context=16, data=DATA)
     with pytest.raises(ConfigError, match="the corpus has a vocabulary of 320 tokens"):
         Run.create(cfg, bpe, progress=False)
+
+
+def test_train_takes_tokenizer_on_the_command_line(tmp_path, monkeypatch, capsys):
+    from lrm_mup import cli
+
+    monkeypatch.setenv("LRM_MUP_CACHE", str(tmp_path / "cache"))
+    status = cli.main(["train", "--tokenizer", "bpe:300", "--width", "32", "--base-width", "16", "--head-dim", "8",
+                       "--depth", "1", "--steps", "2", "--batch", "2", "--context", "16", "--eval-batches", "1",
+                       "--data", DATA, "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")])
+    assert status == 0 and "bits/byte" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache" / "tokenizers").glob("bpe-300-*.json"))) == 1
