@@ -4,6 +4,8 @@ doing exactly the same work."""
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -22,12 +24,17 @@ def add_common_args(p: argparse.ArgumentParser, *, batch: int, threads: int) -> 
 
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
-               path: lrm_mup.EffectivePath | None = None, clip: float | None = None) -> Callable[[], None]:
+               path: lrm_mup.EffectivePath | None = None, clip: float | None = None,
+               forward: Callable | None = None) -> Callable[[], None]:
     """One optimizer step of `model` on the batch (x, y), as a function to time. `path`: the effective path maps its
-    gradients after backward and refreshes its merged matrices after the step; `clip`: lrm_mup's clipping."""
+    gradients after backward and refreshes its merged matrices after the step; `clip`: lrm_mup's clipping;
+    `forward(x, y) -> (logits, loss)`: how the loss is computed (default `model(x, y)`; an HF model:
+    `lrm_mup.training.engine.lm_forward(model)`)."""
+    forward = model if forward is None else forward
+
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        _, loss = model(x, y)
+        _, loss = forward(x, y)
         loss.backward()
         if path is not None:
             path.map_grads()
@@ -37,3 +44,34 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
         if path is not None:
             path.refresh()
     return step
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each step function per round: `warmup` untimed calls each, then `rounds` rounds calling every
+    function once, in an order rotated each round (so that load on a shared machine hits all of them alike)."""
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    times = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def print_ratio_table(times: dict[str, list[float]], tokens: int, reference: str = "plain") -> None:
+    """A markdown table: step ms, tokens/s and, per model, tokens/s over the reference's: the median over rounds of
+    the per-round ratio [IQR], and the ratio of the best (least disturbed) steps."""
+    print(f"\n| model | step ms (median / min) | tokens/s (median / best) | ours/{reference} tokens/s: paired median "
+          "[IQR]; best/best |")
+    print("|---|---:|---:|---:|")
+    for name, t in times.items():
+        med, best = statistics.median(t), min(t)
+        per_round = [tp / tn for tn, tp in zip(t, times[reference])]  # (tokens/s ours) / (tokens/s reference)
+        q = statistics.quantiles(per_round, n=4)
+        ratio = "1 (reference)" if name == reference else (
+            f"{statistics.median(per_round):.3f} [{q[0]:.3f}, {q[2]:.3f}]; {min(times[reference]) / best:.3f}")
+        print(f"| {name} | {1e3 * med:.1f} / {1e3 * best:.1f} | {tokens / med:,.0f} / {tokens / best:,.0f} | {ratio} |")

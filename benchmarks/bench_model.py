@@ -19,12 +19,10 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from _bench import add_common_args, train_step
+from _bench import add_common_args, print_ratio_table, time_interleaved, train_step
 from torch import nn
 
 import lrm_mup
@@ -162,28 +160,8 @@ def main(argv=None):
     print(f"# width {args.width}, depth {args.depth}, context {args.context}, batch {args.batch}, float32, "
           f"fwd+bwd+AdamW, warmup {args.warmup}, {args.rounds} interleaved rounds")
     print(f"# sanity: PlainGPT logits == lrm_mup.model.GPT logits with copied weights (max rel. err {err:.1e}, f64)")
-    steps = steppers(args)
-    names = list(steps)
-    for _ in range(args.warmup):
-        for name in names:
-            steps[name]()
-    times = {n: [] for n in names}
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - t0)
-    tokens = args.batch * args.context
-    print("\n| model | step ms (median / min) | tokens/s (median / best) | ours/plain tokens/s: paired median [IQR]; "
-          "best/best |")
-    print("|---|---:|---:|---:|")
-    for name in names:
-        med, best = statistics.median(times[name]), min(times[name])
-        per_round = [tp / tn for tn, tp in zip(times[name], times["plain"])]  # (tokens/s ours) / (tokens/s plain)
-        q = statistics.quantiles(per_round, n=4)
-        ratio = "1 (reference)" if name == "plain" else (
-            f"{statistics.median(per_round):.3f} [{q[0]:.3f}, {q[2]:.3f}]; {min(times['plain']) / best:.3f}")
-        print(f"| {name} | {1e3 * med:.1f} / {1e3 * best:.1f} | {tokens / med:,.0f} / {tokens / best:,.0f} | {ratio} |")
+    times = time_interleaved(steppers(args), args.warmup, args.rounds)
+    print_ratio_table(times, args.batch * args.context)
     print(f"\n# loadavg(after)={os.getloadavg()[0]:.2f}")
 
 

@@ -23,7 +23,8 @@ from ._secrets import mask_url
 from .analysis import equilibrium_table
 from .core.recipes import DESCRIBE_COLUMNS, RECIPES, describe
 from .errors import ConfigError
-from .models import MODELS, GPTConfig
+from .models import check_model, model_builder
+from .models.hf import read_config_file
 from .pipelines.demo import run_demo
 from .pipelines.tuning_report import report_verdict, tuning_report
 from .report import write_coord_check_report, write_equilibrium_report
@@ -126,11 +127,19 @@ def cmd_coord_check(args) -> int:
         torch.set_num_threads(args.threads)
     if args.depths is not None:
         return _depth_coord_check(args, out)
+    model = args.model
+    if args.model_config is not None and model == "proxy":  # the file names its model class
+        model = f"hf:{read_config_file(args.model_config)['model_type']}"
     model_fields = {**cc.DEFAULT_PROXY, "context": args.context}
-    build = lambda width: MODELS[args.model](width, **model_fields)  # noqa: E731
+    data_mod.check_tokenizer(args.tokenizer)
+    if args.tokenizer is not None:
+        model_fields["vocab"] = data_mod.tokenizer_vocab(args.tokenizer)
+    if args.model_config is not None:
+        model_fields.update(config=args.model_config, head_dim=None)  # the file's head dim stays fixed
     for width in (*args.widths, args.base_width, args.delta_width):
-        GPTConfig(width=width, **model_fields)  # a width the model cannot take: one line, before any work
-    corpus = data_mod.load_corpus(args.data)
+        check_model(model, width, **model_fields)  # a width the model cannot take: one line, before any work
+    build = lambda width, make=model_builder(model): make(width, **model_fields)  # noqa: E731
+    corpus = data_mod.load_corpus(args.data, tokenizer=args.tokenizer)
     result = cc.coord_check(build, args.widths, base_width=args.base_width, delta_width=args.delta_width,
                             recipes=args.recipes, steps=args.steps, seeds=args.seeds, lr=args.lr,
                             optimizer=args.optimizer, corpus=corpus, context=args.context,
@@ -151,9 +160,9 @@ def _depth_coord_check(args, out) -> int:
         raise ConfigError(f"--base-depth {base_depth} is invalid: must be a positive integer")
     model_fields = {key: value for key, value in cc.DEFAULT_PROXY.items() if key != "depth"}
     model_fields["context"] = args.context
-    build = lambda width, depth: MODELS[args.model](width, depth=depth, **model_fields)  # noqa: E731
+    build = lambda width, depth, make=model_builder(args.model): make(width, depth=depth, **model_fields)  # noqa: E731
     for width in (args.width, 2 * args.width):
-        GPTConfig(width=width, **model_fields)  # a width the model cannot take: one line, before any work
+        check_model(args.model, width, **model_fields)  # a width the model cannot take: one line, before any work
     corpus = data_mod.load_corpus(args.data)
     result = cc.depth_coord_check(build, args.depths, width=args.width, base_depth=base_depth,
                                   depth_rule=args.depth_rule, recipes=args.recipes, steps=args.steps,

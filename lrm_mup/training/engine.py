@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -32,6 +33,7 @@ from .. import data as data_mod
 from ..core.multipliers import EffectivePath, multiplied_modules, multiplier_parameters
 from ..core.optim import build_optimizer, clip_grad_norm_
 from ..errors import ConfigError
+from ..models import flops_per_token, logits_of
 from ..records import RunResult, StepRecord
 from . import distributed
 from .build import parametrized_model
@@ -39,6 +41,15 @@ from .config import TrainConfig, lr_factor
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def lm_forward(model: torch.nn.Module) -> Forward:
+    """`(x, y) -> (logits, mean next-token cross-entropy in nats)` through `model(x)`, whatever the model returns
+    (a tensor, a tuple, an HF output object: `lrm_mup.models.logits_of`): the one loss of training and validation."""
+    def forward(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = logits_of(model(x))
+        return logits, F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    return forward
 
 
 def diverged(record: StepRecord) -> bool:
@@ -81,8 +92,8 @@ class Run:
                world: distributed.World = distributed.SINGLE) -> Run:
         check_world(cfg, world)
         if corpus is None:
-            corpus = distributed.main_first(lambda: data_mod.load_corpus(cfg.data, progress=progress and world.main),
-                                            world)
+            corpus = distributed.main_first(lambda: data_mod.load_corpus(cfg.data, progress=progress and world.main,
+                                                                         tokenizer=cfg.tokenizer), world)
         corpus.check_context(cfg.context)  # a context the data cannot fill: said before anything is built or written
         device = world.device(cfg.device)
         model = parametrized_model(cfg, device=device)
@@ -93,9 +104,14 @@ class Run:
         gen = torch.Generator().manual_seed(cfg.seed)
         path = EffectivePath(model) if cfg.path == "effective" else None
         compile_ = cfg.compile if cfg.compile is not None else device.type == "cuda"  # the one compile default
+        if corpus.vocab != cfg.vocab:
+            raise ConfigError(f"the corpus has a vocabulary of {corpus.vocab} tokens (tokenizer {corpus.tokenizer!r}),"
+                              f" the config {cfg.vocab} (tokenizer {cfg.tokenizer!r}): load the corpus with the "
+                              "config's tokenizer")
         forward = torch.compile(wrapped) if compile_ else wrapped
         eval_forward = forward if wrapped is model else (torch.compile(model) if compile_ else model)
-        return cls(cfg, model, opt, sched, corpus, gen, device, 0, path, world, wrapped, forward, eval_forward)
+        return cls(cfg, model, opt, sched, corpus, gen, device, 0, path, world, wrapped, lm_forward(forward),
+                   lm_forward(eval_forward))
 
     # what a run has done: computed here only -----------------------------------------------------------------
 
@@ -106,8 +122,9 @@ class Run:
 
     @property
     def flops_per_token(self) -> float:
-        """Model training FLOPs per token (forward and backward), as the model counts them; 0 if it does not."""
-        return self.model.flops_per_token() if hasattr(self.model, "flops_per_token") else 0.0
+        """Model training FLOPs per token (forward and backward): `lrm_mup.models.flops_per_token` (the model's own
+        count, or one from an HF config; 0 if unknown)."""
+        return flops_per_token(self.model, self.cfg.context)
 
     @property
     def tokens(self) -> int:
@@ -160,9 +177,10 @@ class Run:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def train_step(self, forward: Forward | None = None) -> tuple[float, float]:
-        """One optimizer step (through `forward`, default the run's); returns (loss averaged over the ranks,
-        gradient norm without multipliers)."""
-        forward = self.forward if forward is None else forward
+        """One optimizer step (through `forward`, default the run's: a module is called as `lm_forward(module)`);
+        returns (loss averaged over the ranks, gradient norm without multipliers)."""
+        forward = self.forward if forward is None else lm_forward(forward) if isinstance(forward, torch.nn.Module) \
+            else forward
         x, y = self.corpus.batch("train", self.cfg.batch, self.cfg.context, self.generator)
         rows = self.world.rows(self.cfg.batch)  # every rank draws the global batch and keeps its own rows
         x, y = x[rows], y[rows]
@@ -192,9 +210,11 @@ class Run:
 
     @torch.no_grad()
     def evaluate(self, forward: Forward | None = None) -> float:
-        """Validation bits per byte (tokens are bytes) on a fixed set of validation windows (split over the ranks),
-        through `forward` (default the run's)."""
-        forward = self.eval_forward if forward is None else forward
+        """Validation bits per byte on a fixed set of validation windows (split over the ranks), through `forward`
+        (default the run's; a module is called as `lm_forward(module)`): the mean loss in nats per token, converted
+        with the validation split's tokens per byte (`Corpus.bits_per_byte`; tokens are bytes by default)."""
+        forward = self.eval_forward if forward is None else lm_forward(forward) \
+            if isinstance(forward, torch.nn.Module) else forward
         total, count = 0.0, 0
         for x, y in self.corpus.val_batches(self.cfg.batch, self.cfg.context, self.cfg.eval_batches):
             rows = self.world.rows(len(x))
@@ -205,7 +225,7 @@ class Run:
             total += loss.item() * x.numel() * mine
             count += x.numel() * mine
         total, count = distributed.sum_floats([total, count], self.world, self.device)
-        return total / count / math.log(2)
+        return self.corpus.bits_per_byte(total / count)
 
     @torch.no_grad()
     def norms(self) -> dict[str, float]:

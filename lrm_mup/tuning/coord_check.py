@@ -32,6 +32,7 @@ quantity is zero at every width (updates at t=0) is skipped with a note.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -52,6 +53,8 @@ from ..core.roles import HIDDEN
 from ..core.shapes import base_shapes
 from ..data import Corpus, load_corpus
 from ..errors import CoordCheckError
+from ..models import logits_of
+from ..models.hf import attention_probe
 
 __all__ = ["coord_check", "depth_coord_check", "CoordCheckResult", "Verdict", "Expected", "EXPECTED", "QUANTITIES",
            "LOGITS", "DEFAULT_WIDTHS", "DEFAULT_BASE_WIDTH", "DEFAULT_DELTA_WIDTH", "DEFAULT_PROXY"]
@@ -268,11 +271,17 @@ def _progress(widths: list[int], enabled: bool) -> Callable[[str], None]:
 
 
 class _Probe:
-    """Forward hooks that read one forward pass: module outputs, matrix inputs (for Δy) and the q, k that SDPA
-    receives. The model's own output gives the logits; a module whose output IS the logits (the readout) is
-    recorded only as "logits"."""
+    """Forward hooks that read one forward pass: module outputs, matrix inputs (for Δy) and the q, k that attention
+    receives. The model's own output gives the logits (`lrm_mup.models.logits_of`: a tensor, a tuple's first element
+    or an HF output's `.logits`); a module whose output IS the logits (the readout) is recorded only as "logits".
+
+    Attention logits q·kᵀ·scale are read from either of two taps (`_attention_taps`): a module's `q_probe` /
+    `k_probe` (the proxy, and any model that declares them) or, on a transformers model, the attention-function
+    registry (`lrm_mup.models.hf.attention_probe`: the query and key after RoPE and q/k norms, and the `scaling`
+    the model passes). The head dim recorded is that of the q the tap saw, so a growing head dim is known per width."""
 
     def __init__(self, model: nn.Module):
+        self.model = model
         self.active = False
         self.outputs: dict[str, torch.Tensor] = {}
         self.inputs: dict[str, torch.Tensor] = {}
@@ -284,14 +293,12 @@ class _Probe:
             matrix = isinstance(m, (nn.Linear, nn.Embedding))
             if matrix or _is_norm(m) or id(m) in blocks:
                 m.register_forward_hook(self._output_hook(name, keep_input=matrix))
-            if all(isinstance(getattr(m, probe, None), nn.Module) for probe in ("q_probe", "k_probe")):
-                self.scales[name] = m.scale
-                m.q_probe.register_forward_hook(self._qk_hook(name))
-                m.k_probe.register_forward_hook(self._qk_hook(name))
+        _attention_taps(model, self)
         _hook_ssm_series(model, self)
 
     def _output_hook(self, name, keep_input):
         def hook(module, args, output):
+            output = output[0] if isinstance(output, (tuple, list)) and output else output  # HF blocks: (h, ...)
             if self.active and isinstance(output, torch.Tensor):
                 self.outputs[name] = output  # not detached: `activations` recognises the logits by identity
                 if keep_input:
@@ -304,19 +311,25 @@ class _Probe:
                 self.qk[name].append(output.detach())
         return hook
 
+    def tap(self, name: str, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
+        """What an attention tap hands over: the query and key (B, H, T, d_head) of module `name`, and its scale."""
+        if self.active:
+            self.qk[name] = [q, k]
+            self.scales[name] = scale
+
     def forward(self, model: nn.Module, x: torch.Tensor, record: bool = True) -> torch.Tensor:
         """The logits of `model(x)`; with record=True (the measurement batch) the hooks keep what they see."""
         self.active = record
         if record:
             self.outputs.clear(), self.inputs.clear(), self.qk.clear()
-        out = model(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        with attention_probe(model, self.tap) if record else contextlib.nullcontext():
+            return logits_of(model(x))
 
     @torch.no_grad()
     def activations(self, logits: torch.Tensor) -> dict[str, float]:
         acts = {name: _mean_abs(out) for name, out in self.outputs.items() if out is not logits}
         for name, (q, k) in self.qk.items():
-            scores = (q @ k.transpose(-2, -1)) * self.scales[name]
+            scores = (q.float() @ k.float().transpose(-2, -1)) * self.scales[name]
             causal = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
             acts[f"{name}.logits"] = _mean_abs(scores[..., causal])
         acts[LOGITS] = _mean_abs(logits)
@@ -324,6 +337,17 @@ class _Probe:
 
     def head_dim(self) -> int | None:
         return next((q.shape[-1] for q, _ in self.qk.values()), None)
+
+
+def _attention_taps(model: nn.Module, probe: _Probe) -> None:
+    """Connect the attention logits of `model` to `probe`: forward hooks on the `q_probe` / `k_probe` identities a
+    module declares (its scale read from `module.scale`); an HF model is tapped in `_Probe.forward` instead, through
+    transformers' attention registry, while the measurement batch runs."""
+    for name, m in model.named_modules():
+        if all(isinstance(getattr(m, probe_name, None), nn.Module) for probe_name in ("q_probe", "k_probe")):
+            probe.scales[name] = m.scale
+            m.q_probe.register_forward_hook(probe._qk_hook(name))
+            m.k_probe.register_forward_hook(probe._qk_hook(name))
 
 
 def _hook_ssm_series(model: nn.Module, probe: _Probe) -> None:

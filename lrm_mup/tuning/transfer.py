@@ -296,8 +296,8 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
                      overrides=overrides, include_proxy=include_proxy)
     out = Path(out_dir)
     check_out_folder(out, "transfer folder")
-    for data in dict.fromkeys(p.config["data"] for p in plan):  # the data, and every context fitting it
-        corpus = _corpus(data, log is not None)
+    for data, tok in dict.fromkeys((p.config["data"], p.config.get("tokenizer")) for p in plan):  # every context
+        corpus = _corpus(data, log is not None, tok)                                               # fitting its data
         for context in sorted({p.config["context"] for p in plan if p.config["data"] == data}):
             corpus.check_context(context)
     log = log if world.main else None
@@ -350,17 +350,20 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
 _CORPORA: dict = {}
 
 
-def _corpus(data, verbose: bool = False):
-    """The corpus of `data` (a TrainConfig's), loaded once per process (rank 0 first: it may fetch it)."""
-    if data not in _CORPORA:
+def _corpus(data, verbose: bool = False, tokenizer: str | None = None):
+    """The corpus of `data` and `tokenizer` (a TrainConfig's), loaded once per process (rank 0 first: it may fetch
+    it)."""
+    if (data, tokenizer) not in _CORPORA:
         world = distributed.setup()
-        _CORPORA[data] = distributed.main_first(lambda: load_corpus(data, progress=verbose and world.main), world)
-    return _CORPORA[data]
+        _CORPORA[data, tokenizer] = distributed.main_first(
+            lambda: load_corpus(data, progress=verbose and world.main, tokenizer=tokenizer), world)
+    return _CORPORA[data, tokenizer]
 
 
 def _train_one(planned: PlannedRun, run_dir: str, progress: bool = False, verbose: bool = False) -> TrainResult:
     """One run in this process (a pool worker or the caller), the corpus loaded once per process."""
-    return run_one(planned, Path(run_dir), _corpus(planned.config["data"], verbose), progress=progress)
+    return run_one(planned, Path(run_dir), _corpus(planned.config["data"], verbose,
+                                                                 planned.config.get("tokenizer")), progress=progress)
 
 
 def summarize(best: dict[str, dict], results: list[tuple[PlannedRun, TrainResult]], out: Path, *, source: str = "",

@@ -333,8 +333,14 @@ def _product(r: _Reader, targets: dict[str, str]) -> float | None:
 
 
 def _model_table(r: _Reader, targets: dict[str, str]) -> dict:
-    """TrainConfig fields shared by every trial; none of them may also be searched or set by the sweep."""
-    model = r.table("model")
+    """TrainConfig fields shared by every trial; none of them may also be searched or set by the sweep. The model
+    is named by `name` (`name = "hf:llama"`, as `--model`), or, as in older sweep files, by the field `model`."""
+    model = dict(r.table("model"))
+    if "name" in model:
+        if "model" in model:
+            r.fail("model.name", f"and model.model both name the model ({model['name']!r}, {model['model']!r}); "
+                   "keep model.name")
+        model["model"] = model.pop("name")
     names = [f.name for f in fields(TrainConfig)]
     for k, value in model.items():
         if k in ("recipe", "width", "seed", "steps"):
@@ -351,8 +357,9 @@ def _model_table(r: _Reader, targets: dict[str, str]) -> dict:
             r.fail(f"model.{k}", f"must not be a boolean ({value!r})")
         if k == "alphas" and (not isinstance(value, dict) or not all(_is_num(v) for v in value.values())):
             r.fail("model.alphas", f"must be a table of role = number, not {value!r}")
-    if "data" in model and model["data"] is not None:
-        model["data"] = str(model["data"])
+    for k in ("data", "model_config", "tokenizer"):
+        if k in model and model[k] is not None:
+            model[k] = str(model[k])
     return model
 
 

@@ -38,7 +38,8 @@ def _check_start(spec: SweepSpec, out: Path, progress: bool):
     """What a sweep needs that can be checked before its first byte is written: a folder that can be written, the
     corpus, and every recipe's context fitting both of its splits. Returns the corpus."""
     check_out_folder(out, "sweep folder")
-    corpus = data_mod.load_corpus(spec.model.get("data"), progress=progress)
+    corpus = data_mod.load_corpus(spec.model.get("data"), progress=progress,
+                                  tokenizer=spec.model.get("tokenizer"))
     sample = {r: {p.name: (p.values[0] if p.values is not None else p.low) for p in spec.params_for(r)}
               for r in spec.recipes}
     for context in sorted({TrainConfig(**spec.config(r, min(spec.widths), spec.seeds[0], sample[r])).context
@@ -180,7 +181,8 @@ def _worker(spec: SweepSpec, out: str, url: str | None, index: int, workers: int
     lock = _ClaimLock(store, out, spec.name)
     heartbeat = url is not None
     if corpus is None:
-        corpus = data_mod.load_corpus(spec.model.get("data"), progress=progress and index == 0)
+        corpus = data_mod.load_corpus(spec.model.get("data"), progress=progress and index == 0,
+                                      tokenizer=spec.model.get("tokenizer"))
     _warm_up(spec, corpus)
     me = f"{socket.gethostname()}:{os.getpid()}"
     while (claim := _claim(spec, studies, lock, heartbeat)) is not None:
