@@ -242,3 +242,35 @@ def test_ablation_report_leads_with_the_cost_curve_and_shows_the_tier_table(tmp_
         assert cell in html
     saved = json.loads((tmp_path / "report" / "ablation.json").read_text())
     assert saved["verdict"] == numbers["verdict"] and math.isclose(saved["tiers"][0]["val_bpb"], 3.55)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the command, end to end at a tiny size
+
+
+def test_ablation_command_refuses_a_grid_file_and_a_zero_budget_in_one_line(tmp_path, capsys):
+    from lrm_mup.cli import main
+
+    assert main(["ablation", str(ROOT / "sweeps" / "demo.toml"), "--target", "512", "--out", str(tmp_path / "a")]) == 2
+    assert "needs sampler 'tpe' or 'random'" in capsys.readouterr().err
+    assert main(["ablation", str(ROOT / "sweeps" / "tiers.toml"), "--target", "256", "--budgets", "0",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "--budgets 0 is invalid" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_run_tiers_trains_every_tier_winner_and_budget_point_at_the_target(tmp_path):
+    from lrm_mup.tuning.tiers import load_ablation, run_tiers
+
+    spec = _raw(steps=3, sampler={"type": "tpe", "trials": 2, "startup_trials": 2},
+                model={"base_width": 16, "depth": 1, "head_dim": 8, "context": 16, "batch": 2, "eval_batches": 1})
+    numbers = run_tiers(spec, tmp_path / "abl", target=32, seeds=[0], budgets=1, log=None)
+    assert numbers == load_ablation(tmp_path / "abl")
+    rows = {(r["recipe"], r["tier"]): r for r in numbers["tiers"]}
+    assert set(rows) == {(r, t) for r in ("mup", "lrm") for t in ("NONE", "LR", "FULL")}
+    assert rows[("lrm", "FULL")]["searched"] == ["log2_lr", "log2_mult_lr"] and rows[("lrm", "LR")]["trials"] == 2
+    assert all(len(r["seed_val_bpb"]) == 1 for r in rows.values())
+    runs = sorted(p.name for p in (tmp_path / "abl" / "target").iterdir())
+    assert "lrm-NONE" in runs and "mup-NONE" in runs and len(runs) <= 2 + 4  # winners = the one budget's points
+    for pts in numbers["targets"].values():
+        assert [p["target_width"] for p in pts] == [32]

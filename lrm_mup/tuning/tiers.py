@@ -32,7 +32,7 @@ from . import sweep
 from .sweep import SweepSpec
 from .transfer import run_transfer
 
-__all__ = ["TIERS", "LR_KEYS", "tier_spec", "searched", "check_tiers", "run_tiers", "ABLATION"]
+__all__ = ["TIERS", "LR_KEYS", "tier_spec", "searched", "check_tiers", "run_tiers", "load_ablation", "ABLATION"]
 
 TIERS = analysis.TIERS
 LR_KEYS = ("log2_lr", "lr")
