@@ -177,8 +177,11 @@ def cmd_ablation(args) -> int:
     if not args.seeds:
         raise ConfigError("--seeds is empty: give at least one seed, e.g. --seeds 0,1")
     out = args.out or f"runs/{load_sweep(args.config).name}"
+    if args.budget_seeds is not None and not args.budget_seeds:
+        raise ConfigError("--budget-seeds is empty: give at least one seed, e.g. --budget-seeds 0")
     path = run_ablation(args.config, out, target=args.target, seeds=args.seeds, budgets=args.budgets,
-                        direct=args.direct, direct_trials=args.direct_trials, workers=args.workers,
+                        budget_seeds=args.budget_seeds, direct=args.direct, direct_trials=args.direct_trials,
+                        workers=args.workers,
                         plotlyjs=args.plotlyjs, log=None if args.quiet else (lambda line: print(line, flush=True)))
     numbers = load_ablation(out)
     print(numbers["verdict"]["sentence"])

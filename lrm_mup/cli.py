@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_int_list, default=[0, 1], help="seeds of every target run (default 0,1)")
     p.add_argument("--budgets", type=int, default=3, help="tuning budgets (FLOPs, shared by every study) whose "
                    "best-so-far settings are trained at the target (default 3)")
+    p.add_argument("--budget-seeds", dest="budget_seeds", type=_int_list, help="seeds of the cost curves' other "
+                   "budget points (default: --seeds; fewer are cheaper)")
     p.add_argument("--direct", type=_name_list, default=[], help="recipes whose LR tier is also tuned directly at "
                    "the target width, to price tuning without a proxy (e.g. lrm)")
     p.add_argument("--direct-trials", dest="direct_trials", type=int, help="trials of each direct study "

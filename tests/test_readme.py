@@ -46,7 +46,7 @@ COMMANDS = {
     "lrm-mup transfer runs/lr-transfer --out runs/lr-transfer-target":
         ("chain", ["--widths", "64", "--lr-offsets=-1,1"], "runs/lr-transfer-target"),
     "lrm-mup report runs/lr-transfer runs/lr-transfer-target": ("chain", [], "reports/lr-transfer/index.html"),
-    "lrm-mup ablation sweeps/tiers.toml --target 128 --seeds 0,1 --budgets 2":
+    "lrm-mup ablation sweeps/tiers.toml --target 128 --seeds 0,1 --budgets 2 --budget-seeds 0":
         ("help", "about as long as the demo; tests/test_tiers.py runs the ablation at a tiny size", "--direct"),
     "torchrun --nproc_per_node 8 -m lrm_mup train --recipe lrm --width 2048 --batch 64 --out runs/w2048":
         ("help", "needs 8 GPUs; tests/test_torchrun.py runs torchrun with 2 CPU processes", "--parallel"),

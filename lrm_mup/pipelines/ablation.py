@@ -12,11 +12,12 @@ from ..tuning.sweep import load_sweep
 from ..tuning.tiers import run_tiers
 
 
-def run_ablation(tiers_file: str | os.PathLike, out: str | os.PathLike, *, target: int, seeds: Sequence[int] = (0, 1),
-                 budgets: int = 3, direct: Sequence[str] = (), direct_trials: int | None = None, workers: int = 1,
+def run_ablation(tiers_file: str | os.PathLike, out: str | os.PathLike, *, target: int,
+                 seeds: Sequence[int] = (0, 1), budgets: int = 3, budget_seeds: Sequence[int] | None = None,
+                 direct: Sequence[str] = (), direct_trials: int | None = None, workers: int = 1,
                  plotlyjs: str = "inline", log: Callable[[str], None] | None = print) -> Path:
     """Run the ablation of `tiers_file` under `out` and write its report; returns the path of its index.html."""
     spec = load_sweep(tiers_file)
-    numbers = run_tiers(spec, out, target=target, seeds=seeds, budgets=budgets, direct=direct,
-                        direct_trials=direct_trials, workers=workers, log=log)
+    numbers = run_tiers(spec, out, target=target, seeds=seeds, budgets=budgets, budget_seeds=budget_seeds,
+                        direct=direct, direct_trials=direct_trials, workers=workers, log=log)
     return write_ablation_report(numbers, Path(out) / "report", plotlyjs=plotlyjs)

@@ -78,13 +78,16 @@ def _seed_losses(summary, width: int) -> list[float | None]:
 
 
 def run_tiers(spec: SweepSpec, out_dir: str | os.PathLike, *, target: int, seeds: Sequence[int] = (0, 1),
-              budgets: int = 4, direct: Sequence[str] = (), direct_trials: int | None = None, workers: int = 1,
-              log: Callable[[str], None] | None = print) -> dict:
+              budgets: int = 4, budget_seeds: Sequence[int] | None = None, direct: Sequence[str] = (),
+              direct_trials: int | None = None, workers: int = 1, log: Callable[[str], None] | None = print) -> dict:
     """Run the ablation (module doc) under `out_dir`: sweeps/<tier>/ (and sweeps/direct/), target/<setting>/, and
-    `ablation.json`; returns its numbers. `direct`: recipes whose LR tier is also tuned at the target width
-    (`direct_trials` trials, default the file's)."""
+    `ablation.json`; returns its numbers. `seeds`: of the tier table's target runs; `budget_seeds`: of the other
+    budget points' (default `seeds`; fewer make the cost curves cheaper, their early points then have no seed
+    range). `direct`: recipes whose LR tier is also tuned at the target width (`direct_trials` trials, default the
+    file's)."""
     check_tiers(spec)
-    if not seeds:
+    budget_seeds = list(seeds if budget_seeds is None else budget_seeds)
+    if not seeds or not budget_seeds:
         raise SweepError("seeds: give at least one seed for the target runs")
     bad = [r for r in direct if r not in spec.recipes]
     if bad:
@@ -101,21 +104,22 @@ def run_tiers(spec: SweepSpec, out_dir: str | os.PathLike, *, target: int, seeds
         sweep.run_sweep(tspec, out / "sweeps" / tier, workers=workers, progress=log is not None)
         studies[tier] = sweep.records(out / "sweeps" / tier, tspec)
     plan = analysis.ablation_plan(studies, spec.recipes, budgets)
-    settings = {f"{r} NONE": spec.config(r, spec.widths[0], seeds[0]) for r in spec.recipes}
-    for points in plan["points"].values():
-        for p in points:
-            if p.best_trial is not None:
-                settings[analysis.setting_key(p.study, p.best_trial)] = p.config
+    # the tier table first (NONE, then each tier's winner), then the cost curves' other budget points
+    settings = {f"{r} NONE": (spec.config(r, spec.widths[0], seeds[0]), seeds) for r in spec.recipes}
     for tier, trials in studies.items():
         for recipe in spec.recipes:
             best, first = analysis.best_trial(trials, recipe)
             if first is not None:
-                settings[analysis.setting_key(first.study, first.trial)] = best.config
+                settings[analysis.setting_key(first.study, first.trial)] = (best.config, seeds)
+    for points in plan["points"].values():
+        for p in points:
+            if p.best_trial is not None:
+                settings.setdefault(analysis.setting_key(p.study, p.best_trial), (p.config, budget_seeds))
     losses = {}
-    for i, (key, cfg) in enumerate(sorted(settings.items())):
-        say(f"[tiers] target {i + 1}/{len(settings)}: {key} at width {target}, seeds {list(seeds)}")
+    for i, (key, (cfg, these)) in enumerate(settings.items()):
+        say(f"[tiers] target {i + 1}/{len(settings)}: {key} at width {target}, seeds {list(these)}")
         folder = out / "target" / key.replace(" ", "-").replace("/", "-").replace("#", "-t")
-        summary = run_transfer({cfg["recipe"]: cfg}, folder, widths=[target], lr_offsets=(), seeds=list(seeds),
+        summary = run_transfer({cfg["recipe"]: cfg}, folder, widths=[target], lr_offsets=(), seeds=list(these),
                                include_proxy=False, workers=workers, log=None)
         losses[key] = _seed_losses(summary, target)
     direct_curves = {}
@@ -132,7 +136,7 @@ def run_tiers(spec: SweepSpec, out_dir: str | os.PathLike, *, target: int, seeds
         direct_curves)
     numbers["spec"] = {"name": spec.name, "path": spec.path, "proxy_width": spec.widths[0], "steps": spec.steps,
                        "trials": spec.sampler["trials"], "sampler": spec.sampler["type"], "seeds": list(seeds),
-                       "model": spec.model}
+                       "budget_seeds": budget_seeds, "model": spec.model}
     write_text_atomic(out / ABLATION, json.dumps(numbers, indent=1, allow_nan=False) + "\n")
     return numbers
 
