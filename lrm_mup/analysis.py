@@ -386,6 +386,12 @@ def cost_verdict(curves: dict[str, Sequence[TargetPoint]], direct: tuple[str, Co
                          if d_flops is not None else
                          f" Tuning {d_name} directly at the target width did not reach it within {d_budget:.3g} FLOPs "
                          f"({_trials(len(curve.points))}, {d_budget / flops[winner]:.1f}x the winner's proxy cost).")
+    ranges = [p.seed_range_bpb for pts in curves.values() for p in pts if p.seed_range_bpb is not None]
+    single = sum(len(p.seed_val_bpb) == 1 for pts in curves.values() for p in pts)
+    if winner is not None and (ranges or single):
+        sentence += (f" Seed-to-seed range at the target: up to {max(ranges):.4f} bits/byte, so differences below it "
+                     "are noise" if ranges else " Seed noise is not measured") + \
+            (f"; {single} budget point(s) have one seed." if single else ".")
     return CostVerdict(_finite(loss) if loss is not None else None, flops, n_trials, winner, d_name, d_flops,
                        d_trials, d_budget, sentence)
 
