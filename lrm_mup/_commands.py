@@ -25,6 +25,7 @@ from .core.recipes import DESCRIBE_COLUMNS, RECIPES, describe
 from .errors import ConfigError
 from .models import check_model, model_builder
 from .models.hf import read_config_file
+from .pipelines.ablation import run_ablation
 from .pipelines.demo import run_demo
 from .pipelines.tuning_report import report_verdict, tuning_report
 from .report import write_coord_check_report, write_equilibrium_report
@@ -32,6 +33,7 @@ from .training import TrainConfig, distributed, parametrized_model, resumed_conf
 from .tuning import coord_check as cc
 from .tuning import equilibrium as eq
 from .tuning.sweep import JOURNAL, load_sweep, run_sweep, summary_lines
+from .tuning.tiers import load_ablation
 from .tuning.transfer import format_summary, run_transfer
 
 DATA_PARALLEL = ("train", "transfer")  # the commands that run under torchrun
@@ -228,6 +230,30 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_ablation(args) -> int:
+    for name in ("target", "budgets", "direct_trials", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} is invalid: must be at least 1")
+    if not args.seeds:
+        raise ConfigError("--seeds is empty: give at least one seed, e.g. --seeds 0,1")
+    out = args.out or f"runs/{load_sweep(args.config).name}"
+    if args.budget_seeds is not None and not args.budget_seeds:
+        raise ConfigError("--budget-seeds is empty: give at least one seed, e.g. --budget-seeds 0")
+    path = run_ablation(args.config, out, target=args.target, seeds=args.seeds, budgets=args.budgets,
+                        budget_seeds=args.budget_seeds, direct=args.direct, direct_trials=args.direct_trials,
+                        workers=args.workers,
+                        plotlyjs=args.plotlyjs, log=None if args.quiet else (lambda line: print(line, flush=True)))
+    numbers = load_ablation(out)
+    print(numbers["verdict"]["sentence"])
+    for row in numbers["tiers"]:
+        spread = "" if row["seed_range_bpb"] is None else f" (seed range {row['seed_range_bpb']:.4f})"
+        mean = "diverged" if row["val_bpb"] is None else f"{row['val_bpb']:.4f}"
+        print(f"  {row['recipe']:5s} {row['tier']:4s} {mean} bits/byte at width {numbers['target_width']}{spread}")
+    print(f"[{path}]")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "data": cmd_data, "describe": cmd_describe, "coord-check": cmd_coord_check,
             "sweep": cmd_sweep, "transfer": cmd_transfer, "report": cmd_report, "demo": cmd_demo,
-            "equilibrium": cmd_equilibrium}
+            "equilibrium": cmd_equilibrium, "ablation": cmd_ablation}

@@ -29,7 +29,11 @@ from ._files import dumps, write_text_atomic
 from .errors import CoordCheckError, TransferError
 from .records import (
     BestSetting,
+    BudgetPoint,
     CoordCheckVerdict,
+    CostCurve,
+    CostPoint,
+    CostVerdict,
     EquilibriumSeries,
     LRCurve,
     LRSweep,
@@ -44,6 +48,9 @@ from .records import (
     SweepCost,
     SweepTrial,
     TargetCost,
+    TargetPoint,
+    TierClaim,
+    TierRow,
     TransferRun,
     TransferSummary,
     TuningVerdict,
@@ -257,6 +264,248 @@ def sweep_costs(trials: Iterable[SweepTrial], proxy_width: dict[str, int] | None
         pw = (proxy_width or {}).get(recipe, min(widths) if widths else None)
         out[recipe] = RecipeCosts(pw, total(ts), total([t for t in ts if t.width is not None and int(t.width) == pw]))
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tuning-cost curves and the paper's tuning ablation (tiers): from the tuning studies' trials and the target runs
+
+
+def best_trial(trials: Sequence[SweepTrial], recipe: str, width: int | None = None
+               ) -> tuple[BestSetting | None, SweepTrial | None]:
+    """`best_settings` of one recipe, with the first trial of the winning setting (its number names the setting)."""
+    best = best_settings(trials, width, recipes=[recipe]).get(recipe)
+    if best is None:
+        return None, None
+    return best, next(t for t in trials if t.recipe == recipe and t.width == best.width and t.state == "COMPLETE"
+                      and {"log2_lr": t.log2_lr, **t.params} == best.params)
+
+
+def setting_key(study: str, trial: int) -> str:
+    """The name of a tuned setting: its study and the number of its first trial ("tiers-full/lrm#7")."""
+    return f"{study}#{trial}"
+
+
+def cost_curve(trials: Iterable[SweepTrial]) -> CostCurve:
+    """The best-so-far curve of one tuning study (one recipe at one width, e.g. a tpe/random study): its finished
+    trials (COMPLETE or PRUNED; running, waiting and failed ones are left out) in trial order, each with the
+    cumulative trials and FLOPs through it (pruned and diverged trials count: they were paid for) and the best
+    setting so far by `best_settings` (the one ranking: a diverged setting never wins, a pruned trial has no final
+    loss). Adding a setting can only lower the best value, so `best_val_bpb` never rises when every trial tries a new
+    setting (a tpe/random study over ranges); a repeated setting is one group whose seed mean may move."""
+    ts = sorted((t for t in trials if t.state in ("COMPLETE", "PRUNED")), key=lambda t: t.trial)
+    studies = {(t.study, t.recipe) for t in ts}
+    widths = {t.width for t in ts}
+    if len(studies) != 1 or len(widths) != 1:
+        raise TransferError(f"a cost curve is of one study at one width; got studies {sorted(map(str, studies))} "
+                            f"and widths {sorted(map(str, widths))}")
+    (study, recipe), (width,) = studies.pop(), widths
+    points, flops = [], 0.0
+    for i, t in enumerate(ts):
+        flops += float(t.flops or 0)
+        best, first = best_trial(ts[:i + 1], recipe, width)
+        points.append(CostPoint(t.trial, t.status, _finite(t.val_bpb) if t.state == "COMPLETE" else None, i + 1, flops,
+                                None if first is None else first.trial, None if best is None else best.val_bpb))
+    return CostCurve(study, recipe, int(width), tuple(points))
+
+
+def budget_grid(curves: Iterable[CostCurve], n: int = 4) -> tuple[float, ...]:
+    """`n` tuning budgets (FLOPs) shared by every curve, spaced geometrically from the largest first-trial cost (every
+    curve has spent at least one trial) to the smallest total (every curve has the whole budget): equal budgets for
+    the recipes. One budget when those meet."""
+    curves = [c for c in curves if c.points]
+    if not curves or n < 1:
+        return ()
+    lo, hi = max(c.points[0].flops for c in curves), min(c.points[-1].flops for c in curves)
+    if n == 1 or lo >= hi:
+        return (hi,)
+    return tuple(lo * (hi / lo) ** (i / (n - 1)) for i in range(n))
+
+
+def budget_points(curve: CostCurve, trials: Sequence[SweepTrial], budgets: Iterable[float]) -> tuple[BudgetPoint, ...]:
+    """The setting a tuner holds at each budget: the best-so-far of the last trial whose cumulative FLOPs are within
+    the budget (a relative 1e-9 of rounding allowed), with its params and config from the study's `trials`; a budget
+    below the first trial's cost holds no setting (best_trial None)."""
+    by_number = {t.trial: t for t in trials if t.study == curve.study}
+    out = []
+    for b in budgets:
+        spent = [p for p in curve.points if p.flops <= b * (1 + 1e-9)]
+        p = spent[-1] if spent else None
+        best = by_number[p.best_trial] if p is not None and p.best_trial is not None else None
+        out.append(BudgetPoint(curve.study, curve.recipe, float(b), p.trials if p else 0, p.flops if p else 0.0,
+                               None if best is None else best.trial,
+                               {} if best is None else {"log2_lr": best.log2_lr, **best.params},
+                               None if p is None else p.best_val_bpb, {} if best is None else dict(best.config)))
+    return tuple(out)
+
+
+def _seed_stats(values: Sequence[float | None]) -> tuple[tuple[float | None, ...], float | None, float | None]:
+    """Per-seed losses (None: diverged or not finite), their mean (None if a seed diverged or none ran) and range."""
+    vals = tuple(_finite(v) if v is not None else None for v in values)
+    ok = [v for v in vals if v is not None]
+    mean = _mean(ok) if ok and len(ok) == len(vals) else None
+    return vals, mean, (max(ok) - min(ok) if len(ok) > 1 and mean is not None else None)
+
+
+def target_point(budget: BudgetPoint, target_width: int, seed_val_bpb: Sequence[float | None]) -> TargetPoint:
+    """A budget point's setting as trained at the target width (one loss per seed)."""
+    vals, mean, spread = _seed_stats(seed_val_bpb)
+    return TargetPoint(budget, int(target_width), vals, mean, spread)
+
+
+def cost_verdict(curves: dict[str, Sequence[TargetPoint]], direct: tuple[str, CostCurve] | None = None,
+                 target_loss: float | None = None) -> CostVerdict:
+    """Which curve reaches `target_loss` with the least proxy FLOPs. Default target: the largest of the curves'
+    best target losses, the quality that every curve reaches within its budget. Per curve, the first budget point
+    (in budget order) whose seed-mean target loss is at most it gives the FLOPs and trials spent; the winner spent
+    the fewest FLOPs. `direct` (a name and the cost curve of a study run at the target width itself): the FLOPs and
+    trials until its best-so-far reached the same loss."""
+    best = [min(v for p in pts if (v := p.val_bpb) is not None) for pts in curves.values()
+            if any(p.val_bpb is not None for p in pts)]
+    loss = target_loss if target_loss is not None else (max(best) if best else None)
+    flops, n_trials = {}, {}
+    for name, pts in curves.items():
+        hit = next((p for p in sorted(pts, key=lambda p: p.budget.budget_flops)
+                    if loss is not None and p.val_bpb is not None and p.val_bpb <= loss + 1e-12), None)
+        flops[name] = None if hit is None else hit.budget.flops
+        n_trials[name] = None if hit is None else hit.budget.trials
+    at = {name: next(p.val_bpb for p in pts if p.budget.flops == flops[name] and p.val_bpb is not None)
+          for name, pts in curves.items() if flops[name] is not None}
+    reached = sorted((f, at[name], name) for name, f in flops.items() if f is not None)
+    winner = reached[0][2] if reached else None  # the fewest FLOPs; on a tie, the lower target loss there
+    d_name, d_flops, d_trials, d_budget = None, None, None, None
+    if direct is not None:
+        d_name, curve = direct
+        d_budget = curve.points[-1].flops if curve.points else 0.0
+        hit = next((p for p in curve.points if loss is not None and p.best_val_bpb is not None
+                    and p.best_val_bpb <= loss + 1e-12), None)
+        d_flops, d_trials = (hit.flops, hit.trials) if hit else (None, None)
+    if winner is None:
+        sentence = "No curve reached a finite target loss: no verdict."
+    else:
+        others = ", ".join(f"{n} {f:.3g}" if f is not None else f"{n} not within its budget"
+                           for n, f in flops.items() if n != winner)
+        sentence = (f"To reach {loss:.4f} bits/byte at width {next(iter(curves.values()))[0].target_width}, "
+                    f"{winner} needs the least tuning compute: {flops[winner]:.3g} proxy FLOPs "
+                    f"({_trials(n_trials[winner])})" + (f"; {others}" if others else "") + ".")
+        if direct is not None:
+            sentence += (f" Tuning {d_name} directly at the target width reached it after {d_flops:.3g} FLOPs "
+                         f"({_trials(d_trials)}), {d_flops / flops[winner]:.1f}x the winner's proxy cost."
+                         if d_flops is not None else
+                         f" Tuning {d_name} directly at the target width did not reach it within {d_budget:.3g} FLOPs "
+                         f"({_trials(len(curve.points))}, {d_budget / flops[winner]:.1f}x the winner's proxy cost).")
+    ranges = [p.seed_range_bpb for pts in curves.values() for p in pts if p.seed_range_bpb is not None]
+    single = sum(len(p.seed_val_bpb) == 1 for pts in curves.values() for p in pts)
+    if winner is not None and (ranges or single):
+        sentence += (f" Seed-to-seed range at the target: up to {max(ranges):.4f} bits/byte, so differences below it "
+                     "are noise" if ranges else " Seed noise is not measured") + \
+            (f"; {single} budget point(s) have one seed." if single else ".")
+    return CostVerdict(_finite(loss) if loss is not None else None, flops, n_trials, winner, d_name, d_flops,
+                       d_trials, d_budget, sentence)
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial" + ("" if n == 1 else "s")
+
+
+TIERS = ("NONE", "LR", "FULL")
+
+
+def tier_row(recipe: str, tier: str, searched: Sequence[str], trials: Sequence[SweepTrial], target_width: int | None,
+             seed_val_bpb: Sequence[float | None]) -> TierRow:
+    """One row of the tier table: the tier's winning setting at the proxy (`best_settings` of its study's trials;
+    none for NONE, which trains the defaults), the study's trials and FLOPs, and the winner's per-seed target losses
+    with their mean and range."""
+    mine = [t for t in trials if t.recipe == recipe and t.state in ("COMPLETE", "PRUNED")]
+    best = best_settings(mine, recipes=[recipe]).get(recipe) if mine else None
+    vals, mean, spread = _seed_stats(seed_val_bpb)
+    return TierRow(recipe, tier, tuple(searched), len(mine), float(sum(t.flops or 0 for t in mine)),
+                   {} if best is None else dict(best.params), None if best is None else best.val_bpb,
+                   target_width, vals, mean, spread)
+
+
+def _compare(claim: str, rows: dict[tuple[str, str], TierRow], a: tuple[str, str], b: tuple[str, str],
+             kind: str) -> TierClaim | None:
+    """`kind` "<": a beats b; "≈": a and b agree; judged against the larger of their two seed ranges: a difference
+    within it is open for "<" and agreement for "≈" (None when a range is not measured: open)."""
+    ra, rb = rows.get(a), rows.get(b)
+    if ra is None or rb is None or ra.val_bpb is None or rb.val_bpb is None:
+        return None
+    d = ra.val_bpb - rb.val_bpb
+    ranges = [r.seed_range_bpb for r in (ra, rb)]
+    noise = max(ranges) if all(x is not None for x in ranges) else None
+    if noise is None:
+        holds = None
+    elif kind == "≈":
+        holds = abs(d) <= noise
+    else:
+        holds = True if d < -noise else False if d > noise else None
+    return TierClaim(claim, " ".join(a), " ".join(b), d, noise, holds)
+
+
+def tier_claims(rows: Iterable[TierRow], fixed: str = "mup", learned: str = "lrm") -> tuple[TierClaim, ...]:
+    """The paper's tier claims (§5.1, REFERENCE §1) checked on a tier table: untuned fixed multipliers lose to fixed
+    + tuned LR; fixed + tuned LR ≈ LRM untuned; LRM + tuned LR beats fixed + tuned LR; and, per recipe, whether the
+    FULL tier adds to the LR tier. Each difference is judged against the seed range (`_compare`)."""
+    by = {(r.recipe, r.tier): r for r in rows}
+    checks = [
+        ("untuned fixed multipliers are worse than fixed + tuned LR", (fixed, "LR"), (fixed, "NONE"), "<"),
+        ("fixed multipliers + tuned LR ≈ LRM untuned", (fixed, "LR"), (learned, "NONE"), "≈"),
+        ("LRM + tuned LR beats fixed multipliers + tuned LR", (learned, "LR"), (fixed, "LR"), "<"),
+        ("LRM + tuned LR beats LRM untuned", (learned, "LR"), (learned, "NONE"), "<"),
+        (f"{fixed}: tuning the forward multipliers α too beats tuning the LR alone", (fixed, "FULL"), (fixed, "LR"),
+         "<"),
+        (f"{learned}: tuning the multipliers' LR too beats tuning the LR alone", (learned, "FULL"), (learned, "LR"),
+         "<"),
+        ("fully tuned LRM beats fully tuned fixed multipliers", (learned, "FULL"), (fixed, "FULL"), "<"),
+    ]
+    return tuple(c for c in (_compare(claim, by, a, b, k) for claim, a, b, k in checks) if c is not None)
+
+
+def ablation_plan(studies: dict[str, Sequence[SweepTrial]], recipes: Sequence[str], n_budgets: int = 4) -> dict:
+    """What the ablation trains at the target, from its tuning studies ({tier: trials}): per curve "<recipe> <tier>"
+    its `cost_curve`, the shared `budget_grid` and each curve's `budget_points` there."""
+    curves = {f"{r} {tier}": cost_curve([t for t in trials if t.recipe == r])
+              for tier, trials in studies.items() for r in recipes if any(t.recipe == r for t in trials)}
+    budgets = budget_grid(curves.values(), n_budgets)
+    points = {label: budget_points(c, studies[label.split(" ")[1]], budgets) for label, c in curves.items()}
+    return {"curves": curves, "budgets": budgets, "points": points}
+
+
+def ablation_numbers(studies: dict[str, Sequence[SweepTrial]], plan: dict, searched: dict[tuple[str, str], Sequence],
+                     target_width: int, losses: dict[str, Sequence[float | None]],
+                     direct: dict[str, CostCurve] | None = None) -> dict:
+    """Every number of the ablation report as strict JSON: "tiers" (one `tier_row` per recipe and tier; NONE's
+    target losses under "<recipe> NONE" in `losses`, a tuned tier's under its winner's `setting_key`), "claims"
+    (`tier_claims`), "curves" (`cost_curve` per "<recipe> <tier>"), "budgets", "targets" (per curve, its budget
+    points as trained at the target: `target_point`), "direct" (cost curves of studies tuned at the target width
+    itself) and "verdict" (`cost_verdict` against the first direct curve)."""
+    recipes = list(dict.fromkeys(label.split(" ")[0] for label in plan["curves"]))
+    rows = []
+    for r in recipes:
+        for tier in TIERS:
+            trials = [t for t in studies.get(tier, []) if t.recipe == r]
+            if tier == "NONE":
+                key = f"{r} NONE"
+            else:
+                first = best_trial(trials, r)[1]
+                key = None if first is None else setting_key(first.study, first.trial)
+            rows.append(tier_row(r, tier, tuple(searched.get((r, tier), ())), trials, target_width,
+                                 losses.get(key, ()) if key else ()))
+    targets = {label: tuple(target_point(p, target_width, losses.get(setting_key(p.study, p.best_trial), ())
+                                         if p.best_trial is not None else ()) for p in pts)
+               for label, pts in plan["points"].items()}
+    direct = direct or {}
+    verdict = cost_verdict(targets, next(iter(direct.items()), None))
+    return json.loads(dumps({
+        "target_width": target_width, "tiers": [r.to_dict() for r in rows],
+        "claims": [c.to_dict() for c in tier_claims(rows)],
+        "curves": {k: c.to_dict() for k, c in plan["curves"].items()}, "budgets": list(plan["budgets"]),
+        "targets": {k: [p.to_dict() for p in pts] for k, pts in targets.items()},
+        "direct": {k: c.to_dict() for k, c in direct.items()}, "verdict": verdict.to_dict()}))
+
+
+__all__ += ["best_trial", "setting_key", "ablation_plan", "ablation_numbers", "cost_curve", "budget_grid", "budget_points", "target_point", "cost_verdict", "TIERS", "tier_row",
+            "tier_claims"]
 
 
 # ----------------------------------------------------------------------------------------------------------

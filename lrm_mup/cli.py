@@ -221,6 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="--abm: adamw, or muon (RMS-matched)")
     p.add_argument("--shape", type=_int_list, default=[32, 64], help="--abm: R,C of the tensor (default 32,64)")
 
+    p = sub.add_parser("ablation", help="the paper's tuning tiers (NONE / LR / FULL) and tuning-cost curves from a "
+                       "tiers file, trained at a target width, with a report")
+    p.add_argument("config", help="tiers file (a tpe/random sweep file: its search is the FULL tier), e.g. "
+                   "sweeps/tiers.toml")
+    p.add_argument("--target", type=int, required=True, help="target width (wider than the file's proxy width)")
+    p.add_argument("--seeds", type=_int_list, default=[0, 1], help="seeds of every target run (default 0,1)")
+    p.add_argument("--budgets", type=int, default=3, help="tuning budgets (FLOPs, shared by every study) whose "
+                   "best-so-far settings are trained at the target (default 3)")
+    p.add_argument("--budget-seeds", dest="budget_seeds", type=_int_list, help="seeds of the cost curves' other "
+                   "budget points (default: --seeds; fewer are cheaper)")
+    p.add_argument("--direct", type=_name_list, default=[], help="recipes whose LR tier is also tuned directly at "
+                   "the target width, to price tuning without a proxy (e.g. lrm)")
+    p.add_argument("--direct-trials", dest="direct_trials", type=int, help="trials of each direct study "
+                   "(default: the file's)")
+    p.add_argument("--out", help="ablation folder (default runs/<name>); re-running resumes it")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--plotlyjs", choices=["inline", "directory"], default="inline",
+                   help="plotly.js inside the page, or one plotly.min.js beside it (never a CDN)")
+    p.add_argument("--quiet", action="store_true", help="no line per trial or target run")
+
     p = sub.add_parser("demo", help="coordinate check -> LR-transfer sweep -> transfer -> report, at CPU scale")
     p.add_argument("--out", default="runs/lrm-mup-demo",
                    help="demo folder (default runs/lrm-mup-demo); re-running resumes it")

@@ -416,3 +416,121 @@ class Equilibrium(Record):
     width: int
     steps: int
     series: tuple[EquilibriumSeries, ...] = ()
+
+# the tuning ablation (tiers) and the tuning-cost curves (lrm_mup.analysis, lrm_mup.tuning.tiers)
+
+
+@dataclass(frozen=True)
+class CostPoint(Record):
+    """One trial of a tuning study in trial order: its number, status and value (val bits/byte, None when pruned),
+    the study's cumulative trials and model training FLOPs through it (every trial counts, pruned and diverged ones
+    included: they were paid for), and the best-so-far setting (`analysis.best_settings` over the trials so far: its
+    first trial's number and seed-mean value; None while no trial has converged)."""
+
+    SCHEMA: ClassVar[str] = "cost-point"
+    trial: int
+    status: str
+    val_bpb: float | None
+    trials: int
+    flops: float
+    best_trial: int | None
+    best_val_bpb: float | None
+
+
+@dataclass(frozen=True)
+class CostCurve(Record):
+    """The best-so-far curve of one study (`study`, one recipe at one width): one `CostPoint` per trial, in trial
+    order; `best_val_bpb` never rises along it."""
+
+    SCHEMA: ClassVar[str] = "cost-curve"
+    study: str
+    recipe: str
+    width: int
+    points: tuple[CostPoint, ...]
+
+
+@dataclass(frozen=True)
+class BudgetPoint(Record):
+    """The best-so-far setting of a study when its cumulative FLOPs reached `budget_flops`: the trials and FLOPs
+    actually spent by then (≤ the budget), the chosen trial, its parameters, proxy value and TrainConfig dict (what
+    is trained at the target). `best_trial` None: no trial had converged within the budget."""
+
+    SCHEMA: ClassVar[str] = "budget-point"
+    study: str
+    recipe: str
+    budget_flops: float
+    trials: int
+    flops: float
+    best_trial: int | None
+    params: dict[str, Any]
+    proxy_val_bpb: float | None
+    config: dict
+
+
+@dataclass(frozen=True)
+class TargetPoint(Record):
+    """A `BudgetPoint`'s setting trained at the target width: per-seed val bits/byte (None for a diverged seed),
+    their mean (inf-free: None when a seed diverged) and range (max − min, None below two seeds)."""
+
+    SCHEMA: ClassVar[str] = "target-point"
+    budget: BudgetPoint
+    target_width: int
+    seed_val_bpb: tuple[float | None, ...]
+    val_bpb: float | None
+    seed_range_bpb: float | None
+
+
+@dataclass(frozen=True)
+class TierRow(Record):
+    """One row of the paper's tuning ablation (§5.1): a recipe at a tier (NONE: the defaults; LR: the LR tuned;
+    FULL: the LR and the recipe's multipliers' hyperparameters tuned), what the tier searched, its proxy trials and
+    FLOPs, the winning setting and its proxy value, and at the target width the per-seed losses, their mean and
+    range (as `TargetPoint`)."""
+
+    SCHEMA: ClassVar[str] = "tier-row"
+    recipe: str
+    tier: str
+    searched: tuple[str, ...]
+    trials: int
+    proxy_flops: float
+    params: dict[str, Any]
+    proxy_val_bpb: float | None
+    target_width: int | None
+    seed_val_bpb: tuple[float | None, ...]
+    val_bpb: float | None
+    seed_range_bpb: float | None
+
+
+@dataclass(frozen=True)
+class CostVerdict(Record):
+    """Which tuning reaches `target_loss` (val bits/byte at the target width) with the least tuning compute: per
+    curve (a recipe and tier, e.g. "lrm FULL") the proxy FLOPs and trials of the first budget point whose target
+    loss is at most it (None: never within its budget), the `winner`, and what the same quality costs when tuned
+    directly at the target width (`direct_*`: the direct study's cumulative FLOPs and trials until its best-so-far
+    reached the loss; None when it did not within `direct_budget_flops`, or no direct study was run), and the
+    verdict in one sentence."""
+
+    SCHEMA: ClassVar[str] = "cost-verdict"
+    target_loss: float | None
+    flops_to_reach: dict[str, float | None]
+    trials_to_reach: dict[str, int | None]
+    winner: str | None
+    direct: str | None
+    direct_flops: float | None
+    direct_trials: int | None
+    direct_budget_flops: float | None
+    sentence: str
+
+
+@dataclass(frozen=True)
+class TierClaim(Record):
+    """One of the paper's tier claims (§5.1) checked against a tier table: the claim, the measured difference
+    (bits/byte, `a` − `b`), the seed range that judges it, and whether it holds (None: within the seed range, open)."""
+
+    SCHEMA: ClassVar[str] = "tier-claim"
+    claim: str
+    a: str
+    b: str
+    difference_bpb: float | None
+    seed_range_bpb: float | None
+    holds: bool | None

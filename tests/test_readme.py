@@ -66,6 +66,8 @@ COMMANDS = {
         ("help", "needs a finished run; tests/test_equilibrium.py runs it on tiny mup and lrm runs", "--abm"),
     "lrm-mup sweep sweeps/equilibrium_s.toml --workers 2":
         ("help", "24 runs of 1,000 steps; tests/test_equilibrium.py checks the file's fixed ηλ", "--workers"),
+    "lrm-mup ablation sweeps/tiers.toml --target 128 --seeds 0,1 --budgets 2 --budget-seeds 0":
+        ("help", "about as long as the demo; tests/test_tiers.py runs the ablation at a tiny size", "--direct"),
     "torchrun --nproc_per_node 8 -m lrm_mup train --recipe lrm --width 2048 --batch 64 --out runs/w2048":
         ("help", "needs 8 GPUs; tests/test_torchrun.py runs torchrun with 2 CPU processes", "--parallel"),
     "torchrun --nproc_per_node 8 -m lrm_mup transfer runs/lr-transfer":

@@ -6,16 +6,25 @@ records and `lrm_mup.analysis` only: `report` never trains, never opens an Optun
 - `_coord_check`: the coordinate check's report (`write_coord_check_report`, `coord_check_figures`);
 - `_equilibrium`: a run's noise–WD equilibrium (`write_equilibrium_report`, `equilibrium_section`, its figure);
 - `_tuning`: the tuning report (`write_tuning_report`, its headline card, `tuning_figures`) and `verdict_lines`,
-  the same verdict in a few terminal lines.
+  the same verdict in a few terminal lines; the tuning ablation's page (`write_ablation_report`: the tuning-cost
+  curves as its headline, the tier table, `ablation_figures`).
 """
 from __future__ import annotations
 
 from ._coord_check import coord_check_figures, write_coord_check_report
 from ._equilibrium import EQUILIBRIUM_JSON, equilibrium_figure, equilibrium_section, write_equilibrium_report
 from ._html import PLOTLY_JS, Figure, Html, write_html, write_pngs
-from ._tuning import headline_sentence, multiplier_figure, tuning_figures, verdict_lines, write_tuning_report
+from ._tuning import (
+    ablation_figures,
+    headline_sentence,
+    multiplier_figure,
+    tuning_figures,
+    verdict_lines,
+    write_ablation_report,
+    write_tuning_report,
+)
 
 __all__ = ["write_html", "write_pngs", "PLOTLY_JS", "Figure", "Html", "write_coord_check_report",
            "coord_check_figures", "write_tuning_report", "verdict_lines", "headline_sentence", "tuning_figures",
            "multiplier_figure", "write_equilibrium_report", "equilibrium_section", "equilibrium_figure",
-           "EQUILIBRIUM_JSON"]
+           "EQUILIBRIUM_JSON", "write_ablation_report", "ablation_figures"]

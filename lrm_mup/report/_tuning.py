@@ -393,3 +393,125 @@ OPTUNA_CAPTIONS = {
 
 def _g(x, fmt: str = "g") -> str:
     return "n/a" if x is None else format(x, fmt)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the tuning ablation (tiers) and the tuning-cost curves: numbers from lrm_mup.analysis.ablation_numbers
+
+ABLATION_CAPTIONS = {
+    "cost_curves": "The headline: validation loss at the target width (seed mean; bars: the seed range) reached by "
+                   "each recipe and tier's best-so-far proxy setting, against the tuning compute spent on the proxy "
+                   "by then — cumulative model training FLOPs (left, log scale) and trials (right). Every point was "
+                   "trained at the target width. Dashed steps: a study tuned directly at the target width, its "
+                   "best-so-far loss against its own cumulative FLOPs (and trials). Dotted line: the target loss of "
+                   "the verdict. Lower and further left is cheaper tuning.",
+    "tiers": "The paper's tuning ablation (§5.1): validation loss at the target width per recipe and tier (NONE: "
+             "defaults; LR: the LR tuned; FULL: the LR and the multipliers' hyperparameters tuned — α for mup, the "
+             "multipliers' LR for lrm), each tier's proxy winner trained with every seed. Small dots: the seeds; "
+             "large: their mean. Lower is better.",
+}
+
+
+def _tier_label(row: dict) -> str:
+    return f"{row['recipe']} {row['tier']}"
+
+
+def ablation_figures(numbers: dict) -> dict[str, go.Figure]:
+    """The cost curves (target loss against cumulative proxy FLOPs and trials) and the tier plot."""
+    labels = list(numbers["targets"]) + [k for k in numbers["direct"] if k not in numbers["targets"]]
+    colour = _colours(labels)
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=("against cumulative proxy FLOPs", "against proxy trials"))
+    for i, (label, pts) in enumerate(numbers["targets"].items()):
+        pts = [p for p in pts if p["val_bpb"] is not None]
+        half = [(p["seed_range_bpb"] or 0) / 2 for p in pts]
+        for col, x in ((1, [p["budget"]["flops"] for p in pts]), (2, [p["budget"]["trials"] for p in pts])):
+            fig.add_trace(go.Scatter(x=x, y=[p["val_bpb"] for p in pts], mode="lines+markers", name=label,
+                                     legendgroup=label, showlegend=col == 1,
+                                     marker={"symbol": SYMBOLS[i % len(SYMBOLS)], "size": 9, "color": colour[label]},
+                                     line={"color": colour[label]},
+                                     error_y={"type": "data", "array": half, "visible": True},
+                                     hovertemplate=f"{label}<br>%{{x:.3g}}<br>%{{y:.4f}} bits/byte<extra></extra>"),
+                          row=1, col=col)
+    for label, curve in numbers["direct"].items():
+        pts = [p for p in curve["points"] if p["best_val_bpb"] is not None]
+        name = f"{label}, tuned at the target width"
+        for col, x in ((1, [p["flops"] for p in pts]), (2, [p["trials"] for p in pts])):
+            fig.add_trace(go.Scatter(x=x, y=[p["best_val_bpb"] for p in pts], mode="lines", name=name,
+                                     legendgroup=name, showlegend=col == 1, line={"dash": "dash", "shape": "hv",
+                                                                                   "color": colour[label]}),
+                          row=1, col=col)
+    loss = numbers["verdict"]["target_loss"]
+    if loss is not None:
+        fig.add_hline(y=loss, line={"dash": "dot", "color": "#555"})
+    fig.update_xaxes(type="log", title_text="cumulative tuning FLOPs", row=1, col=1)
+    fig.update_xaxes(title_text="tuning trials", row=1, col=2)
+    fig.update_yaxes(title_text=f"val bits/byte at width {numbers['target_width']}", row=1, col=1)
+    fig.update_layout(title="Tuning cost: target-width loss of the best-so-far proxy setting", height=520)
+    _top_legend(fig)
+    figures = {"cost_curves": _named(fig, "cost_curves")}
+
+    rows = numbers["tiers"]
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+    colour = _colours(recipes)
+    fig = go.Figure()
+    for i, recipe in enumerate(recipes):
+        mine = [r for r in rows if r["recipe"] == recipe]
+        xs = [r["tier"] for r in mine for v in r["seed_val_bpb"] if v is not None]
+        ys = [v for r in mine for v in r["seed_val_bpb"] if v is not None]
+        fig.add_trace(go.Scatter(x=[[x for x in xs], [recipe] * len(xs)], y=ys, mode="markers", name=f"{recipe} seeds",
+                                 marker={"size": 6, "color": colour[recipe], "opacity": 0.5}, showlegend=False))
+        fig.add_trace(go.Scatter(x=[[r["tier"] for r in mine], [recipe] * len(mine)], y=[r["val_bpb"] for r in mine],
+                                 mode="markers", name=recipe,
+                                 marker={"size": 14, "symbol": SYMBOLS[i % len(SYMBOLS)], "color": colour[recipe]}))
+    fig.update_layout(title=f"Tuning tiers at width {numbers['target_width']}", height=440,
+                      yaxis_title=f"val bits/byte at width {numbers['target_width']}", xaxis_title="tier / recipe")
+    _top_legend(fig)
+    figures["tiers"] = _named(fig, "tiers")
+    return figures
+
+
+def tier_table(numbers: dict) -> Html:
+    """One row per recipe and tier: what it searched, its proxy trials and FLOPs, the winner's proxy value and
+    parameters, the target loss per seed, mean and range."""
+    rows = []
+    for r in numbers["tiers"]:
+        params = ", ".join(f"{k}={v:.2f}" for k, v in r["params"].items() if isinstance(v, (int, float)))
+        rows.append([r["recipe"], r["tier"], ", ".join(r["searched"]) or "(defaults)", r["trials"],
+                     r["proxy_flops"] or None, r["proxy_val_bpb"], params or "–",
+                     " / ".join("–" if v is None else f"{v:.4f}" for v in r["seed_val_bpb"]),
+                     None if r["val_bpb"] is None else f"{r['val_bpb']:.4f}", r["seed_range_bpb"]])
+    return table(["recipe", "tier", "searched", "proxy trials", "proxy FLOPs", "proxy val bpb", "winner",
+                  f"target val bpb per seed (width {numbers['target_width']})", "mean", "seed range"], rows,
+                 caption="Equal trial budgets per tuned tier (the sampler's trials, one study per recipe and tier). "
+                         "A tier's winner is its study's best proxy setting; NONE trains the defaults.")
+
+
+def claims_table(numbers: dict) -> Html:
+    rows, classes = [], []
+    for c in numbers["claims"]:
+        label = {True: "holds", False: "does not hold", None: "open (within the seed range)"}[c["holds"]]
+        rows.append([c["claim"], f"{c['a']} − {c['b']}", c["difference_bpb"], c["seed_range_bpb"], label])
+        classes.append(["", "", "", "", {True: "yes", False: "no", None: ""}[c["holds"]]])
+    return table(["the paper's claim", "difference", "bits/byte", "seed range", "here"], rows, classes=classes,
+                 caption="A difference counts only beyond the larger of the two rows' seed ranges; an ≈ claim holds "
+                         "within it.")
+
+
+def write_ablation_report(numbers: dict, out_dir, *, plotlyjs: str = "inline") -> pathlib.Path:
+    """out_dir/index.html — the tuning-cost curves and their verdict first (the headline), then the tier table, the
+    paper's claims and the tier plot — and out_dir/ablation.json (the numbers); returns the path of index.html."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "ablation.json", json.dumps(numbers, indent=1, allow_nan=False) + "\n")
+    figs = ablation_figures(numbers)
+    spec = numbers.get("spec", {})
+    v = numbers["verdict"]
+    lines = [f"Proxy width {spec.get('proxy_width')}, {spec.get('steps')} steps, {spec.get('trials')} trials per "
+             f"recipe and tier; target width {numbers['target_width']}, seeds {spec.get('seeds')}; budgets "
+             + ", ".join(f"{b:.3g}" for b in numbers["budgets"]) + " FLOPs."]
+    parts = [heading("Tuning cost"), card(v["sentence"], lines),
+             Figure(figs["cost_curves"], ABLATION_CAPTIONS["cost_curves"]),
+             heading("Tier table"), tier_table(numbers), claims_table(numbers),
+             Figure(figs["tiers"], ABLATION_CAPTIONS["tiers"])]
+    return write_html(out / "index.html", f"Tuning ablation: {spec.get('name', 'tiers')}", parts, plotlyjs=plotlyjs)
