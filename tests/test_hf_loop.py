@@ -259,9 +259,8 @@ def _mup_trainer():
 
 def test_hf_trainer_trains_with_the_mup_param_groups_and_lrm_mups_clipping(corpus, tmp_path, one_thread):
     MupTrainer = _mup_trainer()
-    with torch.device("meta"):
-        shapes = base_shapes(_tiny_llama(32), _tiny_llama(64))
     torch.manual_seed(0)
+    shapes = base_shapes(_tiny_llama(32), _tiny_llama(64))  # a real base: HF's init statistics
     model = parametrize(_tiny_llama(128), shapes, recipe="lrm")
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
                              learning_rate=3e-3, weight_decay=0.1, max_grad_norm=1.0, report_to=[], logging_steps=1,
@@ -279,7 +278,10 @@ def test_hf_trainer_trains_with_the_mup_param_groups_and_lrm_mups_clipping(corpu
         assert (g["lr_scale"], g["wd_scale"], g["weight_decay"]) == (w["lr_scale"], w["wd_scale"], w["weight_decay"])
         assert g["lr"] == pytest.approx(w["lr"]) and [id(p) for p in g["params"]] == [id(p) for p in w["params"]]
     assert any(g["name"].endswith("multiplier") and g["weight_decay"] == 2e-3 for g in got)
-    assert any(g["lr_scale"] != 1.0 for g in got)  # width 128 over base 32: hidden matrices' LR scaled
+    # width 128 over base 32: lrm's hidden matrices are stored 4× lr-only's, so their groups carry grad_unit 4 and
+    # Adam's ε in lr-only's units (ε / 4); under lrm the LR itself is width-independent
+    hidden = [g for g in got if g["name"].startswith("adamw/hidden")]
+    assert hidden and all(g["grad_unit"] == 4.0 and g["eps"] == pytest.approx(args.adam_epsilon / 4) for g in hidden)
     # the clip Trainer calls is lrm_mup's: the norm without multipliers, not torch's over every parameter
     model.zero_grad()
     batch = trainer.train_dataset[0]
@@ -307,3 +309,30 @@ def test_model_config_file_is_a_cli_flag(tmp_path):
     status, out, err = _cli("describe", "--model-config", str(path), "--width", "128", "--recipe", "mup")
     assert status == 0, err
     assert "model.layers.0.mlp.gate_proj" in out
+
+
+def test_hf_trainer_checkpoints_resume_the_parametrized_model_bit_for_bit(corpus, tmp_path, one_thread):
+    """Trainer's checkpoints call save_pretrained, which a parametrized model refuses: MupTrainer writes the
+    parametrized state instead, and resume_from_checkpoint continues to the same weights as an unbroken run."""
+    MupTrainer = _mup_trainer()
+
+    def run(out, steps, resume=None):
+        torch.manual_seed(0)
+        shapes = base_shapes(_tiny_llama(32), _tiny_llama(64))
+        model = parametrize(_tiny_llama(64), shapes, recipe="lrm")
+        args = TrainingArguments(output_dir=str(out), max_steps=steps, per_device_train_batch_size=4,
+                                 learning_rate=3e-3, weight_decay=0.1, report_to=[], save_strategy="steps",
+                                 save_steps=2, use_cpu=True, dataloader_num_workers=0, seed=0,
+                                 lr_scheduler_type="constant", warmup_steps=0)  # the cut run: the same LRs
+        trainer = MupTrainer(model=model, args=args, train_dataset=_Windows(corpus, 24, 16))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, model
+
+    _, whole = run(tmp_path / "whole", 4)
+    run(tmp_path / "cut", 2)
+    checkpoint = tmp_path / "cut" / "checkpoint-2"
+    assert (checkpoint / "model.safetensors").is_file()
+    trainer, resumed = run(tmp_path / "resumed", 4, resume=str(checkpoint))
+    assert trainer.state.global_step == 4
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name

@@ -11,7 +11,13 @@ LR and WD scales are lost and the learnable multipliers get the matrices' weight
 with the multipliers' gradients in the norm. `MupTrainer` builds the optimizer with `lrm_mup.build_optimizer` (one
 group per LR/WD scale, multipliers with their own LR and WD `mult_lr` / `mult_wd`) and clips with
 `lrm_mup.core.optim.clip_grad_norm_` (the global norm of the effective gradients, multipliers excluded); the LR
-schedule, logging, checkpoints and everything else stay transformers'.
+schedule, logging and everything else stay transformers'.
+
+Checkpoints: `save_pretrained` is refused on a parametrized model (a plain HF checkpoint of the unmerged factors
+would load as a wrong model), so `MupTrainer` saves its checkpoints as the parametrized model's own state (W̃, the
+multipliers and the `lrm_mup_unmerged` marker, in `model.safetensors`), which `Trainer`'s
+`resume_from_checkpoint` loads back into the same parametrized model. The plain HF checkpoint for `from_pretrained`
+is `lrm_mup.save_pretrained(trainer.model, folder)` after training.
 
 `transformers` is an optional dependency: this module imports it at the top (the class derives from `Trainer`),
 and nothing in lrm_mup imports this module; import it yourself (`from lrm_mup.training.hf_trainer import
@@ -19,8 +25,13 @@ MupTrainer`).
 """
 from __future__ import annotations
 
+import os
+
+import safetensors.torch
 import torch
 from transformers import Trainer  # optional dependency: this module exists to extend it (module docstring)
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from ..core.multipliers import multiplied_modules
 from ..core.optim import MULTIPLIER_WD, build_optimizer, clip_grad_norm_
@@ -60,3 +71,15 @@ class MupTrainer(Trainer):
         """Trainer's clipping hook (called when `args.max_grad_norm > 0`): lrm_mup's clip over the parametrized
         model (unwrapped from accelerate's wrappers); returns the norm before clipping, which Trainer logs."""
         return clip_grad_norm_(self.accelerator.unwrap_model(model), self.args.max_grad_norm)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Trainer's checkpoint writer: the parametrized model's own state (module docstring), not
+        `save_pretrained`, which a parametrized model refuses. Resume (`train(resume_from_checkpoint=...)`) loads it
+        with `load_state_dict`; shared tensors (a tied readout) are written once."""
+        output_dir = self.args.output_dir if output_dir is None else output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        safetensors.torch.save_model(model, os.path.join(output_dir, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
