@@ -864,7 +864,8 @@ class CoordCheckResult:
             text += f" (expected {v.expected:+.2f})"
         if v.status == INCONCLUSIVE:
             text += ": inconclusive (" + (f"about {v.seeds_needed} seeds would decide it at this scatter"
-                                          if v.seeds_needed else "on the limit: more seeds or widths") + ")"
+                                          if v.seeds_needed else
+                                          f"more than {MAX_SEEDS_ADVISED} seeds at this scatter: add widths") + ")"
         elif v.status:
             text += f": {v.status}"
         return text

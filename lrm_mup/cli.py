@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="two-sided confidence of each series' slope band (default 0.95)")
     p.add_argument("--fresh-batches", dest="fresh_batches", action=argparse.BooleanOptionalAction, default=None,
                    help="train on a new batch every step (measurements stay on one fixed batch) or, with "
-                        "--no-fresh-batches, on the measurement batch itself (default: FRESH_DEFAULT)")
+                        "--no-fresh-batches, on the measurement batch itself (default: fresh batches; one fixed batch "
+                        "is memorised faster by wider models, a drift that seeds do not average out)")
     p.add_argument("--data", help="UTF-8 text file or folder (default: the Shakespeare corpus)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--strict", action="store_true",

@@ -13,8 +13,10 @@ import torch
 from lrm_mup._commands import coord_check_exit
 from lrm_mup.data import load_corpus
 from lrm_mup.models import GPT, GPTConfig
+from lrm_mup.report import write_coord_check_report
 from lrm_mup.tuning.coord_check import CoordCheckResult, coord_check
 from tests.test_analysis import NOISE, band_result, series_records
+from tests.test_coord_check import plotly_figures
 
 REPO = Path(__file__).resolve().parent.parent
 SLICE = str(REPO / "tests" / "data" / "shakespeare")
@@ -89,3 +91,18 @@ def test_bad_verdict_options_are_one_line_and_exit_2(tmp_path, flag, value, name
 def test_the_help_documents_the_strict_exit_status():
     text = cli("coord-check", "--help", cwd=REPO).stdout
     assert "--strict-inconclusive" in text and "INCONCLUSIVE" in text and "exit status" in text
+
+
+def test_the_page_shows_each_band_and_the_inconclusive_verdict(tmp_path):
+    result = band_result(series_records("mup", "near", 0.17, NOISE) + series_records("mup", "flat", 0.0, NOISE)
+                         + series_records("sp", "grows", 0.5, NOISE), ["mup", "sp"])
+    page = write_coord_check_report(result, tmp_path, plotlyjs="directory")["html"].read_text(encoding="utf-8")
+    card = page[page.index('<div class="card">'):page.index("<h2>Series that do not pass</h2>")]
+    assert "mup INCONCLUSIVE (1/2 series); sp FAIL (0/1 series)." in card
+    near = result.failures("mup")[0]
+    table = page[page.index("<h2>Series that do not pass</h2>"):page.index("<h2>Figures</h2>")]
+    assert f"[{near.low:+.2f}, {near.high:+.2f}]" in table and "inconclusive" in table
+    assert f"about {near.seeds_needed} seeds" in table
+    hovers = [t["hovertemplate"] for fig in plotly_figures(page) for t in fig if t["name"] == "near"]
+    assert hovers and all(f"verdict: slope {near.slope:+.2f}" in h and "95% band [" in h for h in hovers)
+    assert {t["line"]["dash"] for fig in plotly_figures(page) for t in fig if t["name"] == "near"} == {"dot"}

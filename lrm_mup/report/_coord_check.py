@@ -96,7 +96,7 @@ def band_table(result: CoordCheckResult, per_recipe: int = 12) -> list:
         for v in result.failures(recipe)[:per_recipe]:
             band = f"[{v.low:+.2f}, {v.high:+.2f}]" if v.low is not None and math.isfinite(v.low) else "–"
             advice = ("–" if v.status != INCONCLUSIVE else f"about {v.seeds_needed} seeds" if v.seeds_needed
-                      else "more seeds or widths")
+                      else "more widths")
             rows.append([recipe, v.quantity, v.module, v.at, f"{v.slope:+.2f}", band, f"{v.expected:+.2f}",
                          v.status, advice])
             classes.append([""] * 7 + ["no" if v.status == FAIL else "open", ""])

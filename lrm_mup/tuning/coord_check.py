@@ -60,8 +60,13 @@ __all__ = ["coord_check", "CoordCheckResult", "Verdict", "Expected", "EXPECTED",
 DEFAULT_WIDTHS = (64, 128, 256, 512)
 DEFAULT_BASE_WIDTH, DEFAULT_DELTA_WIDTH = 64, 128
 DEFAULT_PROXY = {"depth": 2, "head_dim": 32}
-# The default batch mode (FRESH_BATCHES_WHY says why, from benchmarks/RESULTS.md "Verdict stability").
-FRESH_BATCHES = False
+# The default batch mode, chosen from a measurement (benchmarks/RESULTS.md, "issue 12: verdicts with their
+# uncertainty"): train on a fresh batch each step. On one fixed batch wider models memorise it faster, a bias that
+# grows with the step and that no number of seeds removes: with 10 seeds at widths 64..256 (batch 16) lrm's
+# embedding dy sits at +0.23, band [+0.19, +0.27], and at batch 8 dy of attn.o at -0.18 [-0.20, -0.16] in every
+# μP recipe. Fresh batches leave no such drift (10 seeds: every μP centre within ±0.17); their larger seed-to-seed
+# scatter is noise, which the band counts and more seeds remove. The cost: one extra forward per step.
+FRESH_BATCHES = True
 
 
 def coord_check(
@@ -91,9 +96,9 @@ def coord_check(
     build: the user's constructor; the model maps token ids (B, T) to logits, or to a tuple whose first element is
       the logits (the loss is always cross-entropy on the corpus' next bytes, computed here).
     base_width / delta_width: the widths `parametrize` infers μP's base shapes from.
-    corpus: a `lrm_mup.data.Corpus` (default: the Shakespeare corpus). One fixed batch per seed is both the training
-      batch and the measurement batch; with fresh_batches=True each step trains on a new batch and measurements stay
-      on the fixed one (so that Δy compares like with like).
+    corpus: a `lrm_mup.data.Corpus` (default: the Shakespeare corpus). With fresh_batches=True (the default,
+      `FRESH_BATCHES`) each step trains on a new batch and the measurements stay on one fixed batch per seed (so
+      that Δy compares like with like); with False that fixed batch is also the training batch.
     seeds / seed_base: the seeds seed_base, …, seed_base + seeds − 1 (each seeds the init and the batches); another
       seed_base gives an independent repetition of the check.
     threshold / last_steps / level: a series passes when the `level` confidence band of its slope lies within
