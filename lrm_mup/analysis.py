@@ -822,9 +822,9 @@ class CoordCheckResult:
             shown = [v for s in (FAIL, INCONCLUSIVE) for v in self.failures(recipe) if v.status == s][:worst]
             for v in shown:
                 lines.append(f"    {v.quantity:4s} {v.module:28s} {self.describe(v)}")
-            undecided |= counts[INCONCLUSIVE] > 0 and not cannot
+            undecided |= status == "INCONCLUSIVE"  # a recipe that fails is decided already
         if undecided:
-            lines.append("inconclusive: a band straddles the limit, so these seeds cannot tell whether the slope is "
+            lines.append("INCONCLUSIVE: a band straddles the limit, so these seeds cannot tell whether the slope is "
                          "within the threshold; rerun with more seeds (--seeds; the band shrinks like 1/√seeds) "
                          "or more widths (--widths; a wider span of log2 widths shrinks it too)")
         lines.append("declared exceptions (slopes μP prescribes; judged against them instead of 0):")
