@@ -11,7 +11,8 @@ and nowhere else, from typed records (`lrm_mup.records`) alone — no training, 
 - the one log-log slope fit (`loglog_fit`, with two policies for bad points: `fit_exponent` drops them, `slope`
   makes the whole fit NaN or inf), used by the coordinate check and the multipliers' width scaling;
 - the multipliers' width scaling from `MultiplierValues` records (`multiplier_scaling`, paper Fig. 5);
-- the coordinate check's verdicts from its measurements (`seed_means`, `slopes`, `judge`, `CoordCheckResult`).
+- the coordinate check's verdicts from its measurements (`seed_means`, `slopes`, `judge`, `CoordCheckResult`),
+  each slope with its confidence band (`slope_band`, `t_quantile`): pass, inconclusive or fail.
 """
 from __future__ import annotations
 
