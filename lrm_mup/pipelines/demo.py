@@ -45,8 +45,8 @@ QUICK_LR = [-8.0, -6.0, -4.0]
 # fresh batches). Measured over 5 seed sets (benchmarks/RESULTS.md, issue 12): the former small check (widths
 # base × 1..4, 2 seeds, batch 8) was INCONCLUSIVE for every μP recipe in every seed set (12-21 series per recipe
 # whose band straddles the 0.2 limit; 10 seeds still left 3), so it could not tell μP from a slow drift. The
-# default check PASSes the μP recipes in 2 of 4 seed sets (INCONCLUSIVE on 1-2 series otherwise, never FAIL) and
-# FAILs sp in every set; it costs about a minute more.
+# default check PASSes the μP recipes in 2 of 5 seed sets (INCONCLUSIVE on 2-3 series otherwise, never FAIL; 15
+# seeds pooled PASS) and FAILs sp in every set; it costs about a minute more.
 COORD = {"steps": 10, "seeds": 3, "last_steps": 5, "batch_size": 16, "context": 32, "factors": (1, 2, 4, 8)}
 QUICK_COORD = {"steps": 3, "seeds": 1, "last_steps": 2, "batch_size": 4, "context": 16, "factors": (1, 2, 4)}
 LR_OFFSETS = (-1, 1)
