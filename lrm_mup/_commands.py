@@ -124,6 +124,10 @@ def cmd_coord_check(args) -> int:
     for name in ("steps", "seeds", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name} {getattr(args, name)} is invalid: must be at least 1")
+    if args.seed_base < 0:
+        raise ConfigError(f"--seed-base {args.seed_base} is invalid: must be at least 0")
+    if not 0 < args.confidence < 1:
+        raise ConfigError(f"--confidence {args.confidence} is invalid: must lie strictly between 0 and 1")
     out = check_out_folder(args.out or _timestamped("runs/coord-check"), "report folder")  # before all the work
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,14 +147,25 @@ def cmd_coord_check(args) -> int:
     build = lambda width, make=model_builder(model): make(width, **model_fields)  # noqa: E731
     corpus = data_mod.load_corpus(args.data, tokenizer=args.tokenizer)
     result = cc.coord_check(build, args.widths, base_width=args.base_width, delta_width=args.delta_width,
-                            recipes=args.recipes, steps=args.steps, seeds=args.seeds, lr=args.lr,
-                            optimizer=args.optimizer, corpus=corpus, context=args.context,
-                            fresh_batches=args.fresh_batches, threshold=args.threshold,
+                            recipes=args.recipes, steps=args.steps, seeds=args.seeds, seed_base=args.seed_base,
+                            lr=args.lr, optimizer=args.optimizer, corpus=corpus, context=args.context,
+                            fresh_batches=cc.FRESH_BATCHES if args.fresh_batches is None else args.fresh_batches,
+                            threshold=args.threshold, level=args.confidence,
                             last_steps=max(1, min(5, args.steps // 2)), progress=not args.quiet)
     paths = write_coord_check_report(result, out)
     print(result.summary())
     print(f"report: {paths['html']}  numbers: {paths['json']}")
-    return 1 if args.strict and not all(result.passed(r) for r in args.recipes) else 0
+    return coord_check_exit(result, strict=args.strict, strict_inconclusive=args.strict_inconclusive)
+
+
+def coord_check_exit(result: cc.CoordCheckResult, *, strict: bool, strict_inconclusive: bool) -> int:
+    """The exit status of `coord-check`: 1 when --strict (or --strict-inconclusive) and a recipe FAILs; 3 when
+    --strict-inconclusive and no recipe fails but one is INCONCLUSIVE; else 0. A check too small to judge
+    (`judgeable`) counts by its series' statuses all the same: --strict asks for a verdict."""
+    statuses = {result.status(r) for r in result.config["recipes"]}
+    if (strict or strict_inconclusive) and "FAIL" in statuses:
+        return 1
+    return 3 if strict_inconclusive and "INCONCLUSIVE" in statuses else 0
 
 
 def _depth_coord_check(args, out) -> int:

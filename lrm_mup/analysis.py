@@ -11,7 +11,8 @@ and nowhere else, from typed records (`lrm_mup.records`) alone — no training, 
 - the one log-log slope fit (`loglog_fit`, with two policies for bad points: `fit_exponent` drops them, `slope`
   makes the whole fit NaN or inf), used by the coordinate check and the multipliers' width scaling;
 - the multipliers' width scaling from `MultiplierValues` records (`multiplier_scaling`, paper Fig. 5);
-- the coordinate check's verdicts from its measurements (`seed_means`, `slopes`, `judge`, `CoordCheckResult`).
+- the coordinate check's verdicts from its measurements (`seed_means`, `slopes`, `judge`, `CoordCheckResult`),
+  each slope with its confidence band (`slope_band`, `t_quantile`): pass, inconclusive or fail.
 """
 from __future__ import annotations
 
@@ -61,7 +62,9 @@ __all__ = [
     "lr_curves", "optimum_spread", "best_settings", "best_configs", "sweep_costs", "recipe_summary",
     "tuning_verdict", "tuning_numbers", "PREDICTED", "HIDDEN_ROLES", "predicted_exponent", "multiplier_quantities",
     "multiplier_scaling", "QUANTITIES", "LOGITS", "Expected", "EXPECTED", "Verdict", "seed_means", "slopes",
-    "judge", "CoordCheckResult", "TRANSFER_LOSS_OK", "TRANSFER_CRITERION", "SECONDS_NOISE", "grid_edge_optima",
+    "judge", "CoordCheckResult", "VERDICT_LEVEL", "PASS", "INCONCLUSIVE", "FAIL", "t_central", "t_quantile",
+    "SlopeBand", "slope_band", "seed_values", "TRANSFER_LOSS_OK", "TRANSFER_CRITERION", "SECONDS_NOISE",
+    "grid_edge_optima",
     "timing_noise", "tuning_headline", "judgeable",
 ]
 
@@ -807,29 +810,189 @@ def _head_dim_exponent(head_dims: dict, widths: list[int]) -> float:
     return round(slope(widths, dims), 6) + 0.0 if all(dims) else 0.0
 
 
-def judge(slope_rows: list[dict], steps: int, last_steps: int, threshold: float) -> list[Verdict]:
-    """A verdict per series from its slope at t=0 and its mean slope over the last `last_steps` steps, whichever is
-    further from the expected one; skipped steps (zero at every width) do not count."""
+VERDICT_LEVEL = 0.95   # two-sided confidence of a series' slope band
+PASS, INCONCLUSIVE, FAIL = "pass", "inconclusive", "fail"
+_SEVERITY = {PASS: 0, INCONCLUSIVE: 1, FAIL: 2}
+MAX_SEEDS_ADVISED = 64
+
+
+def t_central(t: float, df: int) -> float:
+    """P(|T| < t) for Student's t with an integer number `df` ≥ 1 of degrees of freedom, in closed form
+    (Abramowitz & Stegun 26.7.3-4), with θ = atan(|t|/√df):
+    odd df:  (2/π)·[θ + sinθ·(cosθ + (2/3)cos³θ + (2·4)/(3·5)cos⁵θ + … up to cos^(df−2)θ)]   (df = 1: 2θ/π)
+    even df: sinθ·[1 + (1/2)cos²θ + (1·3)/(2·4)cos⁴θ + … up to cos^(df−2)θ]."""
+    if not (isinstance(df, int) and df >= 1):
+        raise CoordCheckError(f"degrees of freedom {df!r}: must be a positive integer")
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c2 = math.cos(theta) ** 2
+    total = 0.0
+    if df % 2:
+        term = math.cos(theta)
+        for k in range(1, (df - 1) // 2 + 1):
+            total += term
+            term *= 2 * k / (2 * k + 1) * c2
+        return 2 / math.pi * (theta + math.sin(theta) * total)
+    term = 1.0
+    for k in range(1, df // 2 + 1):
+        total += term
+        term *= (2 * k - 1) / (2 * k) * c2
+    return math.sin(theta) * total
+
+
+def t_quantile(level: float, df: int) -> float:
+    """The t with P(|T| < t) = `level` (Student's t, `df` degrees of freedom): the half-width of a two-sided
+    interval in standard errors, by bisection on `t_central` (monotone in t). 12.71 at df 1, 3.18 at 3, 2.31 at 8,
+    1.96 as df → ∞, for level 0.95."""
+    if not (isinstance(level, float | int) and 0 < level < 1):
+        raise CoordCheckError(f"confidence level {level!r}: must lie strictly between 0 and 1")
+    lo, hi = 0.0, 1.0
+    while t_central(hi, df) < level:
+        lo, hi = hi, 2 * hi
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_central(mid, df) < level else (lo, mid)
+        if hi - lo < 1e-12 * hi:
+            break
+    return (lo + hi) / 2
+
+
+@dataclass(frozen=True)
+class SlopeBand:
+    """The scatter behind one judged slope (`slope_band`): the residual standard deviation `sigma` of the log2
+    values, `df` its degrees of freedom, `seeds` and the widths' Σ(x−x̄)² `sxx` (x = log2 width), so that the
+    standard error is sigma/√(seeds·sxx) and the half-width at a confidence level is t_quantile(level, df) × that."""
+
+    sigma: float
+    df: int
+    seeds: int
+    widths: int
+    sxx: float
+
+    def half_width(self, level: float, seeds: int | None = None) -> float:
+        """The band's half-width at `level`; with `seeds`, what it would be with that many seeds at this scatter."""
+        s = self.seeds if seeds is None else seeds
+        df = s * self.widths - s - 1
+        return t_quantile(level, df) * self.sigma / math.sqrt(s * self.sxx)
+
+    def seeds_needed(self, margin: float, level: float) -> int | None:
+        """The fewest seeds whose band would be narrower than `margin` (the distance from the slope to the limit)
+        at this scatter, if the slope stayed where it is; None when no number up to MAX_SEEDS_ADVISED would."""
+        if not margin > 0:
+            return None
+        return next((s for s in range(self.seeds + 1, MAX_SEEDS_ADVISED + 1) if self.half_width(level, s) < margin),
+                    None)
+
+
+def slope_band(widths: Sequence[float], logs: Sequence[Sequence[float]]) -> SlopeBand | None:
+    """The scatter of a slope from per-seed data: `logs[s][w]` is log2 of seed s's value at width w (for a window of
+    steps, the mean over the steps of log2 value; averaging over steps first keeps the steps' strong correlation out
+    of the count). The model: z_sw = a_s + b·x_w + e_sw with x = log2 width, a seed's own level a_s (one fixed batch
+    and one init per seed shift every width alike: absorbed) and e iid N(0, σ²), which holds the seed-by-width
+    scatter and any bend over the widths. Least squares gives b̂ = the mean of the per-seed slopes, residual sum RSS
+    with df = S·W − S − 1, σ̂² = RSS/df and se(b̂) = σ̂/√(S·Σ(x−x̄)²); (b̂ − b)/se follows Student's t with df.
+    Pooling the width residuals with the seed spread is what makes 2 seeds judgeable: the spread of 2 per-seed
+    slopes alone has 1 df (t = 12.7 at 95 %), the pooled fit 3 df at 3 widths (t = 3.18) and 8 df at 3 seeds × 4
+    widths (t = 2.31). A bootstrap over seeds has only 3 distinct resamples with 2 seeds, and one over the residuals
+    reproduces this interval without the small-df t correction (too narrow at df 3). A bend over the widths widens
+    the band: the slope of a curved series over these widths is less determined, and more widths decide it.
+    None where the fit has no degree of freedom left (or a value is not positive and finite)."""
+    z = np.asarray(logs, dtype=np.float64)
+    if z.ndim != 2 or not np.all(np.isfinite(z)):
+        return None
+    n_seeds, n_widths = z.shape
+    df = n_seeds * n_widths - n_seeds - 1
+    if df < 1:
+        return None
+    x = np.log2(np.asarray(widths, dtype=np.float64))
+    xc = x - x.mean()
+    sxx = float(xc @ xc)
+    zc = z - z.mean(axis=1, keepdims=True)
+    b = float((zc @ xc).sum()) / (n_seeds * sxx)
+    rss = float(((zc - b * xc) ** 2).sum())
+    return SlopeBand(math.sqrt(rss / df), df, n_seeds, n_widths, sxx)
+
+
+def seed_values(records: list[dict], axis: str = "width") -> dict[tuple, dict[int, dict[int, dict[int, float]]]]:
+    """(recipe, module, quantity) -> step -> seed -> width (or the record's `axis`) -> value: the per-seed numbers
+    behind a slope band."""
+    out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    for r in records:
+        out[(r["recipe"], r["module"], r["quantity"])][r["step"]][r["seed"]][r[axis]] = r["value"]
+    return out
+
+
+def _window_logs(by_step: dict, steps: Sequence[int], widths: Sequence[int]) -> list[list[float]] | None:
+    """logs[s][w]: the mean over `steps` of log2 of seed s's value at width w, for the seeds measured at every
+    width and step; None when a value is not positive and finite (its slope is judged without a band)."""
+    seeds = sorted(set.intersection(*(set(by_step.get(t, {})) for t in steps))) if steps else []
+    logs = []
+    for s in seeds:
+        row = []
+        for w in widths:
+            vals = [by_step[t][s].get(w, math.nan) for t in steps]
+            if not all(math.isfinite(v) and v > 0 for v in vals):
+                return None
+            row.append(sum(math.log2(v) for v in vals) / len(vals))
+        logs.append(row)
+    return logs or None
+
+
+def _status(slope_: float, half: float, expected: float, threshold: float) -> str:
+    """pass: the band [slope ± half] lies inside (expected − threshold, expected + threshold); fail: it lies wholly
+    outside [expected − threshold, expected + threshold]; inconclusive: it straddles a limit (a band of width 0
+    sitting exactly on the limit included). A non-finite slope fails."""
+    if not math.isfinite(slope_):
+        return FAIL
+    low, high = slope_ - half - expected, slope_ + half - expected
+    if -threshold < low and high < threshold:
+        return PASS
+    if low > threshold or high < -threshold:
+        return FAIL
+    return INCONCLUSIVE
+
+
+def judge(slope_rows: list[dict], steps: int, last_steps: int, threshold: float, *,
+          per_seed: dict | None = None, widths: Sequence[int] | None = None,
+          level: float = VERDICT_LEVEL) -> list[Verdict]:
+    """A verdict per series from two checks, its slope at t=0 and its mean slope over the last `last_steps` steps
+    (skipped steps, zero at every width, do not count), each with a `level` confidence band: centre the slope of
+    the seed means (the figures' slope), half-width t·se from `slope_band` on the per-seed values (`per_seed`:
+    `seed_values(records)`, at `widths`). The centre and b̂ differ by the width dependence of half the seeds'
+    log-variance (log of a mean against the mean of logs), second order in the scatter. Each check gets a status
+    (`_status`); the series takes the worse one (fail > inconclusive > pass; on a tie the slope further from the
+    expected one). Without per-seed values (or where a value is zero or non-finite) the band has width 0."""
     series = defaultdict(list)
     for row in slope_rows:
         series[(row["recipe"], row["module"], row["quantity"])].append(row)
     verdicts = []
     for key, rows in series.items():
-        checks = _checks(rows, steps, last_steps)
-        if checks:
-            at, slope_, expected = max(checks, key=lambda c: _deviation(c[1], c[2]))
-            verdicts.append(Verdict(*key, at, slope_, expected, _deviation(slope_, expected) < threshold))
+        found = []
+        for at, slope_, expected, window in _checks(rows, steps, last_steps):
+            logs = _window_logs(per_seed[key], window, widths) if per_seed is not None and key in per_seed else None
+            band = slope_band(widths, logs) if logs is not None and math.isfinite(slope_) else None
+            half = band.half_width(level) if band is not None else 0.0
+            status = _status(slope_, half, expected, threshold)
+            needed = None
+            if status == INCONCLUSIVE and band is not None:
+                needed = band.seeds_needed(abs(abs(slope_ - expected) - threshold), level)
+            found.append((_SEVERITY[status], _deviation(slope_, expected), at, slope_, expected, status, half,
+                          needed))
+        if found:
+            _, _, at, slope_, expected, status, half, needed = max(found, key=lambda c: (c[0], c[1]))
+            low, high = (slope_ - half, slope_ + half) if math.isfinite(slope_) else (slope_, slope_)
+            verdicts.append(Verdict(*key, at, slope_, expected, status == PASS, status, low, high, needed))
     return verdicts
 
 
-def _checks(rows: list[dict], steps: int, last_steps: int) -> list[tuple[str, float, float]]:
-    """(when, slope, expected) of one series: at t=0, and the means over the last `last_steps` steps."""
+def _checks(rows: list[dict], steps: int, last_steps: int) -> list[tuple[str, float, float, tuple[int, ...]]]:
+    """(when, slope, expected, steps) of one series: at t=0, and the means over the last `last_steps` steps."""
     late = [r for r in rows if r["step"] > steps - last_steps and r["slope"] is not None]
-    checks = [("t=0", r["slope"], r["expected"]) for r in rows if r["step"] == 0 and r["slope"] is not None]
+    checks = [("t=0", r["slope"], r["expected"], (0,)) for r in rows if r["step"] == 0 and r["slope"] is not None]
     if late:
         first, last = late[0]["step"], late[-1]["step"]
         checks.append((f"t={first}..{last}" if first != last else f"t={first}",
-                       float(np.mean([r["slope"] for r in late])), float(np.mean([r["expected"] for r in late]))))
+                       float(np.mean([r["slope"] for r in late])), float(np.mean([r["expected"] for r in late])),
+                       tuple(r["step"] for r in late)))
     return checks
 
 
@@ -862,8 +1025,12 @@ def judgeable(config: dict) -> list[str]:
 
 class CoordCheckResult:
     """Every recorded number (`records`, one dict per recipe, width, seed, step, module, quantity), the slopes per
-    step (`slopes`) and one `Verdict` per series (`verdicts`). `config` must name "mup_readout", the recipes with
-    μP's readout and attention (`lrm_mup.tuning.coord_check.CoordCheckResult` fills it in from the recipes)."""
+    step (`slopes`) and one `Verdict` per series (`verdicts`, each with its confidence band: `judge`). `config` must
+    name "mup_readout", the recipes with μP's readout and attention (`lrm_mup.tuning.coord_check.CoordCheckResult`
+    fills it in from the recipes); its "level" is the band's confidence (default `VERDICT_LEVEL`).
+
+    A recipe's verdict (`status`): FAIL if any series fails, else INCONCLUSIVE if any series is inconclusive, else
+    PASS."""
 
     def __init__(self, config: dict, records: list[dict]):
         if "mup_readout" not in config:
@@ -872,20 +1039,36 @@ class CoordCheckResult:
         self.config, self.records = config, records
         axis, _ = axis_of(config)
         self.expected = EXPECTED if axis == "width" else depth_expected(config)
+        self.level = float(config.get("level", VERDICT_LEVEL))
         self.slopes = slopes(records, config.get("head_dims"), config.get("roles"), config["mup_readout"], axis,
                              self.expected)
-        self.verdicts = judge(self.slopes, config["steps"], config["last_steps"], config["threshold"])
+        self.verdicts = judge(self.slopes, config["steps"], config["last_steps"], config["threshold"],
+                              per_seed=seed_values(records, axis), widths=sorted({r[axis] for r in records}),
+                              level=self.level)
 
-    def passed(self, recipe: str) -> bool:
+    def _mine(self, recipe: str) -> list[Verdict]:
         verdicts = [v for v in self.verdicts if v.recipe == recipe]
         if not verdicts:
             raise CoordCheckError(f"recipe {recipe!r} was not checked; checked: {', '.join(self.config['recipes'])}")
-        return all(v.passed for v in verdicts)
+        return verdicts
+
+    def status(self, recipe: str) -> str:
+        """"PASS", "INCONCLUSIVE" or "FAIL": the worst status of the recipe's series (class docstring)."""
+        worst = max(_SEVERITY[v.status] for v in self._mine(recipe))
+        return {0: "PASS", 1: "INCONCLUSIVE", 2: "FAIL"}[worst]
+
+    def passed(self, recipe: str) -> bool:
+        """Every series of the recipe passes (its band within the threshold): status PASS."""
+        return all(v.passed for v in self._mine(recipe))
+
+    def failed(self, recipe: str) -> bool:
+        """Some series of the recipe fails (its band wholly outside the threshold): status FAIL."""
+        return self.status(recipe) == "FAIL"
 
     def failures(self, recipe: str) -> list[Verdict]:
-        """Failed series of `recipe`, worst first."""
-        return sorted((v for v in self.verdicts if v.recipe == recipe and not v.passed),
-                      key=lambda v: -_deviation(v.slope, v.expected))
+        """The series of `recipe` that do not pass, failed before inconclusive, each worst (furthest) first."""
+        return sorted((v for v in self._mine(recipe) if not v.passed),
+                      key=lambda v: (-_SEVERITY[v.status], -_deviation(v.slope, v.expected)))
 
     def summary(self, worst: int = 5) -> str:
         """The verdict per recipe with its worst series, the declared exceptions as measured, and what was skipped."""
@@ -897,25 +1080,36 @@ class CoordCheckResult:
                  f"at width {c['width']}")
         lines = [
             f"coordinate check: {where}, "
-            f"{c['steps']} steps, {c['seeds']} seed{'s' if c['seeds'] != 1 else ''}, {c['optimizer']} lr {c['lr']:g}, "
+            f"{c['steps']} steps, {c['seeds']} seed{'s' if c['seeds'] != 1 else ''}"
+            + (f" (from seed {c['seed_base']})" if c.get("seed_base") else "") + f", {c['optimizer']} lr {c['lr']:g}, "
             f"batch {c['batch_size']}×{c['context']} of {c['corpus']} "
             f"({'a fresh batch per step' if c['fresh_batches'] else 'one fixed batch'})",
-            f"a series passes when its slope of log2 value against log2 {axis} is within {c['threshold']:g} of the "
-            f"expected slope (0 unless declared below) at t=0 and on average over {late}",
+            f"the slope of log2 value against log2 {axis} is judged at t=0 and on average over {late} against the "
+            f"expected slope (0 unless declared below) ± {c['threshold']:g}, with its {self.level:.0%} confidence "
+            f"band over seeds and {axis}s: a series passes when the band lies inside, fails when it lies outside, "
+            "and is inconclusive when it straddles the limit",
         ]
         cannot = judgeable(c)
         if cannot:
             lines.append(f"NO VERDICT: too little data to judge ({'; '.join(cannot)}); the slopes below are shown, "
                          "not judged")
+        undecided = False
         for recipe in c["recipes"]:
             verdicts = [v for v in self.verdicts if v.recipe == recipe]
             n_pass = sum(v.passed for v in verdicts)
-            status = "n/a " if cannot else "PASS" if n_pass == len(verdicts) else "FAIL"
+            counts = {s: sum(v.status == s for v in verdicts) for s in (INCONCLUSIVE, FAIL)}
+            status = "n/a " if cannot else self.status(recipe)
             lines.append(f"{recipe:8s} {status}  {n_pass}/{len(verdicts)} series "
-                         + ("within the threshold" if cannot else "pass"))
-            for v in self.failures(recipe)[:worst]:
-                lines.append(f"    {v.quantity:4s} {v.module:28s} slope {v.slope:+.2f} at {v.at}"
-                             + (f" (expected {v.expected:+.2f})" if v.expected else ""))
+                         + ("within the threshold" if cannot else "pass")
+                         + "".join(f", {n} {s}" for s, n in counts.items() if n and not cannot))
+            shown = [v for s in (FAIL, INCONCLUSIVE) for v in self.failures(recipe) if v.status == s][:worst]
+            for v in shown:
+                lines.append(f"    {v.quantity:4s} {v.module:28s} {self.describe(v)}")
+            undecided |= status == "INCONCLUSIVE"  # a recipe that fails is decided already
+        if undecided:
+            lines.append("INCONCLUSIVE: a band straddles the limit, so these seeds cannot tell whether the slope is "
+                         "within the threshold; rerun with more seeds (--seeds; the band shrinks like 1/√seeds) "
+                         "or more widths (--widths; a wider span of log2 widths shrinks it too)")
         lines.append("declared exceptions (slopes μP prescribes; judged against them instead of 0):")
         for e in self.expected:
             lines.append(f"    {e.name}: {e.reason}")
@@ -926,13 +1120,14 @@ class CoordCheckResult:
             checks = {key: _checks(rows, c["steps"], c["last_steps"]) for key, rows in series.items()}
             if not checks:
                 lines.append("        (no checked recipe has it)")
-            elif all(x == 0 for found in checks.values() for _, _, x in found):
-                worst_ = max(abs(s) for found in checks.values() for _, s, _ in found)
+            elif all(x == 0 for found in checks.values() for _, _, x, _ in found):
+                worst_ = max(abs(s) for found in checks.values() for _, s, _, _ in found)
                 why = "the head dim is the same at every width" if axis == "width" else "under this depth rule"
                 lines.append(f"        expected slope 0 here: {why} (measured |slope| <= {worst_:.2f})")
             else:
                 for recipe in c["recipes"]:
-                    got = [f"{module} " + ", ".join(f"{s:+.2f} at {at} (expected {x:+.2f})" for at, s, x in found)
+                    got = [f"{module} " + ", ".join(f"{s:+.2f} at {at} (expected {x:+.2f})"
+                                                    for at, s, x, _ in found)
                            for (r, module), found in checks.items() if r == recipe]
                     if got:
                         lines.append(f"        {recipe}: " + "; ".join(got))
@@ -942,10 +1137,28 @@ class CoordCheckResult:
                          + " (no update has happened yet at t=0)")
         return "\n".join(lines)
 
+    def describe(self, v: Verdict) -> str:
+        """One series' slope with its band and status, e.g. "slope -0.20 at t=6..10, 95% band [-0.27, -0.13]:
+        inconclusive (about 6 seeds would decide it)"."""
+        text = f"slope {v.slope:+.2f} at {v.at}"
+        if v.low is not None and math.isfinite(v.low) and v.high > v.low:
+            text += f", {self.level:.0%} band [{v.low:+.2f}, {v.high:+.2f}]"
+        if v.expected:
+            text += f" (expected {v.expected:+.2f})"
+        if v.status == INCONCLUSIVE:
+            text += ": inconclusive (" + (f"about {v.seeds_needed} seeds would decide it at this scatter"
+                                          if v.seeds_needed else
+                                          f"more than {MAX_SEEDS_ADVISED} seeds at this scatter: add widths") + ")"
+        elif v.status:
+            text += f": {v.status}"
+        return text
+
     def to_json(self, path: str | os.PathLike) -> None:
-        """Every number (config, the declared exceptions, verdicts, slopes, records) as JSON; NaN/inf kept as
-        JSON's NaN/Infinity so that `from_json` rebuilds the same verdicts."""
-        data = {"config": self.config, "exceptions": [asdict(e) for e in self.expected],
+        """Every number (config, the declared exceptions, each recipe's status, verdicts with their bands, slopes,
+        records) as JSON; NaN/inf kept as JSON's NaN/Infinity so that `from_json` rebuilds the same verdicts."""
+        data = {"config": {**self.config, "level": self.level}, "exceptions": [asdict(e) for e in self.expected],
+                "recipes": {r: self.status(r) for r in self.config["recipes"] if any(v.recipe == r
+                                                                                    for v in self.verdicts)},
                 "verdicts": [asdict(v) for v in self.verdicts], "slopes": self.slopes, "records": self.records}
         write_text_atomic(path, json.dumps(data, allow_nan=True))
 

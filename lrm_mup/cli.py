@@ -143,7 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("describe", help="print each matrix's role, multipliers and LR/WD scales under a recipe")
     add_train_args(p)
 
-    p = sub.add_parser("coord-check", help="coordinate check across widths with numeric verdicts and a report")
+    p = sub.add_parser("coord-check", help="coordinate check across widths with numeric verdicts and a report",
+                       description="Train every recipe a few steps at several widths and judge each series' slope of "
+                                   "log2 value against log2 width by its confidence band over seeds and widths: PASS "
+                                   "(band inside the threshold), FAIL (band outside) or INCONCLUSIVE (band across "
+                                   "the limit: add seeds or widths). A recipe FAILs if any series fails, else is "
+                                   "INCONCLUSIVE if any series is, else PASSes.",
+                       epilog="exit status: 0 when the check ran (any verdict, unless --strict); with --strict 1 when "
+                              "a recipe FAILs; with --strict-inconclusive also 3 when none fails but a recipe is "
+                              "INCONCLUSIVE (1 wins over 3); 2 for bad input.")
     p.add_argument("--recipes", type=_name_list, default=["sp", "lr-only", "mup", "lrm"],
                    help="comma-separated recipes (default sp,lr-only,mup,lrm)")
     p.add_argument("--widths", type=_int_list, default=[64, 128, 256, 512], help="default 64,128,256,512")
@@ -158,15 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta-width", dest="delta_width", type=int, default=128, help="μP delta width (default 128)")
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per run (default 10)")
     p.add_argument("--seeds", type=int, default=3, help="seeds averaged per width (default 3)")
+    p.add_argument("--seed-base", dest="seed_base", type=int, default=0,
+                   help="first seed: seeds SEED_BASE..SEED_BASE+SEEDS-1 (default 0); another value repeats the check "
+                        "on independent seeds")
     p.add_argument("--lr", type=float, default=1e-2, help="learning rate (default 1e-2)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
     add_model_args(p, default="proxy")
     p.add_argument("--context", type=int, default=32, help="sequence length of the measurement batch (default 32)")
     p.add_argument("--threshold", type=float, default=0.2, help="|slope| allowed per series (default 0.2)")
-    p.add_argument("--fresh-batches", dest="fresh_batches", action="store_true", help="a new batch every step")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="two-sided confidence of each series' slope band (default 0.95)")
+    p.add_argument("--fresh-batches", dest="fresh_batches", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on a new batch every step (measurements stay on one fixed batch) or, with "
+                        "--no-fresh-batches, on the measurement batch itself (default: fresh batches; one fixed batch "
+                        "is memorised faster by wider models, a drift that seeds do not average out)")
     p.add_argument("--data", help="UTF-8 text file or folder (default: the Shakespeare corpus)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a recipe's verdict fails (for CI)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when a recipe's verdict is FAIL (for CI); an INCONCLUSIVE recipe still exits 0")
+    p.add_argument("--strict-inconclusive", dest="strict_inconclusive", action="store_true",
+                   help="like --strict, and exit 3 when no recipe fails but one is INCONCLUSIVE")
     p.add_argument("--out", help="report folder (default runs/coord-check-TIME)")
     p.add_argument("--quiet", action="store_true", help="no progress")
 

@@ -331,9 +331,13 @@ class TransferSummary(Record):
 @dataclass(frozen=True)
 class CoordCheckVerdict(Record):
     """One coordinate-check series' judgement (recipe, module, quantity), with the slope that decided it: at "t=0",
-    or the mean over "t=a..b"; it passed when within the threshold of the expected slope."""
+    or the mean over "t=a..b", and its confidence band [low, high] (`lrm_mup.analysis.judge`). status "pass": the
+    band lies within the threshold of the expected slope; "fail": it lies outside; "inconclusive": it straddles the
+    limit, and `seeds_needed` seeds (at the measured scatter, None when no number of seeds would do) would decide it.
+    passed is status == "pass". Version 1 records had no band (status, low, high and seeds_needed left at None)."""
 
     SCHEMA: ClassVar[str] = "coord-check-verdict"
+    VERSION: ClassVar[int] = 2
     recipe: str
     module: str
     quantity: str
@@ -341,6 +345,10 @@ class CoordCheckVerdict(Record):
     slope: float
     expected: float
     passed: bool
+    status: str | None = None
+    low: float | None = None
+    high: float | None = None
+    seeds_needed: int | None = None
 
 
 @dataclass(frozen=True)

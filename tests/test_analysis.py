@@ -3,7 +3,9 @@ transfer summary, the tuning verdict, the one log-log slope fit, the coordinate 
 round trips (with their schema and version refusals)."""
 import json
 import math
+import re
 
+import numpy as np
 import pytest
 
 from lrm_mup import analysis
@@ -273,3 +275,97 @@ def test_records_of_another_schema_or_a_newer_version_are_refused():
         SweepTrial.from_dict({**d, "version": 2})
     with pytest.raises(RecordError, match="unknown field 'wdith'"):
         SweepTrial.from_dict({**d, "wdith": 3})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the coordinate check's confidence bands (records built by hand: no training)
+
+BAND_WIDTHS = (64, 128, 256)
+
+
+def series_records(recipe, module, slope, noise, *, steps=range(4), seeds=(0, 1), quantity="act"):
+    """value = width^slope × 2^(noise[seed][width index]) at every step: a series whose per-seed log2 values scatter
+    by `noise` around a line of slope `slope`."""
+    return [{"recipe": recipe, "width": w, "seed": s, "step": t, "module": module, "quantity": quantity,
+             "value": w ** slope * 2.0 ** noise[i][j]}
+            for i, s in enumerate(seeds) for j, w in enumerate(BAND_WIDTHS) for t in steps]
+
+
+def band_result(records, recipes, seeds=2, threshold=0.2):
+    config = {"widths": list(BAND_WIDTHS), "base_width": 64, "delta_width": 128, "recipes": recipes, "steps": 3,
+              "seeds": seeds, "lr": 1e-2, "weight_decay": 0.0, "optimizer": "adamw", "corpus": "planted",
+              "batch_size": 1, "context": 1, "fresh_batches": True, "threshold": threshold, "last_steps": 2,
+              "head_dims": {}, "roles": {}, "mup_readout": recipes}
+    return analysis.CoordCheckResult(config, records)
+
+
+NOISE = [[0.03, -0.02, 0.01], [-0.01, 0.02, -0.03]]   # seed 0, seed 1 at widths 64, 128, 256
+
+
+def test_t_quantiles_are_students():
+    q = analysis.t_quantile
+    assert [round(q(0.95, df), 3) for df in (1, 2, 3, 5, 8, 30)] == [12.706, 4.303, 3.182, 2.571, 2.306, 2.042]
+    assert q(0.95, 10_000) == pytest.approx(1.960, abs=1e-3) and q(0.90, 3) == pytest.approx(2.353, abs=1e-3)
+    for df in (1, 2, 7, 12):
+        assert analysis.t_central(q(0.8, df), df) == pytest.approx(0.8, abs=1e-12)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        q(1.0, 3)
+
+
+def test_the_band_is_the_pooled_fit_with_a_level_per_seed():
+    """se of the common slope in z_sw = a_s + b·x_w + e_sw, checked against numpy's least squares with one
+    intercept column per seed (float64)."""
+    logs = [[6 * 0.1 + 0.03, 7 * 0.1 - 0.02, 8 * 0.1 + 0.01], [6 * 0.1 - 0.01 + 1, 7 * 0.1 + 0.02 + 1, 8 * 0.1 + 0.97]]
+    band = analysis.slope_band(BAND_WIDTHS, logs)
+    x = np.log2(np.array(BAND_WIDTHS, dtype=np.float64))
+    design = np.array([[xi, s == 0, s == 1] for s in range(2) for xi in x], dtype=np.float64)
+    y = np.array(logs, dtype=np.float64).ravel()
+    coef, rss, *_ = np.linalg.lstsq(design, y, rcond=None)
+    se = math.sqrt(rss[0] / (6 - 3) * np.linalg.inv(design.T @ design)[0, 0])
+    assert band.df == 3 and band.seeds == 2
+    assert band.sigma / math.sqrt(band.seeds * band.sxx) == pytest.approx(se, rel=1e-12)
+    assert band.half_width(0.95) == pytest.approx(3.182446 * se, rel=1e-6)
+    assert band.half_width(0.95, seeds=8) < band.half_width(0.95) / 2  # more seeds: more df and a smaller se
+    assert analysis.slope_band(BAND_WIDTHS[:2], [[0.0, 0.1]]) is None  # no residual degree of freedom
+
+
+def test_a_slope_on_the_threshold_is_inconclusive_not_pass_or_fail():
+    on = band_result(series_records("mup", "on the limit", 0.2, NOISE), ["mup"])
+    v = on.verdicts[0]
+    assert v.slope == pytest.approx(0.2, abs=0.01) and v.low < 0.2 < v.high
+    assert v.status == "inconclusive" and not v.passed and on.status("mup") == "INCONCLUSIVE"
+    assert not on.passed("mup") and not on.failed("mup")
+    assert v.seeds_needed is None or v.seeds_needed > 2  # on the limit itself: no seed count decides it
+    exact = band_result(series_records("mup", "noiseless", 0.2, [[0.0] * 3] * 2), ["mup"])
+    assert exact.verdicts[0].status == "inconclusive"  # a zero-width band sitting on the limit
+    text = on.summary()
+    assert re.search(r"^mup +INCONCLUSIVE +0/1 series pass, 1 inconclusive$", text, re.M), text
+    assert "95% band [" in text and "rerun with more seeds (--seeds" in text
+
+
+def test_the_band_decides_pass_fail_and_inconclusive_and_the_recipe_takes_the_worst():
+    records = (series_records("mup", "flat", 0.0, NOISE) + series_records("mup", "near", 0.17, NOISE)
+               + series_records("sp", "flat", 0.0, NOISE) + series_records("sp", "grows", 0.5, NOISE)
+               + series_records("sp", "near", 0.17, NOISE) + series_records("lrm", "flat", 0.01, NOISE))
+    result = band_result(records, ["mup", "sp", "lrm"])
+    v = {(x.recipe, x.module): x for x in result.verdicts}
+    assert v["mup", "flat"].status == "pass" and v["mup", "flat"].high < 0.2
+    assert v["mup", "near"].status == "inconclusive" and v["mup", "near"].seeds_needed > 2
+    assert v["sp", "grows"].status == "fail" and v["sp", "grows"].low > 0.2
+    assert [result.status(r) for r in ("mup", "sp", "lrm")] == ["INCONCLUSIVE", "FAIL", "PASS"]
+    assert [x.module for x in result.failures("sp")] == ["grows", "near"]  # failed before inconclusive
+    # the same "near" series with 8 seeds of the same scatter: the band clears the limit
+    many = [NOISE[i % 2] for i in range(8)]
+    tight = band_result(series_records("mup", "near", 0.17, many, seeds=range(8)), ["mup"], seeds=8)
+    assert tight.verdicts[0].status == "pass" and tight.verdicts[0].high < 0.2
+
+
+def test_bands_appear_in_the_json_and_survive_a_round_trip(tmp_path):
+    result = band_result(series_records("mup", "near", 0.17, NOISE), ["mup"])
+    result.to_json(tmp_path / "cc.json")
+    raw = json.loads((tmp_path / "cc.json").read_text())
+    assert raw["recipes"] == {"mup": "INCONCLUSIVE"} and raw["config"]["level"] == 0.95
+    (verdict,) = raw["verdicts"]
+    assert verdict["status"] == "inconclusive" and verdict["low"] < 0.2 < verdict["high"]
+    assert analysis.CoordCheckResult.from_json(tmp_path / "cc.json").verdicts == result.verdicts
+    assert analysis.Verdict.from_dict(result.verdicts[0].to_dict()) == result.verdicts[0]

@@ -41,7 +41,13 @@ QUICK_SWEEP = {"widths": [16, 32], "seeds": [0], "steps": 12}
 QUICK_MODEL = {"base_width": 16, "delta_width": None, "depth": 1, "head_dim": 8, "heads": None, "context": 32,
                "batch": 4, "eval_batches": 2, "eval_every": 1000}
 QUICK_LR = [-8.0, -6.0, -4.0]
-COORD = {"steps": 10, "seeds": 2, "last_steps": 5, "batch_size": 8, "context": 32, "factors": (1, 2, 4)}
+# The demo's coordinate check is the default check (`lrm-mup coord-check`: widths base × 1..8, 3 seeds, batch 16,
+# fresh batches). Measured over 5 seed sets (benchmarks/RESULTS.md, issue 12): the former small check (widths
+# base × 1..4, 2 seeds, batch 8) was INCONCLUSIVE for every μP recipe in every seed set (12-21 series per recipe
+# whose band straddles the 0.2 limit; 10 seeds still left 3), so it could not tell μP from a slow drift. The
+# default check PASSes the μP recipes in 2 of 5 seed sets (INCONCLUSIVE on 2-3 series otherwise, never FAIL; 15
+# seeds pooled PASS) and FAILs sp in every set; it costs about a minute more.
+COORD = {"steps": 10, "seeds": 3, "last_steps": 5, "batch_size": 16, "context": 32, "factors": (1, 2, 4, 8)}
 QUICK_COORD = {"steps": 3, "seeds": 1, "last_steps": 2, "batch_size": 4, "context": 16, "factors": (1, 2, 4)}
 LR_OFFSETS = (-1, 1)
 

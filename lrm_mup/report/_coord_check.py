@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from ..analysis import QUANTITIES, CoordCheckResult, judgeable, seed_means
+from ..analysis import FAIL, INCONCLUSIVE, QUANTITIES, CoordCheckResult, judgeable, seed_means
 from ._html import Figure, Html, card, heading, paragraph, table, warnings_box, write_html, write_pngs
 
 
@@ -23,7 +23,7 @@ def write_coord_check_report(result: CoordCheckResult, out_dir, *, plotlyjs: str
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = coord_check_figures(result)
-    parts = [headline_card(result), heading("Figures")]
+    parts = [headline_card(result), *band_table(result), heading("Figures")]
     parts += [Figure(fig, CAPTION.format(label=QUANTITIES[q])) for q, fig in figures.items()]
     parts += [heading("The verdict as text"), result.summary()]
     paths = {"html": write_html(out / "coord_check.html", "Coordinate check", parts, plotlyjs=plotlyjs),
@@ -40,13 +40,14 @@ def write_coord_check_report(result: CoordCheckResult, out_dir, *, plotlyjs: str
 
 CAPTION = ("{label}: one panel per recipe, one line per module (colour), log2 of the seed-mean value against log2 "
            "width. A flat line is width-independent, as μP wants; the slope is in the hover, next to the slope μP "
-           "prescribes where it is not 0. Dashed lines: series that fail the verdict. The slider picks the "
-           "training step (t=0 is the initialisation); a panel title gives the recipe's verdict on this quantity.")
+           "prescribes where it is not 0, and the verdict with its band. Dashed lines: series that fail the verdict; "
+           "dotted: inconclusive ones. The slider picks the training step (t=0 is the initialisation); a panel title "
+           "gives the recipe's verdict on this quantity.")
 
 
 def headline_card(result: CoordCheckResult) -> Html:
-    """Each recipe's verdict in one sentence, a table of passing series per recipe and quantity, and the reasons
-    the data cannot carry a verdict (too few widths or seeds), if any."""
+    """Each recipe's verdict in one sentence (PASS, INCONCLUSIVE or FAIL), a table of passing series per recipe and
+    quantity, and the reasons the data cannot carry a verdict (too few widths or seeds), if any."""
     c = result.config
     cannot = judgeable(c)
     quantities = [q for q in QUANTITIES if any(v.quantity == q for v in result.verdicts)]
@@ -54,7 +55,7 @@ def headline_card(result: CoordCheckResult) -> Html:
     for recipe in c["recipes"]:
         mine = [v for v in result.verdicts if v.recipe == recipe]
         n_pass = sum(v.passed for v in mine)
-        status = "no verdict" if cannot else "PASS" if n_pass == len(mine) else "FAIL"
+        status = "no verdict" if cannot else result.status(recipe)
         worst = result.failures(recipe)[:1]
         cells = []
         for q in quantities:
@@ -62,16 +63,21 @@ def headline_card(result: CoordCheckResult) -> Html:
             cells.append(f"{sum(v.passed for v in vs)}/{len(vs)}" if vs else "–")
         w = worst[0] if worst else None
         rows.append([recipe, status, f"{n_pass}/{len(mine)}", *cells,
-                     f"{w.quantity} {w.module}: slope {w.slope:+.2f} at {w.at}" if w else "–"])
-        classes.append(["", "open" if cannot else "yes" if status == "PASS" else "no", *[""] * (len(cells) + 2)])
+                     f"{w.quantity} {w.module}: {result.describe(w)}" if w else "–"])
+        classes.append(["", "open" if cannot or status == "INCONCLUSIVE" else "yes" if status == "PASS" else "no",
+                        *[""] * (len(cells) + 2)])
     if cannot:
         head = "No verdict: too little data to judge (" + "; ".join(cannot) + ")."
     else:
         head = "; ".join(f"{r[0]} {r[1]} ({r[2]} series)" for r in rows) + "."
     body = [paragraph(f"Widths {', '.join(map(str, c['widths']))} (base {c['base_width']}), {c['steps']} steps, "
-                      f"{c['seeds']} seed(s), {c['optimizer']} lr {c['lr']:g}. A series passes when its slope of log2 "
-                      f"value against log2 width is within {c['threshold']:g} of the slope μP prescribes (0 unless "
-                      "declared) at t=0 and on average over the last steps."),
+                      f"{c['seeds']} seed(s), {c['optimizer']} lr {c['lr']:g}, "
+                      f"{'a fresh batch per step' if c['fresh_batches'] else 'one fixed batch'}. The slope of log2 "
+                      "value against log2 width is judged at t=0 and on average over the last steps against the "
+                      f"slope μP prescribes (0 unless declared) ± {c['threshold']:g}, with its {result.level:.0%} "
+                      "confidence band over seeds and widths: a series passes when the band lies inside, fails when "
+                      "it lies outside, and is inconclusive when it straddles the limit (more seeds or widths decide "
+                      "it). A recipe fails if any series fails, else is inconclusive if any series is, else passes."),
             table(["recipe", "verdict", "series within threshold", *(QUANTITIES[q] for q in quantities),
                    "worst series"], rows, classes=classes,
                   caption="Series within the threshold, per quantity; the worst series is the one furthest from "
@@ -82,13 +88,36 @@ def headline_card(result: CoordCheckResult) -> Html:
     return card(head, body)
 
 
+def band_table(result: CoordCheckResult, per_recipe: int = 12) -> list:
+    """The series that do not pass, with their slope, band and status, failed first (at most `per_recipe` per
+    recipe), under a heading; nothing when every series passes."""
+    rows, classes = [], []
+    for recipe in result.config["recipes"]:
+        for v in result.failures(recipe)[:per_recipe]:
+            band = f"[{v.low:+.2f}, {v.high:+.2f}]" if v.low is not None and math.isfinite(v.low) else "–"
+            advice = ("–" if v.status != INCONCLUSIVE else f"about {v.seeds_needed} seeds" if v.seeds_needed
+                      else "more widths")
+            rows.append([recipe, v.quantity, v.module, v.at, f"{v.slope:+.2f}", band, f"{v.expected:+.2f}",
+                         v.status, advice])
+            classes.append([""] * 7 + ["no" if v.status == FAIL else "open", ""])
+    if not rows:
+        return []
+    return [heading("Series that do not pass"),
+            table(["recipe", "quantity", "module", "judged at", "slope", f"{result.level:.0%} band", "expected",
+                   "status", "would decide it"], rows, classes=classes,
+                  caption=f"Each series' judged slope with its band; it fails when the band lies wholly outside "
+                          f"expected ± {result.config['threshold']:g}, is inconclusive when the band crosses that "
+                          "limit. 'would decide it': the seeds whose band, at this scatter, would clear the limit "
+                          "if the slope stayed where it is.")]
+
+
 def coord_check_figures(result: CoordCheckResult) -> dict[str, go.Figure]:
     """One figure per quantity, one panel per recipe: log2 value against log2 width, one line per module, a slider
     over the steps. The on-screen slope is the verdict's slope; failed series are dashed."""
     widths = result.config["widths"]
     means = seed_means(result.records)
     slopes = {(r["recipe"], r["module"], r["quantity"], r["step"]): r for r in result.slopes}
-    failed = {(v.recipe, v.module, v.quantity) for v in result.verdicts if not v.passed}
+    verdict = {(v.recipe, v.module, v.quantity): v for v in result.verdicts}
     figures = {}
     for quantity, label in QUANTITIES.items():
         series = sorted(k for k in means if k[2] == quantity)
@@ -113,7 +142,7 @@ def coord_check_figures(result: CoordCheckResult) -> dict[str, go.Figure]:
                         continue
                     row = slopes[(recipe, module, quantity, t)]
                     fig.add_trace(_trace(recipe, module, quantity, t, widths, by_width, row, colour[module],
-                                         (recipe, module, quantity) in failed, module not in in_legend),
+                                         verdict.get((recipe, module, quantity)), result, module not in in_legend),
                                   row=i // cols + 1, col=i % cols + 1)
                     trace_steps.append(t)
                     in_legend.add(module)
@@ -137,18 +166,23 @@ def coord_check_figures(result: CoordCheckResult) -> dict[str, go.Figure]:
 def _status(result: CoordCheckResult, recipe: str, quantity: str) -> str:
     verdicts = [v for v in result.verdicts if v.recipe == recipe and v.quantity == quantity]
     n_pass = sum(v.passed for v in verdicts)
-    status = "no verdict" if judgeable(result.config) else "PASS" if n_pass == len(verdicts) else "FAIL"
+    worst = {v.status for v in verdicts}
+    status = ("no verdict" if judgeable(result.config) else "FAIL" if FAIL in worst
+              else "INCONCLUSIVE" if INCONCLUSIVE in worst else "PASS")
     return f"{status} {n_pass}/{len(verdicts)}"
 
 
-def _trace(recipe, module, quantity, step, widths, by_width, row, colour, failed, show_legend) -> go.Scatter:
+def _trace(recipe, module, quantity, step, widths, by_width, row, colour, verdict, result,
+           show_legend) -> go.Scatter:
     xs = [w for w in widths if math.isfinite(by_width.get(w, 0)) and by_width.get(w, 0) > 0]  # a log axis
     slope = "n/a" if row["slope"] is None else f"{row['slope']:+.2f}"
     expected = f" (expected {row['expected']:+.2f}: {row['exception']})" if row["exception"] else ""
+    judged = f"<br>verdict: {html.escape(result.describe(verdict))}" if verdict is not None else ""
+    dash = {FAIL: "dash", INCONCLUSIVE: "dot"}.get(verdict.status if verdict is not None else None, "solid")
     return go.Scatter(
         x=[math.log2(w) for w in xs], y=[math.log2(by_width[w]) for w in xs], customdata=[[w, by_width[w]] for w in xs],
         mode="lines+markers", name=module, legendgroup=module, showlegend=show_legend,
-        line={"color": colour, "dash": "dash" if failed else "solid"},
+        line={"color": colour, "dash": dash},
         meta={"recipe": recipe, "quantity": quantity, "step": step, "slope": row["slope"]},
         hovertemplate=f"<b>{module}</b><br>width %{{customdata[0]}}<br>{quantity} %{{customdata[1]:.4g}}<br>"
-                      f"slope {slope}{html.escape(expected)}<extra>{recipe}, t={step}</extra>")
+                      f"slope {slope}{html.escape(expected)}{judged}<extra>{recipe}, t={step}</extra>")

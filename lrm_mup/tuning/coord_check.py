@@ -20,14 +20,17 @@ records at each step t (t=0 is the init, before any update), per module:
     dact  (the check across depth, `depth_coord_check`) mean |x_t - x_0| of the residual stream leaving the last
           block: how far training has moved it
 
-The verdict (`lrm_mup.analysis`: `slopes`, `judge`, `CoordCheckResult`; this module only measures) fits, for every
-series (recipe, module, quantity) and step, the slope of log2(seed-mean value) against
-log2(width) by least squares. A series is judged twice: at the init (t=0, where μP's readout and attention scaling
-show) and by its MEAN slope over the last `last_steps` steps (the training dynamics; the mean, because step-to-step
-jitter of a fit is noise while a sustained drift is not, and one blown-up step still moves the mean by its share).
-The steps in between are the transient in which μP's vanishing initial logits give way to learned ones (the
-readout's relative update is ~ width^1/2 at t=1): plotted, not judged. A series passes when both slopes are within
-`threshold` of the expected slope, which is 0 except for the declared exceptions in `EXPECTED`; a step where a
+The verdict (`lrm_mup.analysis`: `slopes`, `judge`, `slope_band`, `CoordCheckResult`; this module only measures)
+fits, for every series (recipe, module, quantity) and step, the slope of log2(seed-mean value) against
+log2(width) by least squares, with a confidence band from the per-seed values (`lrm_mup.analysis.slope_band`).
+A series is judged twice: at the init (t=0, where μP's readout and attention scaling show) and by its MEAN slope
+over the last `last_steps` steps (the training dynamics; the mean, because step-to-step jitter of a fit is noise
+while a sustained drift is not, and one blown-up step still moves the mean by its share). The steps in between are
+the transient in which μP's vanishing initial logits give way to learned ones (the readout's relative update is
+~ width^1/2 at t=1): plotted, not judged. A series passes when the bands of both slopes lie within `threshold` of
+the expected slope, which is 0 except for the declared exceptions in `EXPECTED`; it fails when a band lies wholly
+outside, and is inconclusive when a band straddles the limit (more seeds or widths decide it). A recipe fails if
+any series fails, else is inconclusive if any series is, else passes. A step where a
 quantity is zero at every width (updates at t=0) is skipped with a note.
 """
 from __future__ import annotations
@@ -57,13 +60,20 @@ from ..models import logits_of
 from ..models.hf import attention_probe
 
 __all__ = ["coord_check", "depth_coord_check", "CoordCheckResult", "Verdict", "Expected", "EXPECTED", "QUANTITIES",
-           "LOGITS", "DEFAULT_WIDTHS", "DEFAULT_BASE_WIDTH", "DEFAULT_DELTA_WIDTH", "DEFAULT_PROXY"]
+           "LOGITS", "DEFAULT_WIDTHS", "DEFAULT_BASE_WIDTH", "DEFAULT_DELTA_WIDTH", "DEFAULT_PROXY", "FRESH_BATCHES"]
 
 # What `lrm-mup coord-check` runs by default (benchmarks/bench_coord_check.py times it: < 2 min on 2 CPU cores):
 # the proxy at these widths with these GPTConfig fields (its context set to the check's), and coord_check's defaults.
 DEFAULT_WIDTHS = (64, 128, 256, 512)
 DEFAULT_BASE_WIDTH, DEFAULT_DELTA_WIDTH = 64, 128
 DEFAULT_PROXY = {"depth": 2, "head_dim": 32}
+# The default batch mode, chosen from a measurement (benchmarks/RESULTS.md, "issue 12: verdicts with their
+# uncertainty"): train on a fresh batch each step. On one fixed batch wider models memorise it faster, a bias that
+# grows with the step and that no number of seeds removes: with 10 seeds at widths 64..256 (batch 16) lrm's
+# embedding dy sits at +0.23, band [+0.19, +0.27], and at batch 8 dy of attn.o at -0.18 [-0.20, -0.16] in every
+# μP recipe. Fresh batches leave no such drift (10 seeds: every μP centre within ±0.17); their larger seed-to-seed
+# scatter is noise, which the band counts and more seeds remove. The cost: one extra forward per step.
+FRESH_BATCHES = True
 
 
 def coord_check(
@@ -75,15 +85,17 @@ def coord_check(
     recipes: Sequence[str] = ("sp", "lr-only", "mup", "lrm"),
     steps: int = 10,
     seeds: int = 3,
+    seed_base: int = 0,
     lr: float = 1e-2,
     weight_decay: float = 0.0,
     optimizer: str = "adamw",
     corpus: Corpus | None = None,
     batch_size: int = 16,
     context: int = 32,
-    fresh_batches: bool = False,
+    fresh_batches: bool = FRESH_BATCHES,
     threshold: float = 0.2,
     last_steps: int = 5,
+    level: float = analysis.VERDICT_LEVEL,
     progress: bool = True,
 ) -> "CoordCheckResult":
     """Train `build(width)` under each recipe for `steps` steps at every width and seed, and judge the records.
@@ -91,19 +103,22 @@ def coord_check(
     build: the user's constructor; the model maps token ids (B, T) to logits, or to a tuple whose first element is
       the logits (the loss is always cross-entropy on the corpus' next bytes, computed here).
     base_width / delta_width: the widths `parametrize` infers μP's base shapes from.
-    corpus: a `lrm_mup.data.Corpus` (default: the Shakespeare corpus). One fixed batch per seed is both the training
-      batch and the measurement batch; with fresh_batches=True each step trains on a new batch and measurements stay
-      on the fixed one (so that Δy compares like with like).
-    threshold / last_steps: a series passes when its slope is within `threshold` of the expected one at t=0 and on
-      average over the last `last_steps` steps (module docstring).
+    corpus: a `lrm_mup.data.Corpus` (default: the Shakespeare corpus). With fresh_batches=True (the default,
+      `FRESH_BATCHES`) each step trains on a new batch and the measurements stay on one fixed batch per seed (so
+      that Δy compares like with like); with False that fixed batch is also the training batch.
+    seeds / seed_base: the seeds seed_base, …, seed_base + seeds − 1 (each seeds the init and the batches); another
+      seed_base gives an independent repetition of the check.
+    threshold / last_steps / level: a series passes when the `level` confidence band of its slope lies within
+      `threshold` of the expected one at t=0 and on average over the last `last_steps` steps, fails when it lies
+      outside and is inconclusive when it straddles the limit (module docstring, `lrm_mup.analysis.judge`).
     weight_decay: 0 by default, as in mup's check; recipe lr-wd differs from lr-only only through it.
     """
     widths = _check_settings("width", widths, recipes, steps, seeds, lr, weight_decay, batch_size, context,
-                             threshold, last_steps)
+                             threshold, last_steps, level, seed_base)
     corpus = corpus if corpus is not None else load_corpus(None, progress=progress)
     corpus.check_context(context)
     shapes = base_shapes(build(base_width), build(delta_width))
-    runs = [(r, w, s) for r in recipes for w in widths for s in range(seeds)]
+    runs = [(r, w, s) for r in recipes for w in widths for s in range(seed_base, seed_base + seeds)]
     records, head_dims, roles = [], {}, {}
     bar = _progress([w for _, w, _ in runs], progress)
     for recipe, width, seed in runs:
@@ -118,21 +133,25 @@ def coord_check(
         records += [{"recipe": recipe, "width": width, "seed": seed, **row} for row in rows]
         bar(f"{recipe} width {width} seed {seed}")
     config = {"widths": widths, "base_width": base_width, "delta_width": delta_width, "recipes": list(recipes),
-              "steps": steps, "seeds": seeds, "lr": lr, "weight_decay": weight_decay, "optimizer": optimizer,
-              "corpus": corpus.name, "batch_size": batch_size, "context": context, "fresh_batches": fresh_batches,
-              "threshold": threshold, "last_steps": last_steps, "head_dims": head_dims, "roles": roles,
-              "mup_readout": mup_readout(recipes)}
+              "steps": steps, "seeds": seeds, "seed_base": seed_base, "lr": lr, "weight_decay": weight_decay,
+              "optimizer": optimizer, "corpus": corpus.name, "batch_size": batch_size, "context": context,
+              "fresh_batches": fresh_batches, "threshold": threshold, "last_steps": last_steps, "level": level,
+              "head_dims": head_dims, "roles": roles, "mup_readout": mup_readout(recipes)}
     return CoordCheckResult(config, records)
 
 
 def _check_settings(axis, values, recipes, steps, seeds, lr, weight_decay, batch_size, context, threshold,
-                    last_steps) -> list[int]:
+                    last_steps, level=analysis.VERDICT_LEVEL, seed_base=0) -> list[int]:
     """The arguments both checks share, validated (one line each); returns the axis values sorted, deduplicated."""
     for name, value in (("lr", lr), ("threshold", threshold)):
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
             raise CoordCheckError(f"{name}={value!r} is invalid: it must be a positive finite number")
     if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
         raise CoordCheckError(f"weight_decay={weight_decay!r} is invalid: it must be a finite number >= 0")
+    if not (isinstance(level, float) and 0 < level < 1):
+        raise CoordCheckError(f"level={level!r} is invalid: a confidence level strictly between 0 and 1")
+    if not (isinstance(seed_base, int) and not isinstance(seed_base, bool) and seed_base >= 0):
+        raise CoordCheckError(f"seed_base={seed_base!r} is invalid: it must be an integer >= 0")
     for name, value in (("steps", steps), ("seeds", seeds), ("batch_size", batch_size), ("context", context)):
         if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             raise CoordCheckError(f"{name}={value!r} is invalid: it must be a positive integer")
