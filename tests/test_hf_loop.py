@@ -26,6 +26,7 @@ from lrm_mup.training import TrainConfig, parametrized_model  # noqa: E402
 from lrm_mup.training.engine import Run, lm_forward  # noqa: E402
 from lrm_mup.tuning.coord_check import coord_check  # noqa: E402
 from lrm_mup.tuning.sweep import load_sweep  # noqa: E402
+from tests.claims import point_pass
 
 DATA = os.path.abspath("tests/data/shakespeare")
 SMALL = dict(depth=1, context=16)
@@ -206,10 +207,14 @@ def test_coord_check_of_an_hf_llama_records_its_attention_logits_and_head_dims(l
     assert llama_check.config["head_dims"] == {32: 16, 64: 16, 128: 16}
 
 
+
 def test_coord_check_of_an_hf_llama_with_hf_init_passes_mup_lr_only_lrm_and_fails_sp(llama_check):
     """Through the public API, no adapter code, HF's own std-0.02 init: needs `parametrize` to rescale it."""
-    assert llama_check.passed("mup") and llama_check.passed("lrm") and llama_check.passed("lr-only")
-    assert not llama_check.passed("sp")
+    thr = llama_check.config["threshold"]
+    for recipe in ("mup", "lrm", "lr-only"):
+        assert llama_check.status(recipe) != "FAIL"
+        assert all(point_pass(v, thr) for v in llama_check.verdicts if v.recipe == recipe), recipe
+    assert llama_check.status("sp") == "FAIL"
 
 
 def test_coord_check_judges_a_growing_head_dim_of_an_hf_llama(corpus, one_thread):
