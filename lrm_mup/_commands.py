@@ -184,7 +184,8 @@ def _depth_coord_check(args, out) -> int:
     result = cc.depth_coord_check(build, args.depths, width=args.width, base_depth=base_depth,
                                   depth_rule=args.depth_rule, recipes=args.recipes, steps=args.steps,
                                   seeds=args.seeds, lr=args.lr, optimizer=args.optimizer, corpus=corpus,
-                                  context=args.context, fresh_batches=args.fresh_batches, threshold=args.threshold,
+                                  context=args.context, threshold=args.threshold,
+                                  fresh_batches=cc.FRESH_BATCHES if args.fresh_batches is None else args.fresh_batches,
                                   last_steps=max(1, min(5, args.steps // 2)), progress=not args.quiet)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "coord_check_depth.json")

@@ -215,7 +215,7 @@ def _check(rule, corpus):
     with torch.random.fork_rng():
         return depth_coord_check(build, [2, 4, 8], width=32, base_depth=2, depth_rule=rule, recipes=("mup",),
                                  steps=6, seeds=2, context=16, batch_size=8, last_steps=3, corpus=corpus,
-                                 progress=False)
+                                 fresh_batches=False, progress=False)  # one fixed batch, as these claims were measured
 
 
 

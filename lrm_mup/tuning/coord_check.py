@@ -187,7 +187,7 @@ def depth_coord_check(
     corpus: Corpus | None = None,
     batch_size: int = 16,
     context: int = 32,
-    fresh_batches: bool = False,
+    fresh_batches: bool = FRESH_BATCHES,
     threshold: float = 0.2,
     last_steps: int = 5,
     progress: bool = True,
