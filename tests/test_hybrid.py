@@ -14,6 +14,7 @@ from lrm_mup.models import MODELS, Hybrid, HybridConfig, hybrid
 from lrm_mup.models.ssd import ssd_sequential
 from lrm_mup.training import TrainConfig, parametrized_model
 from tests.claims import point_pass
+from tests.test_core import loss_of, perturb_multipliers
 
 RECIPES = ["sp", "lr-only", "lr-wd", "mup", "lrm"]
 BASE, DELTA = 32, 64
@@ -33,18 +34,6 @@ def make(recipe, width, seed=0, **kw):
 
 def tokens(seed=1, shape=(3, 16)):
     return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed))
-
-
-def loss_of(model, x):
-    logits = model(x)
-    return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-
-
-def perturb_multipliers(model, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in lrm_mup.multiplier_parameters(model):
-            p.copy_(torch.exp(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype)))
 
 
 def test_mixer_equals_its_definition_with_the_sequential_scan():
