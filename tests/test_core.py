@@ -160,18 +160,14 @@ def test_hand_derived_multiplier_gradients_equal_autograd(placement, overrides):
         torch.testing.assert_close(grads[name].grad, p.grad, rtol=1e-10, atol=1e-14, msg=name)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_two_training_paths_give_equal_parameters(optimizer):
-    x = tokens()
-    dtype = torch.float64 if optimizer == "adamw" else torch.float32
-    torch.manual_seed(0)
-    build = lambda w: gpt(w, dtype=dtype)  # noqa: E731
-    auto = lrm_mup.parametrize(build(4 * BASE), build(BASE), build(DELTA), "lrm", optimizer=optimizer)
+def train_both_paths(auto, optimizer, x, steps=3):
+    """Perturb `auto`'s multipliers, copy it, and train both copies `steps` steps on `x`: `auto` through autograd,
+    the copy through `EffectivePath`, clipped. Returns (the copy, its path); `auto` is trained in place."""
     perturb_multipliers(auto)
     eff = copy.deepcopy(auto)
     path = lrm_mup.EffectivePath(eff)
     opts = [lrm_mup.build_optimizer(m, optimizer, lr=1e-2, weight_decay=0.1) for m in (auto, eff)]
-    for _ in range(3):
+    for _ in range(steps):
         for model, opt in zip((auto, eff), opts):
             opt.zero_grad()
             loss_of(model, x).backward()
@@ -180,6 +176,17 @@ def test_two_training_paths_give_equal_parameters(optimizer):
             lrm_mup.clip_grad_norm_(model, 1.0)
             opt.step()
         path.refresh()
+    return eff, path
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_training_paths_give_equal_parameters(optimizer):
+    x = tokens()
+    dtype = torch.float64 if optimizer == "adamw" else torch.float32
+    torch.manual_seed(0)
+    build = lambda w: gpt(w, dtype=dtype)  # noqa: E731
+    auto = lrm_mup.parametrize(build(4 * BASE), build(BASE), build(DELTA), "lrm", optimizer=optimizer)
+    eff, path = train_both_paths(auto, optimizer, x)
     tol = 1e-10 if optimizer == "adamw" else 2e-3  # Muon's Newton–Schulz runs in bf16
     for (name, a), b in zip(auto.named_parameters(), eff.parameters()):
         torch.testing.assert_close(b, a, rtol=tol, atol=tol, msg=name)

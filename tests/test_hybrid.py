@@ -1,6 +1,5 @@
 """The hybrid model (models/hybrid.py, `--model hybrid`): Falcon-H1's attention ∥ Mamba-2 block under every recipe,
 float64 unless the claim is about float32."""
-import copy
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from lrm_mup.models import MODELS, Hybrid, HybridConfig, hybrid
 from lrm_mup.models.ssd import ssd_sequential
 from lrm_mup.training import TrainConfig, parametrized_model
 from tests.claims import point_pass
-from tests.test_core import loss_of, perturb_multipliers
+from tests.test_core import perturb_multipliers, train_both_paths
 
 RECIPES = ["sp", "lr-only", "lr-wd", "mup", "lrm"]
 BASE, DELTA = 32, 64
@@ -79,19 +78,7 @@ def test_merge_equals_model(placement, ssm_norm):
 def test_two_training_paths_give_equal_parameters():
     x = tokens()
     auto = make("lrm", 4 * BASE)
-    perturb_multipliers(auto)
-    eff = copy.deepcopy(auto)
-    path = lrm_mup.EffectivePath(eff)
-    opts = [lrm_mup.build_optimizer(m, "adamw", lr=1e-2, weight_decay=0.1) for m in (auto, eff)]
-    for _ in range(3):
-        for model, opt in zip((auto, eff), opts):
-            opt.zero_grad()
-            loss_of(model, x).backward()
-            if model is eff:
-                path.map_grads()
-            lrm_mup.clip_grad_norm_(model, 1.0)
-            opt.step()
-        path.refresh()
+    eff, path = train_both_paths(auto, "adamw", x)
     for (name, a), b in zip(auto.named_parameters(), eff.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10, msg=name)
 

@@ -52,6 +52,13 @@ def lm_forward(model: torch.nn.Module) -> Forward:
     return forward
 
 
+def _forward_or(forward: Forward | torch.nn.Module | None, default: Forward) -> Forward:
+    """`forward` as a Forward: `default` when None, a module through `lm_forward`, a Forward as it is."""
+    if forward is None:
+        return default
+    return lm_forward(forward) if isinstance(forward, torch.nn.Module) else forward
+
+
 def diverged(record: StepRecord) -> bool:
     """A step diverged when its train loss is not finite (NaN or ±inf): the engine's one divergence rule."""
     return not math.isfinite(record.loss)
@@ -179,8 +186,7 @@ class Run:
     def train_step(self, forward: Forward | None = None) -> tuple[float, float]:
         """One optimizer step (through `forward`, default the run's: a module is called as `lm_forward(module)`);
         returns (loss averaged over the ranks, gradient norm without multipliers)."""
-        forward = self.forward if forward is None else lm_forward(forward) if isinstance(forward, torch.nn.Module) \
-            else forward
+        forward = _forward_or(forward, self.forward)
         x, y = self.corpus.batch("train", self.cfg.batch, self.cfg.context, self.generator)
         rows = self.world.rows(self.cfg.batch)  # every rank draws the global batch and keeps its own rows
         x, y = x[rows], y[rows]
@@ -213,8 +219,7 @@ class Run:
         """Validation bits per byte on a fixed set of validation windows (split over the ranks), through `forward`
         (default the run's; a module is called as `lm_forward(module)`): the mean loss in nats per token, converted
         with the validation split's tokens per byte (`Corpus.bits_per_byte`; tokens are bytes by default)."""
-        forward = self.eval_forward if forward is None else lm_forward(forward) \
-            if isinstance(forward, torch.nn.Module) else forward
+        forward = _forward_or(forward, self.eval_forward)
         total, count = 0.0, 0
         for x, y in self.corpus.val_batches(self.cfg.batch, self.cfg.context, self.cfg.eval_batches):
             rows = self.world.rows(len(x))
