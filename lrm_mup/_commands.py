@@ -227,12 +227,13 @@ def cmd_equilibrium(args) -> int:
         if not (args.lr > 0 and args.weight_decay > 0):
             raise ConfigError(f"--lr {args.lr:g} / --weight-decay {args.weight_decay:g} is invalid: both must be > 0")
         steps = args.steps if args.steps is not None else max(1000, round(4 / (args.lr * args.weight_decay)))
+        print(f"simulating {steps} steps of {args.optimizer} on N(0,1) gradients ...", file=sys.stderr, flush=True)
         print(eq.abm_line(args.optimizer, args.lr, args.weight_decay, steps, args.shape))
         return 0
     if args.run_dir is None:
         raise ConfigError("give a run folder (lrm-mup equilibrium RUN_DIR), or --abm to simulate noise alone")
-    rec = eq.run_equilibrium(args.run_dir)
-    out = check_out_folder(args.out or args.run_dir, "output folder")
+    out = check_out_folder(args.out or args.run_dir, "output folder")  # before the work
+    rec = eq.run_equilibrium(args.run_dir, log=lambda line: print(line, file=sys.stderr, flush=True))
     paths = write_equilibrium_report(rec, out)
     for line in equilibrium_table(rec.series):
         print(line)

@@ -96,9 +96,11 @@ def abm_line(optimizer: str, lr: float, weight_decay: float, steps: int, shape: 
             f"shape {','.join(map(str, shape))})")
 
 
-def run_equilibrium(run_dir: str | os.PathLike, *, seed: int = 0) -> Equilibrium:
+def run_equilibrium(run_dir: str | os.PathLike, *, seed: int = 0,
+                    log: Callable[[str], None] | None = None) -> Equilibrium:
     """Every stored matrix and learnable multiplier of the run in `run_dir`, its logged RMS next to sqrt(η/λ) and
-    next to its own ABM (module doc). Needs the norms training logs at the eval interval."""
+    next to its own ABM (module doc). Needs the norms training logs at the eval interval. `log` gets one progress
+    line per simulated parameter (one ABM of the run's steps each)."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise MissingError(f"{str(run_dir)!r} is not a run folder (no {CONFIG}): give a folder `lrm-mup train --out` "
@@ -120,7 +122,9 @@ def run_equilibrium(run_dir: str | os.PathLike, *, seed: int = 0) -> Equilibrium
     named += [(n, p, "multiplier") for n, p in multiplier_parameters(model)]
     schedule = lambda s: lr_factor(s, cfg)  # noqa: E731 - the run's own schedule, the one function
     series = []
-    for name, p, kind in named:
+    for i, (name, p, kind) in enumerate(named, 1):
+        if log is not None:
+            log(f"abm {i}/{len(named)}: {name} ({steps[-1]} steps)")
         g = group_of[id(p)]
         rms = [logged[s].get(name) for s in steps]
         if any(r is None for r in rms):
