@@ -15,7 +15,7 @@ PLACEMENTS = ("all", "symmetry-free", "scalar")
 DEPTH_RULES = ("none", "sqrt", "complete")  # residual branches × (L_base/L)^α, α = 0, 1/2, 1 (core.depth)
 # the built-in models (hf:* need transformers); `lrm_mup.models.register_model` adds a user's to the registry, and a
 # name `pkg.module:build` names a user's builder `build(width) -> nn.Module` (see `is_model_name`)
-MODELS = ("proxy", "hybrid", "hf:llama", "hf:qwen3", "hf:mistral", "hf:gpt2")
+MODELS = ("proxy", "hybrid", "hf:llama", "hf:qwen3", "hf:mistral", "hf:gpt2", "hf:falcon_h1")
 HF_PREFIX = "hf:"  # hf:TYPE, TYPE any model_type transformers knows when --model-config gives its config file
 SCHEDULES = ("constant", "cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda")

@@ -751,6 +751,9 @@ EXPECTED = (
     Expected("logits at init", "act", LOGITS, None, 0, -0.5, "width",
              "μP readout init W ~ 1/width: the logits sum width terms of random sign, so they are ~ width^-1/2 "
              "until the first updates (Θ(1)) dominate"),
+    Expected("readout output at init", "act", None, "readout", 0, -0.5, "width",
+             "the same μP readout init, on a readout whose output is not itself the logits (Falcon-H1 multiplies "
+             "it by lm_head_multiplier after the layer, so the layer is recorded apart from the logits)"),
     Expected("attention logits at init", "act", "*.logits", None, 0, -0.5, "head_dim",
              "μP attention α/d_head: q·k sums d_head independent terms at init (~ d_head^1/2), times 1/d_head gives "
              "d_head^-1/2; no width dependence where widening adds heads at a fixed head dim"),

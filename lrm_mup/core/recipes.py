@@ -61,7 +61,7 @@ from .._names import PLACEMENTS as PLACEMENT_NAMES
 from .._names import RECIPES as RECIPE_NAMES
 from ..errors import RecipeError, RoleError, ShapeError
 from . import depth
-from .foreign import guard
+from .foreign import check_builtin_alphas, fused_ssm_init, guard
 from .multipliers import convert, multiplied_modules
 from .parametrization import (
     MULTIPLIERS,
@@ -124,6 +124,7 @@ PLACEMENTS: dict[str, dict[str, frozenset[str]]] = {
         "ssm_z": frozenset({"row"}), "ssm_x": _NONE, "ssm_b": _NONE, "ssm_c": _NONE,
         "ssm_dt": frozenset({"row"}), "ssm_dt_readout": frozenset({"row"}),
         "ssm_out": _ALL, "ssm_out_normed": frozenset({"row"}),
+        "ssm_in": frozenset({"row"}),  # a fused in_proj (z, x, B, C, dt rows): row on all (core/foreign.py)
     },
     "scalar": {role: (_NONE if kind == FINITE else frozenset({"scale"})) for role, kind in ROLE_KIND.items()},
 }
@@ -181,6 +182,7 @@ def parametrize(
         shapes = base if isinstance(base, BaseShapes) else BaseShapes.load(base)
     aligned, layout, scales = depth.plan(model, shapes, depth_rule, optimizer, depth_layout)  # the depth rule
     inf = infshapes(model, aligned)
+    check_builtin_alphas(model, alphas)  # Falcon-H1's own constants are the base's α (core/foreign.py)
     attn = _attention_factor(model, shapes, rec)
     free: list[FreeTensor] = []
     layers = find_matrices(model, inf, roles, free)
@@ -214,6 +216,7 @@ def parametrize(
     with torch.no_grad():
         for t in free:
             t.param.mul_(gains.of(t.param, t.name, t.kind, 1.0))
+    fused_ssm_init(model, rec.mup_readout)  # the B, C rows of a fused Mamba-2 in_proj: μP's readout init
     gains.warn()
     record = ModelParametrization(**spec, roles=dict(roles or {}), base_shapes=shapes.dims(),
                                   base_head_dim=shapes.head_dim, layers=records, base_init_std=shapes.init_std,

@@ -50,6 +50,10 @@ ROLE_KIND = {
     "ssm_dt_readout": READOUT,
     "ssm_out": HIDDEN,
     "ssm_out_normed": HIDDEN,
+    # a fused in_proj (z, x, B, C, dt stacked in one matrix: transformers' Mamba-2 mixers, FalconH1Mixer): its
+    # kind is its shapes' (hidden: z and x grow with width); the B, C rows get μP's readout init
+    # (core/foreign.py `fused_ssm_init`)
+    "ssm_in": HIDDEN,
 }
 ROLES = tuple(ROLE_KIND)
 
@@ -194,7 +198,7 @@ def find_matrices(model: nn.Module, shapes: dict[str, InfShape], overrides: dict
                   free: list[FreeTensor] | None = None) -> list[Matrix]:
     """Every matrix of `model` with its role; errors for matrices we cannot reparametrize or roles that misfit.
     Width tensors outside the converted layouts that a rule accepts are appended to `free`."""
-    declared = dict(model.lrm_roles()) if hasattr(model, "lrm_roles") else {}
+    declared = {**mixer_roles(model), **(dict(model.lrm_roles()) if hasattr(model, "lrm_roles") else {})}
     for pattern, role in (overrides or {}).items():
         if role not in ROLE_KIND:
             raise RoleError(f"role override {pattern!r}: {role!r} is not a role; allowed: {', '.join(ROLES)}")
@@ -277,3 +281,48 @@ def per_channel_parameters(model: nn.Module) -> set[int]:
     """ids of the ≥ 2-dim parameters that are per-channel vectors (depthwise conv1d weights): they get the vector
     group (no weight decay, no width scaling, `core.optim.param_groups`) and `find_matrices` leaves them alone."""
     return {id(p) for m in model.modules() if is_depthwise_conv(m) for p in m.parameters(recurse=False)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fused Mamba-2 mixers (transformers' FalconH1Mixer, Mamba2Mixer, ...): one in_proj for the five segments
+
+SSM_SEGMENTS = ("z", "x", "B", "C", "dt")  # the row order of a fused Mamba-2 in_proj
+
+
+def fused_ssm_segments(module: nn.Module) -> dict[str, slice] | None:
+    """The row ranges of z, x, B, C, dt in the fused `in_proj` of a Mamba-2 mixer laid out as transformers' are
+    (children in_proj, conv1d, out_proj; parameters A_log, dt_bias, D; sizes intermediate_size = d_ssm, n_groups = G,
+    ssm_state_size = N, num_heads = H): rows [d_ssm | d_ssm | G·N | G·N | H]. None for any other module."""
+    in_proj, out_proj = getattr(module, "in_proj", None), getattr(module, "out_proj", None)
+    sizes = [getattr(module, f, None) for f in ("intermediate_size", "n_groups", "ssm_state_size", "num_heads")]
+    if not (isinstance(in_proj, nn.Linear) and isinstance(out_proj, nn.Linear)
+            and isinstance(getattr(module, "conv1d", None), nn.Conv1d)
+            and all(isinstance(getattr(module, p, None), nn.Parameter) for p in ("A_log", "dt_bias", "D"))
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes)):
+        return None
+    d, groups, state, heads = sizes
+    lengths = (d, d, groups * state, groups * state, heads)
+    if sum(lengths) != in_proj.out_features:
+        return None
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    return {seg: slice(a, a + n) for seg, a, n in zip(SSM_SEGMENTS, starts, lengths)}
+
+
+def _gated_norm(mixer: nn.Module) -> bool:
+    """Whether a gated RMSNorm (a norm with a weight) precedes the mixer's out_proj (Falcon-H1: mamba_rms_norm)."""
+    if getattr(mixer, "mamba_rms_norm", True) is False:
+        return False
+    return isinstance(getattr(getattr(mixer, "norm", None), "weight", None), nn.Parameter)
+
+
+def mixer_roles(model: nn.Module) -> dict[str, str]:
+    """Roles of the matrices of fused Mamba-2 mixers (`fused_ssm_segments`), which their names alone would get
+    wrong (`out_proj` reads as attention's output): in_proj 'ssm_in', out_proj 'ssm_out', or 'ssm_out_normed'
+    behind a gated RMSNorm. A model's own `lrm_roles()` and the user's overrides come first."""
+    roles = {}
+    for name, module in model.named_modules():
+        if fused_ssm_segments(module) is not None:
+            prefix = f"{name}." if name else ""
+            roles[f"{prefix}in_proj"] = "ssm_in"
+            roles[f"{prefix}out_proj"] = "ssm_out_normed" if _gated_norm(module) else "ssm_out"
+    return roles

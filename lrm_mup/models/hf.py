@@ -1,5 +1,5 @@
-"""Hugging Face `transformers` causal LMs at any width: the `hf:llama`, `hf:qwen3`, `hf:mistral`, `hf:gpt2` models and
-a user's own HF config file (`--model-config FILE`), scaled to the asked width.
+"""Hugging Face `transformers` causal LMs at any width: the `hf:llama`, `hf:qwen3`, `hf:mistral`, `hf:gpt2`,
+`hf:falcon_h1` models and a user's own HF config file (`--model-config FILE`), scaled to the asked width.
 
 A family is an HF config (its `model_type` and the traits a user chose: norms, activation, tying, biases, GQA) that
 lends its shape RATIOS, not its sizes. At width `w` (the hidden size):
@@ -8,6 +8,8 @@ lends its shape RATIOS, not its sizes. At width `w` (the hidden size):
     heads        = w / head_dim        with a fixed head dim (`head_dim`; default: the file's own, else 32)
                  = heads               with a fixed head count (`heads`): the head dim w / heads grows with width
     kv heads     = heads / group,      group = heads / kv heads of the family config (GQA kept)
+    d_ssm        = round(ratio · w),   ratio = mamba_d_ssm / hidden (Mamba-2 mixers: Falcon-H1; mamba_expand if unset)
+    SSM heads    = d_ssm / mamba_d_head  (a fixed SSM head dim: widening adds SSM heads; state size, groups fixed)
 
 and the run sets depth (`num_hidden_layers`), context (`max_position_embeddings`) and the vocabulary (the
 tokenizer's). The model is `AutoModelForCausalLM.from_config` (no download: the config is built here or read from
@@ -40,6 +42,13 @@ FAMILIES: dict[str, dict] = {
                 "num_key_value_heads": 1, "head_dim": 32, "tie_word_embeddings": False, "sliding_window": None},
     "gpt2": {"model_type": "gpt2", "n_embd": 64, "n_inner": 256, "n_head": 2, "resid_pdrop": 0.0,
              "embd_pdrop": 0.0, "attn_pdrop": 0.0},                                        # Conv1D, tied, learned pos
+    # Falcon-H1: attention ∥ Mamba-2 in every layer, one fused in_proj; its multipliers at transformers' defaults (1;
+    # a config file sets them: they are the base's α, core/foreign.py). Falcon-H1-0.5B: d_ssm 1.5 × hidden, SSM
+    # head dim 64, state 128, no gated norm
+    "falcon_h1": {"model_type": "falcon_h1", "hidden_size": 64, "intermediate_size": 192, "num_attention_heads": 2,
+                  "num_key_value_heads": 2, "tie_word_embeddings": False, "mamba_d_ssm": 64, "mamba_n_heads": 4,
+                  "mamba_d_head": 16, "mamba_d_state": 16, "mamba_n_groups": 1, "mamba_chunk_size": 32,
+                  "mamba_rms_norm": False},
 }
 _NO_DROPOUT = {"attention_dropout": 0.0}
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -128,6 +137,8 @@ def scaled_config(family: dict, width: int, *, depth: int, context: int, vocab: 
             raise ConfigError(f"the MLP ratio {inner}/{h0} × width {width} = {hidden} is not an integer "
                               f"(model {kind!r}): choose another width")
         update[mlp_key] = round(hidden)
+    if "mamba_n_heads" in new:
+        update.update(_ssm_fields(base, width, kind))
     for key in _TOKEN_IDS:  # ids of the family's own vocabulary that the run's does not have
         value = new.get(key)
         if isinstance(value, int) and not 0 <= value < vocab:
@@ -137,6 +148,18 @@ def scaled_config(family: dict, width: int, *, depth: int, context: int, vocab: 
         if key != "initializer_range" and getattr(cfg, key, value) != value:
             raise ConfigError(f"model {kind!r}: config field {key} came out {getattr(cfg, key)!r}, not {value!r}")
     return cfg
+
+
+def _ssm_fields(base, width: int, kind: str) -> dict:
+    """A Mamba-2 mixer's sizes at `width` (module docstring): d_ssm by its ratio to hidden, SSM heads by the fixed
+    SSM head dim."""
+    d_ssm0 = base.mamba_d_ssm if base.mamba_d_ssm is not None else base.mamba_expand * base.hidden_size
+    d_ssm = d_ssm0 / base.hidden_size * width
+    head = base.mamba_d_head
+    if abs(d_ssm - round(d_ssm)) > 1e-9 * d_ssm or round(d_ssm) % head:
+        raise ConfigError(f"the SSM width {d_ssm0}/{base.hidden_size} × width {width} = {d_ssm:g} is not a multiple "
+                          f"of the SSM head dim mamba_d_head={head} (model {kind!r}): choose another width")
+    return {"mamba_d_ssm": round(d_ssm), "mamba_n_heads": round(d_ssm) // head, "mamba_d_head": head}
 
 
 def hf_model(name: str, width: int, *, depth: int = 2, context: int = 128, vocab: int = 256,
