@@ -38,7 +38,7 @@ _LAZY = {
     "PLACEMENTS": "core.recipes", "RECIPES": "core.recipes", "apply_parametrization": "core.recipes",
     "describe": "core.recipes", "parametrize": "core.recipes",
     "ROLES": "core.roles", "BaseShapes": "core.shapes", "base_shapes": "core.shapes",
-    "save_pretrained": "core.foreign",
+    "save_pretrained": "core.foreign", "falcon_h1_alphas": "core.foreign",
 }
 
 
@@ -56,7 +56,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "parametrize", "build_optimizer", "clip_grad_norm_", "merge", "EffectivePath", "base_shapes", "BaseShapes",
-    "save_pretrained",
+    "save_pretrained", "falcon_h1_alphas",
     "describe", "param_groups", "multiplier_parameters", "RECIPES", "PLACEMENTS", "ROLES", "LrmMupError",
     "ConfigError", "DataError", "RecipeError", "RoleError", "ShapeError", "RunFolderError", "SweepError",
     "TransferError", "RecordError", "parametrization_of", "apply_parametrization", "LayerParametrization",
