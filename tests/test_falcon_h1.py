@@ -1,6 +1,7 @@
 """Falcon-H1 interop (issue 11, item 6): its forward multipliers as the α of lrm_mup's roles, transformers'
 FalconH1ForCausalLM under `parametrize` with its built-in multipliers recognised (the base's α, applied once), the
 fused in_proj's segments, and the guard against mamba_ssm's fused kernel. Tiny configs built locally, no downloads."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -19,9 +20,12 @@ from lrm_mup.core.foreign import FALCON_H1_MULTIPLIERS, falcon_h1_alphas, fused_
 from lrm_mup.core.roles import fused_ssm_segments  # noqa: E402
 from lrm_mup.models import build_model, hybrid  # noqa: E402
 from tests.claims import point_pass  # noqa: E402
-from tests.test_core import perturb_multipliers  # noqa: E402
+from tests.test_core import perturb_multipliers, train_both_paths  # noqa: E402
 
 BASE, DELTA, WIDE = 32, 64, 128
+# where mamba_ssm is installed, a parametrized mixer refuses to train (its fused kernel): the training tests need it not
+needs_torch_path = pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is not None,
+                                      reason="mamba_ssm installed: training runs are refused (the fused-kernel guard)")
 VOCAB = 64
 # Falcon-H1-0.5B's forward multipliers (its HF config; REFERENCE §1)
 FALCON_05B = dict(embedding_multiplier=5.656854249492381, lm_head_multiplier=0.0390625, key_multiplier=0.390625,
@@ -198,10 +202,31 @@ def test_wide_lrm_equals_mup_at_init_and_merged_equals_unmerged_and_saves_as_pla
     torch.testing.assert_close(logits(loaded), logits(lrm), rtol=1e-12, atol=1e-12)
 
 
+class _Logits(torch.nn.Module):
+    """The HF model's logits as the tensor the shared two-paths loop (tests/test_core.py) reads."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).logits
+
+
+@needs_torch_path
+def test_two_training_paths_give_equal_parameters_on_hf_falcon_h1():
+    auto = _Logits(lrm_mup.parametrize(make(WIDE, **FALCON_05B), shapes(**FALCON_05B), recipe="lrm"))
+    eff, path = train_both_paths(auto, "adamw", ids())
+    for (name, a), b in zip(auto.named_parameters(), eff.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10, msg=name)
+    path.close()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 3. the fused kernel
 
 
+@needs_torch_path
 def test_without_mamba_ssm_the_real_mixer_takes_its_torch_path_and_trains():
     model = lrm_mup.parametrize(make(WIDE), shapes(), recipe="lrm").train()
     mixer = model.model.layers[0].mamba
@@ -291,6 +316,7 @@ def falcon_check():
                        steps=6, seeds=2, corpus=corpus, context=16, batch_size=8, last_steps=3, progress=False)
 
 
+@needs_torch_path
 def test_coord_check_of_hf_falcon_h1_fails_sp_and_not_the_mup_recipes(falcon_check):
     """Through the public API, HF's own init and its fused in_proj: sp FAILs, lr-only/mup/lrm have no failed series,
     and the SSM matrices' updates (in_proj, out_proj: dw, dy) and in_proj's output are within the threshold.

@@ -16,7 +16,9 @@ multiplier m = fan_in / base fan_in of each matrix (mup shape inference). For a 
 The SSM's matrices (models/hybrid.py) take these rows by their kind, which their shapes decide: z, x, out_proj
 (and dt where widening adds SSM heads, role ssm_dt) are hidden; B and C (width → the fixed state size) and dt at a
 fixed number of SSM heads (ssm_dt_readout) are readouts, width exponent of the μP multiplier −1 all the same.
-Depthwise conv1d weights, A_log, D and dt_bias are vectors (no width factor, no weight decay).
+Depthwise conv1d weights, A_log, D and dt_bias are vectors (no width factor, no weight decay). A fused in_proj (one
+matrix of rows z, x, B, C, dt: transformers' Falcon-H1 / Mamba-2 mixers, role ssm_in) is hidden by its shapes, its
+B and C rows with the readout's stored-weight factor √m instead of m (core/foreign.py `fused_ssm_init`).
 
 so the three μP recipes have the same effective weights at init (readout variance ∝ 1/fan_in², the μP readout),
 and every recipe is exactly the SP model at the base width (m = 1, α = 1). The query of μP recipes also carries
