@@ -8,7 +8,8 @@ init_std, vocab; `config`, an HF config file, for `hf:` models). A name is one o
     hybrid                 Falcon-H1's attention ∥ Mamba-2 block (`hybrid.py`: `HybridConfig` and `Hybrid`; its
                            scan in `ssd.py`)
     hf:llama, hf:qwen3,    Hugging Face transformers models built from an HF config at the asked width
-    hf:mistral, hf:gpt2    (`hf.py`: the MLP by ratio, heads by a fixed head dim or count); with `config` (the CLI's
+    hf:mistral, hf:gpt2,   (`hf.py`: the MLP by ratio, heads by a fixed head dim or count, Falcon-H1's SSM by a fixed
+    hf:falcon_h1           SSM head dim); with `config` (the CLI's
                            --model-config FILE) a user's own HF config JSON, `hf:TYPE` its model_type, is scaled
     pkg.module:build       a user's builder `build(width) -> nn.Module`, imported by name (called with the width only)
     NAME                   a constructor added in this process by `register_model(NAME, build)`
