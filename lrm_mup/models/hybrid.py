@@ -61,7 +61,8 @@ from ..errors import ConfigError
 from .proxy import GPT, MLP, ROLES, Attention, GPTConfig
 from .ssd import ssd_chunked
 
-__all__ = ["HybridConfig", "Hybrid", "HybridBlock", "Mamba2Mixer", "GatedRMSNorm", "hybrid"]
+__all__ = ["HybridConfig", "Hybrid", "HybridBlock", "Mamba2Mixer", "GatedRMSNorm", "hybrid", "SSM_FIELDS",
+           "ssm_fields"]
 
 
 @dataclass(frozen=True)
@@ -234,3 +235,31 @@ class Hybrid(GPT):
 def hybrid(width: int, **fields) -> Hybrid:
     """The hybrid model at `width`, other HybridConfig fields as given."""
     return Hybrid(HybridConfig(width=width, **fields))
+
+
+# The SSM's shape by its short names: what `--ssm-NAME` sets on the command line, TrainConfig.ssm and a sweep file's
+# [model.ssm] table hold; each is HybridConfig's `ssm_NAME`.
+SSM_FIELDS = ("heads", "head_dim", "expand", "state", "conv", "chunk", "norm")
+
+
+def ssm_fields(model: str, ssm: dict) -> dict:
+    """The HybridConfig keyword arguments of `ssm` ({short name: value}, `SSM_FIELDS`) for model `model`. How the
+    width grows follows from which of heads / head_dim is given: `heads` alone fixes the number of SSM heads (width
+    grows by head dim; HybridConfig's default ssm_head_dim is then cleared), `head_dim` fixes the head dim (width
+    grows by heads, the default). The values are HybridConfig's to check; a name outside SSM_FIELDS, or any SSM
+    field for a model other than `hybrid`, is a one-line ConfigError."""
+    if not isinstance(ssm, dict):
+        raise ConfigError(f"ssm={ssm!r} is invalid: a table of SSM fields ({', '.join(SSM_FIELDS)})")
+    if not ssm:
+        return {}
+    unknown = [k for k in ssm if k not in SSM_FIELDS]
+    if unknown:
+        raise ConfigError(f"ssm field {unknown[0]!r} is unknown; allowed: {', '.join(SSM_FIELDS)}")
+    if model != "hybrid":
+        first = next(iter(ssm))
+        raise ConfigError(f"--ssm-{first.replace('_', '-')} (ssm.{first}) is a field of model 'hybrid'; "
+                          f"model {model!r} has no SSM")
+    kw = {f"ssm_{k}": v for k, v in ssm.items()}
+    if "heads" in ssm and "head_dim" not in ssm:
+        kw["ssm_head_dim"] = None  # a fixed number of SSM heads: the head dim grows with the width
+    return kw
