@@ -40,13 +40,18 @@ Width and μP (widths grow by SSM heads at a fixed ssm_head_dim, or by head dim 
 - The SSM head dim needs no factor: the scan contracts over the state (C·h sums ssm_state terms), not the head dim.
 - conv1d weights and bias, A_log, D, dt_bias: per-channel / per-head vectors; no width scaling, no weight decay
   (core/roles.py `per_channel_parameters`).
-Inits: matrices as the proxy's (N(0, init_std²/fan_in)) but the zero readout-like ones above; A ~ U(1, 16) per head as in Mamba-2; dt at the heads'
-quantiles of Mamba-2's log-uniform(1e-3, 1e-1) (deterministic, so that the mean over a few heads does not swing with
-the draw at small widths), dt_bias = softplus⁻¹(dt); D = 1. Both spreads are width-independent (Falcon-H1's
-A = 1..heads is not).
+Inits: matrices as the proxy's (N(0, init_std²/fan_in)) but the zero readout-like ones above; A ~ U(1, 16) per
+head as in Mamba-2; dt at the heads' quantiles of Mamba-2's log-uniform(1e-3, 1e-1) (deterministic, so that the mean
+over a few heads does not swing with the draw at small widths), dt_bias = softplus⁻¹(dt); D = 1. Both spreads are
+width-independent (Falcon-H1's A = 1..heads is not).
 
 Coordinate checks see x, B, C (after the conv), dt (after softplus) and y (the scan output, before the gate) through
 the mixer's `ssm_probes` (nn.Identity modules), besides every matrix output.
+Two of their series drift at small widths with no μP exponent to declare (README's SSM notes; benchmarks/RESULTS.md
+"issue 11"): W_dt's spectral ‖ΔW‖/‖W‖ (slope -1/2 × the growth exponent of the update's stable rank: each row is one
+head's readout, moved by that head's own gradient signal; its output change Δdt, μP's condition, is flat) and
+W_out's Δy (the incoherent part of ΔW·u, ∝ d_ssm^-1/2 against a coherent Θ(1) part, fades with d_ssm: local slopes
+-0.19 → -0.05 from width 64 to 1024).
 """
 from __future__ import annotations
 
