@@ -25,6 +25,7 @@ from .core.recipes import DESCRIBE_COLUMNS, RECIPES, describe
 from .errors import ConfigError
 from .models import check_model, model_builder
 from .models.hf import read_config_file
+from .models.hybrid import ssm_fields
 from .pipelines.ablation import run_ablation
 from .pipelines.demo import run_demo
 from .pipelines.tuning_report import report_verdict, tuning_report
@@ -50,9 +51,16 @@ def run(args: argparse.Namespace) -> int:
         return COMMANDS[args.command](args)
 
 
+def ssm_given(args: argparse.Namespace) -> dict:
+    """The --ssm-NAME flags given (cli.add_ssm_args), as TrainConfig.ssm: {NAME: value}."""
+    return {k[4:]: v for k, v in vars(args).items() if k.startswith("ssm.") and v is not None}
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if ssm_given(args):
+        given["ssm"] = ssm_given(args)
     if "alphas" in given:
         given["alphas"] = dict(given["alphas"])
     return TrainConfig(**given)
@@ -68,6 +76,8 @@ def cmd_train(args) -> int:
         if args.out is None:
             raise ConfigError("--resume needs --out DIR, the run folder to continue")
         given = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(TrainConfig)} and v is not None}
+        if ssm_given(args):
+            given["ssm"] = ssm_given(args)
         cfg = resumed_config(args.out, **given)
     else:
         cfg = train_config(args)
@@ -142,6 +152,7 @@ def cmd_coord_check(args) -> int:
         model_fields["vocab"] = data_mod.tokenizer_vocab(args.tokenizer)
     if args.model_config is not None:
         model_fields.update(config=args.model_config, head_dim=None)  # the file's head dim stays fixed
+    model_fields.update(ssm_fields(model, ssm_given(args)))  # --ssm-NAME: the hybrid's alone
     for width in (*args.widths, args.base_width, args.delta_width):
         check_model(model, width, **model_fields)  # a width the model cannot take: one line, before any work
     build = lambda width, make=model_builder(model): make(width, **model_fields)  # noqa: E731

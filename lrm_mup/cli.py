@@ -66,6 +66,24 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = None) -> No
                    help="your HF config JSON (its model_type picks the class), scaled to each width")
     p.add_argument("--tokenizer", help="bytes by default; a tokenizer.json (the tokenizers library), or bpe:N "
                    "(a byte-level BPE of N tokens trained on the training split, cached); validation stays in bits/byte")
+    add_ssm_args(p)
+
+
+def add_ssm_args(p: argparse.ArgumentParser) -> None:
+    """--ssm-NAME: the hybrid's SSM fields (models.hybrid.SSM_FIELDS; dest "ssm.NAME", gathered into TrainConfig.ssm
+    by `_commands.ssm_given`); given for another model, the config refuses them in one line."""
+    a = p.add_argument
+    a("--ssm-heads", dest="ssm.heads", type=int, metavar="N",
+      help="model hybrid: a fixed number of SSM heads, width grows by SSM head dim (instead of --ssm-head-dim)")
+    a("--ssm-head-dim", dest="ssm.head_dim", type=int, metavar="N",
+      help="model hybrid: a fixed SSM head dim, width grows by SSM heads (default 32)")
+    a("--ssm-expand", dest="ssm.expand", type=float, metavar="X", help="model hybrid: SSM channels = X * width "
+      "(default 1)")
+    a("--ssm-state", dest="ssm.state", type=int, metavar="N", help="model hybrid: SSM state size (default 16)")
+    a("--ssm-conv", dest="ssm.conv", type=int, metavar="N", help="model hybrid: causal conv kernel (default 4)")
+    a("--ssm-chunk", dest="ssm.chunk", type=int, metavar="N", help="model hybrid: SSD chunk length (default 32)")
+    a("--ssm-norm", dest="ssm.norm", action=argparse.BooleanOptionalAction, default=None,
+      help="model hybrid: gated RMSNorm before out_proj (default off, as Falcon-H1-0.5B)")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:

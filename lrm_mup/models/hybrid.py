@@ -40,13 +40,18 @@ Width and μP (widths grow by SSM heads at a fixed ssm_head_dim, or by head dim 
 - The SSM head dim needs no factor: the scan contracts over the state (C·h sums ssm_state terms), not the head dim.
 - conv1d weights and bias, A_log, D, dt_bias: per-channel / per-head vectors; no width scaling, no weight decay
   (core/roles.py `per_channel_parameters`).
-Inits: matrices as the proxy's (N(0, init_std²/fan_in)) but the zero readout-like ones above; A ~ U(1, 16) per head as in Mamba-2; dt at the heads'
-quantiles of Mamba-2's log-uniform(1e-3, 1e-1) (deterministic, so that the mean over a few heads does not swing with
-the draw at small widths), dt_bias = softplus⁻¹(dt); D = 1. Both spreads are width-independent (Falcon-H1's
-A = 1..heads is not).
+Inits: matrices as the proxy's (N(0, init_std²/fan_in)) but the zero readout-like ones above; A ~ U(1, 16) per
+head as in Mamba-2; dt at the heads' quantiles of Mamba-2's log-uniform(1e-3, 1e-1) (deterministic, so that the mean
+over a few heads does not swing with the draw at small widths), dt_bias = softplus⁻¹(dt); D = 1. Both spreads are
+width-independent (Falcon-H1's A = 1..heads is not).
 
 Coordinate checks see x, B, C (after the conv), dt (after softplus) and y (the scan output, before the gate) through
 the mixer's `ssm_probes` (nn.Identity modules), besides every matrix output.
+Two of their series drift at small widths with no μP exponent to declare (README's SSM notes; benchmarks/RESULTS.md
+"issue 11"): W_dt's spectral ‖ΔW‖/‖W‖ (slope -1/2 × the growth exponent of the update's stable rank: each row is one
+head's readout, moved by that head's own gradient signal; its output change Δdt, μP's condition, is flat) and
+W_out's Δy (the incoherent part of ΔW·u, ∝ d_ssm^-1/2 against a coherent Θ(1) part, fades with d_ssm: local slopes
+-0.19 → -0.05 from width 64 to 1024).
 """
 from __future__ import annotations
 
@@ -61,7 +66,8 @@ from ..errors import ConfigError
 from .proxy import GPT, MLP, ROLES, Attention, GPTConfig
 from .ssd import ssd_chunked
 
-__all__ = ["HybridConfig", "Hybrid", "HybridBlock", "Mamba2Mixer", "GatedRMSNorm", "hybrid"]
+__all__ = ["HybridConfig", "Hybrid", "HybridBlock", "Mamba2Mixer", "GatedRMSNorm", "hybrid", "SSM_FIELDS",
+           "ssm_fields"]
 
 
 @dataclass(frozen=True)
@@ -234,3 +240,31 @@ class Hybrid(GPT):
 def hybrid(width: int, **fields) -> Hybrid:
     """The hybrid model at `width`, other HybridConfig fields as given."""
     return Hybrid(HybridConfig(width=width, **fields))
+
+
+# The SSM's shape by its short names: what `--ssm-NAME` sets on the command line, TrainConfig.ssm and a sweep file's
+# [model.ssm] table hold; each is HybridConfig's `ssm_NAME`.
+SSM_FIELDS = ("heads", "head_dim", "expand", "state", "conv", "chunk", "norm")
+
+
+def ssm_fields(model: str, ssm: dict) -> dict:
+    """The HybridConfig keyword arguments of `ssm` ({short name: value}, `SSM_FIELDS`) for model `model`. How the
+    width grows follows from which of heads / head_dim is given: `heads` alone fixes the number of SSM heads (width
+    grows by head dim; HybridConfig's default ssm_head_dim is then cleared), `head_dim` fixes the head dim (width
+    grows by heads, the default). The values are HybridConfig's to check; a name outside SSM_FIELDS, or any SSM
+    field for a model other than `hybrid`, is a one-line ConfigError."""
+    if not isinstance(ssm, dict):
+        raise ConfigError(f"ssm={ssm!r} is invalid: a table of SSM fields ({', '.join(SSM_FIELDS)})")
+    if not ssm:
+        return {}
+    unknown = [k for k in ssm if k not in SSM_FIELDS]
+    if unknown:
+        raise ConfigError(f"ssm field {unknown[0]!r} is unknown; allowed: {', '.join(SSM_FIELDS)}")
+    if model != "hybrid":
+        first = next(iter(ssm))
+        raise ConfigError(f"--ssm-{first.replace('_', '-')} (ssm.{first}) is a field of model 'hybrid'; "
+                          f"model {model!r} has no SSM")
+    kw = {f"ssm_{k}": v for k, v in ssm.items()}
+    if "heads" in ssm and "head_dim" not in ssm:
+        kw["ssm_head_dim"] = None  # a fixed number of SSM heads: the head dim grows with the width
+    return kw

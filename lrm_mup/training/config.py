@@ -16,6 +16,7 @@ from ..core.recipes import OPTIMIZERS, PLACEMENTS, RECIPES, check_alphas
 from ..errors import ConfigError
 from ..models import check_model, is_hf, model_builder
 from ..models.hf import read_config_file
+from ..models.hybrid import ssm_fields
 from ..models.proxy import DEFAULT_HEAD_DIM
 from . import distributed
 
@@ -37,6 +38,7 @@ class TrainConfig:
     depth: int = 2
     head_dim: int | None = None     # set one of head_dim / heads; neither: head_dim 32 (DEFAULT_HEAD_DIM)
     heads: int | None = None
+    ssm: dict = field(default_factory=dict)  # model hybrid: its SSM fields by short name (models.hybrid.SSM_FIELDS)
     context: int = 128
     base_width: int = 64            # the μP base; delta is 2× base unless given
     delta_width: int | None = None
@@ -90,6 +92,7 @@ class TrainConfig:
         if self.tokenizer is not None and not isinstance(self.tokenizer, str):
             bad("tokenizer", "must be a tokenizer.json path or bpe:N")
         data_mod.check_tokenizer(self.tokenizer)
+        ssm_fields(self.model, self.ssm)  # SSM fields only for the hybrid, by their names (values: below)
         if self.head_dim is not None and self.heads is not None:
             raise ConfigError(f"heads={self.heads!r} and head_dim={self.head_dim!r} are both set: give one of "
                               "--heads (a fixed number of heads) and --head-dim (a fixed head size)")
@@ -168,6 +171,7 @@ class TrainConfig:
             kw["vocab"] = self.vocab
         if self.model_config is not None:
             kw["config"] = self.model_config
+        kw.update(ssm_fields(self.model, self.ssm))
         return kw
 
     def build(self, width: int, depth: int | None = None) -> torch.nn.Module:

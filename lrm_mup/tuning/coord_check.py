@@ -14,7 +14,10 @@ records at each step t (t=0 is the init, before any update), per module:
           norms follow the same width law but the spectral norm of a vocab × width matrix (≈ √width + √vocab) is
           far from its asymptote at small widths. Caveat: where widening adds attention heads, the query/key update
           is made of more per-head pieces, its stable rank grows and its spectral ratio drifts slightly negative at
-          small widths (measured under μP: slope ≈ -0.2 at widths 32..256, ≈ -0.1 at 64..512)
+          small widths (measured under μP: slope ≈ -0.2 at widths 32..256, ≈ -0.1 at 64..512). An SSM's dt
+          segment (models/hybrid.py) is this at its extreme, one row per SSM head: its spectral ratio's slope is
+          -1/2 × the growth exponent of the update's stable rank, between -1/2 and μP's 0 (measured ≈ -0.15 per
+          doubling at 16..64 heads), judged against 0 with no exception (README, "SSM notes")
     dy    ‖ΔW·x‖/‖W·x‖: the change of each matrix's output caused by its own update, on the measurement batch
     mult  mean |value| of each learnable multiplier (recipe lrm)
     dact  (the check across depth, `depth_coord_check`) mean |x_t - x_0| of the residual stream leaving the last
