@@ -2,12 +2,36 @@
 
 1. coordinate check of every recipe of the sweep (`lrm_mup.tuning.coord_check`), report in OUT/coord_check/
 2. the LR-transfer sweep of `sweeps/demo.toml` (`lrm_mup.tuning.sweep`), run folder OUT/sweep/
-3. transfer of each recipe's best proxy settings to a wider target, with a direct LR sweep there, OUT/transfer/
-4. the tuning report, OUT/report/index.html (+ tuning.json)
+3. transfer of each recipe's best proxy settings to a wider target, with a direct LR sweep there, OUT/transfer/;
+   then the paper's tuning tiers and the tuning-cost curves of mup and lrm (`demo_tiers`), OUT/tiers/
+4. the tuning report, OUT/report/index.html (+ tuning.json), which LEADS with the tuning-cost curves and the tier
+   table; the terminal gets the cost verdict and the tier table in a few lines before the transfer's verdict
+
+The tiers in the demo (the paper's §5.1 ablation, `lrm_mup.tuning.tiers` for the equal-budget command) reuse the
+demo's own runs wherever the tiers' definitions allow, so that they cost as little as possible on top of it:
+
+- NONE = each recipe's defaults (the sweep file's [model], TrainConfig's LR; lrm's multipliers' LR = the AdamW
+  LR): no proxy trial; trained at the target width with seeds 0 and 1.
+- LR = the demo sweep's own log2-LR grid at the proxy width (the sweep's smallest: 6 trials at width 64 in the full
+  demo, 3 at width 16 with --quick), in the order the sweep ran them. Its winner is exactly the setting the
+  transfer stage already trained at the target with seed 0 (offset 0), so only seed 1 is new.
+- FULL = the LR tier's trials, then 4 extra proxy trials at the LR tier's winning LR (`FULL_EXTRA`): mup a 2 x 2 grid
+  of log2 α_in, α_out ∈ {−1, +1} (the forward multipliers; α = 1 is the LR tier's trial), lrm log2 mult_lr at the LR
+  − 4, − 2, − 1, + 1 (the multipliers' LR; + 0 is the LR tier's default). A coordinate search, so FULL spends 10
+  trials (7 with --quick) against LR's 6 (3): the cost curves price that difference in FLOPs. Its winner is trained
+  at the target with seeds 0 and 1 unless it is the LR tier's winner (then reused).
+- The cost curves: each tier's best-so-far setting at 3 budgets (after half the LR grid, the whole LR grid and the
+  whole FULL study; the same FLOPs for every curve) trained at the target with seed 0 (a setting already trained is
+  reused). Until its extra trials start, FULL's curve is LR's.
+
+Extra cost in the full demo (proxy 64, target 384 by default): 8 proxy trials at width 64 (about 4 s each) and at
+most 12 target runs (NONE 2 × 2 seeds, the LR winners' seed 1, the FULL winners 2 × 2 seeds, the cost curves' first
+budget 2 × 1 seed; fewer where settings coincide), about 45 CPU-s each at width 384: roughly 4-5 minutes on 2 idle
+cores on top of the ~15 the sweep and the transfer take (benchmarks/RESULTS.md, issue 12).
 
 `quick=True` runs the same code path on tiny widths (16/32, target 64), depth 1, context 32 and a few steps: under a
-minute, for tests. Every stage resumes: the sweep keeps its finished trials, the transfer its finished runs and the
-coordinate check its saved result, so re-running an interrupted demo continues it.
+minute, for tests. Every stage resumes: the sweep keeps its finished trials, the transfer and the tiers their
+finished runs and the coordinate check its saved result, so re-running an interrupted demo continues it.
 """
 from __future__ import annotations
 
