@@ -22,12 +22,14 @@ demo's own runs wherever the tiers' definitions allow, so that they cost as litt
   at the target with seeds 0 and 1 unless it is the LR tier's winner (then reused).
 - The cost curves: each tier's best-so-far setting at 3 budgets (after half the LR grid, the whole LR grid and the
   whole FULL study; the same FLOPs for every curve) trained at the target with seed 0 (a setting already trained is
-  reused). Until its extra trials start, FULL's curve is LR's.
+  reused). FULL's curve is LR's until its extra trials start, so FULL's own points are those past the LR grid
+  (the verdict never credits FULL with a setting the LR tier found).
 
 Extra cost in the full demo (proxy 64, target 384 by default): 8 proxy trials at width 64 (about 4 s each) and at
 most 12 target runs (NONE 2 × 2 seeds, the LR winners' seed 1, the FULL winners 2 × 2 seeds, the cost curves' first
-budget 2 × 1 seed; fewer where settings coincide), about 45 CPU-s each at width 384: roughly 4-5 minutes on 2 idle
-cores on top of the ~15 the sweep and the transfer take (benchmarks/RESULTS.md, issue 12).
+budget 2 × 1 seed; fewer where settings coincide), about 56 CPU-s each at width 384, in rounds that keep both
+workers busy: roughly 6-7 minutes on 2 idle cores on top of the ~15 the rest takes (benchmarks/RESULTS.md, issue 12,
+item 5).
 
 `quick=True` runs the same code path on tiny widths (16/32, target 64), depth 1, context 32 and a few steps: under a
 minute, for tests. Every stage resumes: the sweep keeps its finished trials, the transfer and the tiers their
@@ -246,6 +248,8 @@ def demo_tiers(spec, raw: dict, sweep_dir: Path, summary, out_dir: Path, *, targ
     budgets = [max(c.points[k - 1].flops for c in curves if len(c.points) >= k)
                for k in sorted({max(1, n_lr // 2), n_lr, n_full})]
     plan = analysis.ablation_plan(studies, recipes, budgets=budgets)
+    for r in recipes:  # FULL is LR until its extra trials start: its points before them are LR's, not its own
+        plan["points"][f"{r} FULL"] = tuple(p for p in plan["points"][f"{r} FULL"] if p.trials > len(lr_tier[r]))
 
     # what each setting needs trained at the target: key -> (recipe, config, seeds)
     settings: dict[str, tuple[str, dict, tuple[int, ...]]] = {
