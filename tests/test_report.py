@@ -325,3 +325,20 @@ def test_cli_report_ends_with_the_verdict_lines(report, tmp_path, capsys):
         assert any(re.match(rf"  {recipe} +(LR transferred|LR did NOT transfer|open): ", line) for line in lines)
     assert lines[-1] == f"tuning report: {tmp_path / 'r' / 'index.html'}"
     assert len(lines) <= 8  # a few lines: the page has the rest
+
+
+def test_demo_full_tier_searches_the_multipliers_at_the_lr_tiers_winner():
+    import tomllib
+
+    from lrm_mup.pipelines.demo import DEMO_TOML, demo_spec, full_extra_spec
+
+    raw = demo_spec(tomllib.loads(DEMO_TOML.read_text()))
+    lrm = full_extra_spec(raw, "lrm", -7.0)
+    assert lrm.recipes == ("lrm",) and lrm.widths == (64,) and lrm.budget("lrm") == 4 and lrm.steps == raw["steps"]
+    mult = sorted(lrm.config("lrm", 64, 0, {"log2_lr": -7.0, "log2_mult_lr": v})["mult_lr"]
+                  for v in lrm.grid_space("lrm")["log2_mult_lr"])
+    assert mult == [2.0 ** -11, 2.0 ** -9, 2.0 ** -8, 2.0 ** -6]  # around the LR, never the LR itself (LR tier's)
+    mup = full_extra_spec(raw, "mup", -6.0)
+    space = mup.grid_space("mup")
+    assert space["log2_lr"] == [-6.0] and mup.budget("mup") == 4
+    assert (space["log2_alpha_in"], space["log2_alpha_out"]) == ([-1.0, 1.0], [-1.0, 1.0])
