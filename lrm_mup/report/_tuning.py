@@ -3,7 +3,8 @@ headline card (the winner, by how much against the seed spread, whether each rec
 criterion, what the data cannot tell), the costs as a table, then figures with captions (LR curves, optimum against
 width, target losses, costs, the multipliers' width scaling) — from records (`SweepTrial`s, a `TransferSummary`)
 through `lrm_mup.analysis`; Optuna's own plots come in as figures. `verdict_lines` is the same verdict in a few
-terminal lines."""
+terminal lines. Given the demo's tier numbers, the page leads with the tuning-cost curves and the tier table
+(`ablation_section`, the ablation page's parts; `ablation_lines` for the terminal)."""
 from __future__ import annotations
 
 import json
