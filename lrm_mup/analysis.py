@@ -464,12 +464,14 @@ def tier_claims(rows: Iterable[TierRow], fixed: str = "mup", learned: str = "lrm
     return tuple(c for c in (_compare(claim, by, a, b, k) for claim, a, b, k in checks) if c is not None)
 
 
-def ablation_plan(studies: dict[str, Sequence[SweepTrial]], recipes: Sequence[str], n_budgets: int = 4) -> dict:
+def ablation_plan(studies: dict[str, Sequence[SweepTrial]], recipes: Sequence[str], n_budgets: int = 4,
+                  budgets: Sequence[float] | None = None) -> dict:
     """What the ablation trains at the target, from its tuning studies ({tier: trials}): per curve "<recipe> <tier>"
-    its `cost_curve`, the shared `budget_grid` and each curve's `budget_points` there."""
+    its `cost_curve`, the shared `budget_grid` (or the given `budgets`, FLOPs: the demo's, whose FULL studies run
+    past the LR ones) and each curve's `budget_points` there."""
     curves = {f"{r} {tier}": cost_curve([t for t in trials if t.recipe == r])
               for tier, trials in studies.items() for r in recipes if any(t.recipe == r for t in trials)}
-    budgets = budget_grid(curves.values(), n_budgets)
+    budgets = budget_grid(curves.values(), n_budgets) if budgets is None else tuple(float(b) for b in budgets)
     points = {label: budget_points(c, studies[label.split(" ")[1]], budgets) for label, c in curves.items()}
     return {"curves": curves, "budgets": budgets, "points": points}
 

@@ -163,15 +163,27 @@ def test_corrupt_files_of_ours_are_one_line_with_the_remedy(report, tmp_path, ca
             assert not (tmp_path / "r").exists() and not (tmp_path / "t").exists()
 
 
-def test_demo_quick_runs_every_stage_and_resumes(tmp_path):
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """One quick demo on the corpus slice, shared by the demo's tests: (its folder, the sweep file, the report's
+    path, the lines it printed)."""
     from lrm_mup.pipelines.demo import DEMO_TOML, run_demo
 
+    tmp_path = tmp_path_factory.mktemp("demo")
     sweep_file = DEMO_TOML
     if not sweep_file.exists():  # until the demo's sweep file lands: one of the same shape
         sweep_file = tmp_path / "demo.toml"
         sweep_file.write_text(SPEC.replace('name = "tiny"', 'name = "demo"').replace('"lrm"]', '"mup", "lrm"]'))
     lines = []
     path = run_demo(tmp_path / "demo", quick=True, data=SLICE, sweep_file=sweep_file, log=lines.append)
+    return tmp_path, sweep_file, path, lines
+
+
+def test_demo_quick_runs_every_stage_and_resumes(quick_demo):
+    from lrm_mup.pipelines.demo import run_demo
+
+    tmp_path, sweep_file, path, lines = quick_demo
+    lines = list(lines)
     text = "\n".join(lines)
     for i, stage in enumerate(["coordinate check", "sweep", "transfer", "tuning report"], start=1):
         assert f"[demo {i}/4] {stage}" in text
@@ -191,6 +203,74 @@ def test_demo_quick_runs_every_stage_and_resumes(tmp_path):
         "(done before)" in text and "roughly" not in text  # nothing to do: no time estimate
     runs = [line for line in lines if line.lstrip().startswith("[") and " w" in line and "bpb" in line]
     assert runs and all("done before" in line for line in runs)
+
+
+def test_demo_report_leads_with_the_cost_curves_then_the_tier_table(quick_demo):
+    root, _, path, lines = quick_demo
+    body = path.read_text()
+    body = body[body.index("<body>"):]
+    headings = re.findall(r"<h2>(.*?)</h2>", body)
+    assert headings[:3] == ["Tuning-cost curves", "Tier table", "Tuning cost"]  # then the transfer's report
+    assert body.index("Tier table") < body.index("Winner at width 64 (target)")
+    assert figures_in(body)[0]["layout"]["meta"]["figure"] == "cost_curves"  # the headline figure comes first
+    numbers = json.loads((root / "demo" / "report" / "tuning.json").read_text())
+    ablation = numbers["ablation"]
+    assert ablation == json.loads((root / "demo" / "tiers" / "ablation.json").read_text())
+    tier_table = re.findall(r"<table>.*?</table>", body[body.index("Tier table"):], re.S)[0]
+    for r in ablation["tiers"]:
+        assert re.search(rf"<tr><td[^>]*>{r['recipe']}</td><td[^>]*>{r['tier']}</td>", tier_table)
+        assert f"{r['val_bpb']:.4f}" in tier_table and len(r["seed_val_bpb"]) == 2  # two seeds: a seed range
+    assert {(r["recipe"], r["tier"]) for r in ablation["tiers"]} == {
+        (r, t) for r in ("mup", "lrm") for t in ("NONE", "LR", "FULL")}
+    # the terminal: the cost verdict and the tier table, before the transfer's verdict lines
+    start = lines.index("tuning cost: " + ablation["verdict"]["sentence"])
+    verdict = next(i for i, line in enumerate(lines) if line.startswith("verdict: Winner at width"))
+    table = lines[start + 1:verdict]
+    assert table[0].startswith("tiers at width 64") and table[1].split() == ["NONE", "LR", "FULL"]
+    for row in ablation["tiers"]:
+        line = next(x for x in table if x.split()[0] == row["recipe"])
+        assert f"{row['val_bpb']:.4f} [{row['seed_range_bpb']:.4f}] ({row['trials']} trial" in line
+    assert ablation["verdict"]["winner"] in ablation["verdict"]["sentence"]
+
+
+def test_demo_tiers_come_from_the_demos_own_sweep_and_transfer(quick_demo):
+    from lrm_mup.pipelines.demo import FULL_EXTRA
+    from lrm_mup.tuning.transfer import sweep_records
+
+    root, _, _, _ = quick_demo
+    demo = root / "demo"
+    ablation = json.loads((demo / "tiers" / "ablation.json").read_text())
+    rows = {(r["recipe"], r["tier"]): r for r in ablation["tiers"]}
+    _, trials = sweep_records(demo / "sweep")
+    transfer = json.loads((demo / "transfer" / "transfer.json").read_text())
+    proxy = min(t.width for t in trials)
+    for recipe in ("mup", "lrm"):
+        mine = [t for t in trials if t.recipe == recipe and t.width == proxy and t.status == "ok"]
+        best = min(mine, key=lambda t: t.val_bpb)
+        lr, full, none = rows[(recipe, "LR")], rows[(recipe, "FULL")], rows[(recipe, "NONE")]
+        # LR = the demo sweep's own LR grid at the proxy: its winner is the sweep's best LR trial
+        assert lr["params"] == {"log2_lr": best.log2_lr} and lr["proxy_val_bpb"] == pytest.approx(best.val_bpb)
+        assert lr["trials"] == len([t for t in trials if t.recipe == recipe and t.width == proxy])
+        # ... and its seed-0 target loss is the transfer's own run of that winner, not a second run of it
+        run = next(x for x in transfer["runs"] if x["recipe"] == recipe and x["role"] == "target" and x["offset"] == 0
+                   and x["seed"] == 0)
+        assert lr["seed_val_bpb"][0] == pytest.approx(run["val_bpb"])
+        again = 0
+        for folder in (demo / "tiers" / "target").iterdir():
+            trained = json.loads((folder / "best.json").read_text())
+            if trained.get(recipe) == transfer["best"][recipe]:  # the LR winner again: seed 1 only
+                seeds = json.loads((folder / "transfer.json").read_text())["runs"]
+                assert {x["seed"] for x in seeds if x["recipe"] == recipe} == {1}
+                again += 1
+        assert again == 1
+        # FULL = those trials then 4 more over the multipliers' hyperparameters: never worse at the proxy
+        assert full["trials"] == lr["trials"] + 4 and full["searched"] == ["log2_lr", *FULL_EXTRA[recipe]]
+        assert full["proxy_val_bpb"] <= lr["proxy_val_bpb"]
+        curves = ablation["curves"]
+        head = [p["best_val_bpb"] for p in curves[f"{recipe} FULL"]["points"][:lr["trials"]]]
+        assert head == [p["best_val_bpb"] for p in curves[f"{recipe} LR"]["points"]]  # FULL continues LR's search
+        # NONE = the recipe's defaults, untuned
+        assert none["trials"] == 0 and none["params"] == {} and none["val_bpb"] is not None
 
 
 def test_the_page_opens_with_the_headline_verdict_then_html_tables_and_wrapped_text(report):
@@ -245,3 +325,20 @@ def test_cli_report_ends_with_the_verdict_lines(report, tmp_path, capsys):
         assert any(re.match(rf"  {recipe} +(LR transferred|LR did NOT transfer|open): ", line) for line in lines)
     assert lines[-1] == f"tuning report: {tmp_path / 'r' / 'index.html'}"
     assert len(lines) <= 8  # a few lines: the page has the rest
+
+
+def test_demo_full_tier_searches_the_multipliers_at_the_lr_tiers_winner():
+    import tomllib
+
+    from lrm_mup.pipelines.demo import DEMO_TOML, demo_spec, full_extra_spec
+
+    raw = demo_spec(tomllib.loads(DEMO_TOML.read_text()))
+    lrm = full_extra_spec(raw, "lrm", -7.0)
+    assert lrm.recipes == ("lrm",) and lrm.widths == (64,) and lrm.budget("lrm") == 4 and lrm.steps == raw["steps"]
+    mult = sorted(lrm.config("lrm", 64, 0, {"log2_lr": -7.0, "log2_mult_lr": v})["mult_lr"]
+                  for v in lrm.grid_space("lrm")["log2_mult_lr"])
+    assert mult == [2.0 ** -11, 2.0 ** -9, 2.0 ** -8, 2.0 ** -6]  # around the LR, never the LR itself (LR tier's)
+    mup = full_extra_spec(raw, "mup", -6.0)
+    space = mup.grid_space("mup")
+    assert space["log2_lr"] == [-6.0] and mup.budget("mup") == 4
+    assert (space["log2_alpha_in"], space["log2_alpha_out"]) == ([-1.0, 1.0], [-1.0, 1.0])

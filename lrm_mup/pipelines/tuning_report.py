@@ -15,11 +15,12 @@ from ..tuning.transfer import load_transfer, sweep_records
 
 
 def tuning_report(sweep_dir: str | os.PathLike, transfer_dir: str | os.PathLike | None, out_dir: str | os.PathLike,
-                  *, plotlyjs: str = "inline", storage: str | None = None) -> Path:
+                  *, plotlyjs: str = "inline", storage: str | None = None, ablation: dict | None = None) -> Path:
     """out_dir/index.html and out_dir/tuning.json of the sweep run folder `sweep_dir` (`lrm-mup sweep`) and the
     transfer folder `transfer_dir` (`lrm-mup transfer`; None: the sweep alone). `storage`: the database URL of a
     sweep swept into one (default: the environment variable LRM_MUP_STORAGE); it is never written into the report.
-    Every input is read before the report folder is written. Returns the path of index.html."""
+    Every input is read before the report folder is written. `ablation`: the demo's tier numbers, which the page
+    then leads with (`lrm_mup.report.write_tuning_report`). Returns the path of index.html."""
     spec, trials = sweep_records(sweep_dir, storage=storage)
     summary = load_transfer(transfer_dir) if transfer_dir is not None and trials else None
     figures, notes = optuna_figures(sweep_dir, spec, storage=storage) if trials else ([], [])
@@ -29,7 +30,8 @@ def tuning_report(sweep_dir: str | os.PathLike, transfer_dir: str | os.PathLike 
     return write_tuning_report(trials, summary, out_dir, sweep_name=getattr(spec, "name", None),
                                sweep_folder=str(sweep_dir),
                                transfer_folder=None if transfer_dir is None else str(transfer_dir),
-                               figures=figures, notes=notes, plotlyjs=plotlyjs, equilibria=equilibria)
+                               figures=figures, notes=notes, plotlyjs=plotlyjs, equilibria=equilibria,
+                               ablation=ablation)
 
 
 def report_verdict(report_dir: str | os.PathLike) -> list[str]:

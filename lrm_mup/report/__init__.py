@@ -7,7 +7,8 @@ records and `lrm_mup.analysis` only: `report` never trains, never opens an Optun
 - `_equilibrium`: a run's noise–WD equilibrium (`write_equilibrium_report`, `equilibrium_section`, its figure);
 - `_tuning`: the tuning report (`write_tuning_report`, its headline card, `tuning_figures`) and `verdict_lines`,
   the same verdict in a few terminal lines; the tuning ablation's page (`write_ablation_report`: the tuning-cost
-  curves as its headline, the tier table, `ablation_figures`).
+  curves as its headline, the tier table, `ablation_figures`; `ablation_section`, the same parts leading the demo's
+  tuning report; `ablation_lines`, the same in a few terminal lines).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from ._equilibrium import EQUILIBRIUM_JSON, equilibrium_figure, equilibrium_sect
 from ._html import PLOTLY_JS, Figure, Html, write_html, write_pngs
 from ._tuning import (
     ablation_figures,
+    ablation_lines,
+    ablation_section,
     headline_sentence,
     multiplier_figure,
     tuning_figures,
@@ -27,4 +30,4 @@ from ._tuning import (
 __all__ = ["write_html", "write_pngs", "PLOTLY_JS", "Figure", "Html", "write_coord_check_report",
            "coord_check_figures", "write_tuning_report", "verdict_lines", "headline_sentence", "tuning_figures",
            "multiplier_figure", "write_equilibrium_report", "equilibrium_section", "equilibrium_figure",
-           "EQUILIBRIUM_JSON", "write_ablation_report", "ablation_figures"]
+           "EQUILIBRIUM_JSON", "write_ablation_report", "ablation_figures", "ablation_section", "ablation_lines"]

@@ -3,7 +3,8 @@ headline card (the winner, by how much against the seed spread, whether each rec
 criterion, what the data cannot tell), the costs as a table, then figures with captions (LR curves, optimum against
 width, target losses, costs, the multipliers' width scaling) — from records (`SweepTrial`s, a `TransferSummary`)
 through `lrm_mup.analysis`; Optuna's own plots come in as figures. `verdict_lines` is the same verdict in a few
-terminal lines."""
+terminal lines. Given the demo's tier numbers, the page leads with the tuning-cost curves and the tier table
+(`ablation_section`, the ablation page's parts; `ablation_lines` for the terminal)."""
 from __future__ import annotations
 
 import json
@@ -29,13 +30,15 @@ def write_tuning_report(trials: Sequence[SweepTrial], transfer: TransferSummary 
                         sweep_name: str | None = None, sweep_folder: str | None = None,
                         transfer_folder: str | None = None, figures: Sequence[go.Figure] = (),
                         notes: Sequence[str] = (), plotlyjs: str = "inline",
-                        equilibria: Sequence[Equilibrium] = ()) -> pathlib.Path:
+                        equilibria: Sequence[Equilibrium] = (), ablation: dict | None = None) -> pathlib.Path:
     """out_dir/index.html (the headline card, the cost table, then the figures) and out_dir/tuning.json (every
     number behind them: `lrm_mup.analysis.tuning_numbers`, plus "headline": `lrm_mup.analysis.tuning_headline`)
     from a sweep's trials and its transfer's summary (None: the sweep alone). `figures` and `notes` (Optuna's plots
     of the sweep and what could not be drawn: `lrm_mup.tuning.sweep.optuna_figures`) go at the end; `sweep_name` and
     the folders are recorded in tuning.json and name the page; `equilibria` (the transfer's runs that `lrm-mup
-    equilibrium` measured) add one noise–WD equilibrium section each. Returns the path of index.html."""
+    equilibrium` measured) add one noise–WD equilibrium section each. `ablation` (numbers of
+    `lrm_mup.analysis.ablation_numbers`, the demo's tiers): the page then LEADS with its tuning-cost curves and tier
+    table (`ablation_section`), and tuning.json holds them under "ablation". Returns the path of index.html."""
     if not trials:
         raise MissingError(f"sweep {str(sweep_folder or sweep_name)!r} has no finished trial yet: nothing to report")
     numbers = tuning_numbers(trials, transfer)
@@ -45,10 +48,13 @@ def write_tuning_report(trials: Sequence[SweepTrial], transfer: TransferSummary 
     numbers["transfer_folder"] = None if transfer_folder is None else str(transfer_folder)
     own = tuning_figures(numbers)
     numbers["notes"] = list(notes)
+    if ablation is not None:
+        numbers["ablation"] = ablation
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "tuning.json", json.dumps(numbers, indent=1, allow_nan=False) + "\n")
-    parts: list = [headline_card(numbers["headline"]), heading("Tuning cost"), cost_table(numbers)]
+    parts: list = [] if ablation is None else ablation_section(ablation, "Tuning-cost curves")
+    parts += [headline_card(numbers["headline"]), heading("Tuning cost"), cost_table(numbers)]
     parts += [heading("Figures")] + [Figure(fig, CAPTIONS[name]) for name, fig in own.items()]
     parts += optuna_section(figures, notes, sweep_folder)
     for rec in equilibria:
@@ -498,20 +504,59 @@ def claims_table(numbers: dict) -> Html:
                          "within it.")
 
 
-def write_ablation_report(numbers: dict, out_dir, *, plotlyjs: str = "inline") -> pathlib.Path:
-    """out_dir/index.html — the tuning-cost curves and their verdict first (the headline), then the tier table, the
-    paper's claims and the tier plot — and out_dir/ablation.json (the numbers); returns the path of index.html."""
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "ablation.json", json.dumps(numbers, indent=1, allow_nan=False) + "\n")
+def ablation_section(numbers: dict, title: str = "Tuning cost") -> list:
+    """The ablation's parts of a page: under `title` the tuning-cost curves and their verdict (the headline), then
+    under "Tier table" the tier table, the paper's claims and the tier plot. The card's first line is the numbers'
+    "spec" "design" (the demo's, which reuses its sweep) or the ablation command's equal-budget design."""
     figs = ablation_figures(numbers)
     spec = numbers.get("spec", {})
     v = numbers["verdict"]
-    lines = [f"Proxy width {spec.get('proxy_width')}, {spec.get('steps')} steps, {spec.get('trials')} trials per "
-             f"recipe and tier; target width {numbers['target_width']}, seeds {spec.get('seeds')}; budgets "
-             + ", ".join(f"{b:.3g}" for b in numbers["budgets"]) + " FLOPs."]
-    parts = [heading("Tuning cost"), card(v["sentence"], lines),
-             Figure(figs["cost_curves"], ABLATION_CAPTIONS["cost_curves"]),
-             heading("Tier table"), tier_table(numbers), claims_table(numbers),
-             Figure(figs["tiers"], ABLATION_CAPTIONS["tiers"])]
-    return write_html(out / "index.html", f"Tuning ablation: {spec.get('name', 'tiers')}", parts, plotlyjs=plotlyjs)
+    design = spec.get("design") or (f"Proxy width {spec.get('proxy_width')}, {spec.get('steps')} steps, "
+                                    f"{spec.get('trials')} trials per recipe and tier; target width "
+                                    f"{numbers['target_width']}, seeds {spec.get('seeds')}")
+    lines = [design + "; budgets " + ", ".join(f"{b:.3g}" for b in numbers["budgets"]) + " FLOPs."]
+    return [heading(title), card(v["sentence"], lines), Figure(figs["cost_curves"], ABLATION_CAPTIONS["cost_curves"]),
+            heading("Tier table"), tier_table(numbers), claims_table(numbers),
+            Figure(figs["tiers"], ABLATION_CAPTIONS["tiers"])]
+
+
+def ablation_lines(numbers: dict) -> list[str]:
+    """The ablation in a few terminal lines (what the demo prints before its transfer verdict): the cost verdict's
+    sentence, then the tier table compactly — per recipe and tier the target loss (seed mean), its seed range in
+    brackets and the proxy trials it took — and how many of the paper's claims hold."""
+    rows = {(r["recipe"], r["tier"]): r for r in numbers["tiers"]}
+    recipes = list(dict.fromkeys(r["recipe"] for r in numbers["tiers"]))
+    tiers = list(dict.fromkeys(r["tier"] for r in numbers["tiers"]))
+    seeds = max((len(r["seed_val_bpb"]) for r in numbers["tiers"]), default=0)
+
+    def cell(r: dict) -> str:
+        mean = "diverged" if r["val_bpb"] is None else f"{r['val_bpb']:.4f}"
+        spread = "" if r["seed_range_bpb"] is None else f" [{r['seed_range_bpb']:.4f}]"
+        n = r["trials"]
+        return f"{mean}{spread} ({n} trial{'' if n == 1 else 's'})"
+
+    cells = {k: cell(r) for k, r in rows.items()}
+    width = max(map(len, [*cells.values(), *tiers])) + 2
+    lines = ["tuning cost: " + numbers["verdict"]["sentence"],
+             f"tiers at width {numbers['target_width']} (val bits/byte, mean of {seeds} seed(s) [seed range] "
+             "(proxy trials)):",
+             "  " + f"{'':8s}" + "".join(f"{t:{width}s}" for t in tiers).rstrip()]
+    for recipe in recipes:
+        lines.append("  " + f"{recipe:8s}" + "".join(f"{cells.get((recipe, t), '–'):{width}s}"
+                                                     for t in tiers).rstrip())
+    verdicts = [c["holds"] for c in numbers["claims"]]
+    lines.append(f"  the paper's tier claims: {verdicts.count(True)} hold, {verdicts.count(False)} do not, "
+                 f"{verdicts.count(None)} open within the seed range (the report's claims table)")
+    return lines
+
+
+def write_ablation_report(numbers: dict, out_dir, *, plotlyjs: str = "inline") -> pathlib.Path:
+    """out_dir/index.html — the tuning-cost curves and their verdict first (the headline), then the tier table, the
+    paper's claims and the tier plot (`ablation_section`) — and out_dir/ablation.json (the numbers); returns the
+    path of index.html."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "ablation.json", json.dumps(numbers, indent=1, allow_nan=False) + "\n")
+    spec = numbers.get("spec", {})
+    return write_html(out / "index.html", f"Tuning ablation: {spec.get('name', 'tiers')}", ablation_section(numbers),
+                      plotlyjs=plotlyjs)
