@@ -12,6 +12,7 @@ reported as "> T s". Prints each time, the threads used, the load seen at the st
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -67,6 +68,10 @@ def timed(setting: str, args, cap: float | None) -> dict:
             "line": next((x for x in out.stderr.splitlines() if x.startswith("threads:")), "")}
 
 
+def _wall(r: dict) -> str:
+    return f"> {r['wall']:.0f} s (stopped)" if r["stopped"] else f"{r['wall']:7.1f} s"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--child", choices=["torch", "rule"], help=argparse.SUPPRESS)
@@ -75,29 +80,29 @@ def main():
     p.add_argument("--seeds", type=int, help="default: the demo's 3")
     p.add_argument("--busy", type=int, default=2, help="CPU-bound background processes of the loaded runs")
     p.add_argument("--cap", type=float, default=6.0, help="stop a loaded run past this many times its idle time")
-    p.add_argument("--loaded-only", action="store_true", help="skip the idle runs (no cap then)")
+    p.add_argument("--timeout", type=float, help="stop any run past this many seconds (reported as '> T s')")
     args = p.parse_args()
     if args.child:
         return child(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still runs the finally that ends the loops
     print(f"machine: {os.cpu_count()} CPUs, affinity {len(os.sched_getaffinity(0))}, load average at the start "
           f"{os.getloadavg()[0]:.1f}; settings: widths {args.widths or 'demo'}, steps {args.steps or 'demo'}, "
           f"seeds {args.seeds or 'demo'}", flush=True)
-    settings = {"torch": "torch default threads (old)", "rule": "lrm-mup thread rule (new)"}
+    settings = {"rule": "lrm-mup thread rule (new)", "torch": "torch default threads (old)"}
     idle = {}
-    if not args.loaded_only:
-        for s in settings:
-            idle[s] = timed(s, args, None)
-            print(f"idle    {settings[s]:30s} {idle[s]['wall']:7.1f} s  threads {idle[s]['threads']}  "
-                  f"load {idle[s]['load']:.1f}  {idle[s].get('line', '')}", flush=True)
+    for s in settings:
+        idle[s] = timed(s, args, args.timeout)
+        print(f"idle    {settings[s]:30s} {_wall(idle[s])}  threads {idle[s]['threads']}  "
+              f"load {idle[s]['load']:.1f}  {idle[s].get('line', '')}", flush=True)
     busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(args.busy)]
     try:
         time.sleep(2)  # the loops are running before the runs start
         for s in settings:
-            cap = args.cap * idle[s]["wall"] if s in idle else None
-            r = timed(s, args, cap)
-            wall = f"> {r['wall']:.0f} s (stopped)" if r["stopped"] else f"{r['wall']:7.1f} s"
-            ratio = f"  loaded/idle {'>' if r['stopped'] else ''}{r['wall'] / idle[s]['wall']:.2f}" if s in idle else ""
-            print(f"loaded  {settings[s]:30s} {wall}  threads {r['threads']}  load {r['load']:.1f}  "
+            cap = args.cap * idle[s]["wall"]
+            r = timed(s, args, cap if args.timeout is None else min(cap, args.timeout))
+            ratio = (f"  loaded/idle {'>' if r['stopped'] else ''}{r['wall'] / idle[s]['wall']:.2f}"
+                     + (" (idle run stopped: not a ratio)" if idle[s]["stopped"] else ""))
+            print(f"loaded  {settings[s]:30s} {_wall(r)}  threads {r['threads']}  load {r['load']:.1f}  "
                   f"{r.get('line', '')}{ratio}", flush=True)
     finally:
         for b in busy:

@@ -41,15 +41,16 @@ THREADED = ("train", "coord-check", "sweep", "transfer", "equilibrium", "ablatio
 
 def _command_threads(args: argparse.Namespace):
     """The threads of a command (lrm_mup._threads): --threads for this process and, handed down, its workers; else
-    the rule, said on stderr (rank 0), for this process when it trains itself: one worker, or a torchrun rank among
-    LOCAL_WORLD_SIZE on this machine. Commands with worker processes say their workers' choice themselves; the demo
-    chooses its own (lrm_mup.pipelines.demo)."""
+    the rule for this process when it trains itself (one worker, or a torchrun rank among LOCAL_WORLD_SIZE on this
+    machine), said on stderr (rank 0) when the command has run (one stopped by bad input says its one-line error
+    only). Commands with worker processes say their workers' choice as the workers start; the demo chooses its own
+    (lrm_mup.pipelines.demo)."""
     workers = getattr(args, "workers", None) or 1
     here = args.command in THREADED and workers == 1
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     rank0 = int(os.environ.get("RANK", "0")) == 0
     return threads_set(getattr(args, "threads", None), rule=here, workers=ranks, where="--threads",
-                       log=rank0 and here)
+                       log=rank0 and here, say_at_end=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -126,22 +126,29 @@ def test_an_override_reaches_worker_processes_through_the_environment_for_the_bl
         assert 1 <= threads == torch.get_num_threads() <= available_cores() and THREADS_ENV not in os.environ
 
 
-def _cli(args, tmp_path, **env):
+def _cli(args, tmp_path, out=True, **env):
     environ = {k: v for k, v in os.environ.items() if k not in (THREADS_ENV, "OMP_NUM_THREADS")}
     environ.update(PYTHONPATH=str(REPO), **env)
-    return subprocess.run([sys.executable, "-m", "lrm_mup", *args, "--out", str(tmp_path / "cc")], env=environ,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "lrm_mup", *args, *(["--out", str(tmp_path / "cc")] if out else [])],
+                          env=environ, capture_output=True, text=True, timeout=600)
 
 
-def test_the_cli_says_the_rules_choice_and_honours_threads(tmp_path):
-    ruled = _cli(TINY, tmp_path)
+def test_the_cli_says_the_rules_choice_and_an_environment_override_in_one_line(tmp_path):
+    abm = ["equilibrium", "--abm", "--steps", "20", "--shape", "4,4"]  # a command that computes, in a second
+    ruled = _cli(abm, tmp_path, out=False)
     assert ruled.returncode == 0, ruled.stderr
     lines = [x for x in ruled.stderr.splitlines() if x.startswith("threads: ")]
     assert len(lines) == 1 and " per process (" in lines[0] and " cores, load " in lines[0], ruled.stderr
+    given = _cli(abm, tmp_path, out=False, **{THREADS_ENV: "2"})
+    assert f"threads: 2 per process ({THREADS_ENV}; {available_cores()} cores)" in given.stderr.splitlines()
+
+
+def test_the_cli_runs_a_coordinate_check_on_the_threads_given(tmp_path):
     given = _cli([*TINY, "--threads", "1"], tmp_path)
     assert given.returncode == 0, given.stderr
     assert [x for x in given.stderr.splitlines() if x.startswith("threads: ")] == [
         f"threads: 1 per process (--threads; {available_cores()} cores)"]
+    assert (tmp_path / "cc" / "coord_check.json").is_file()
 
 
 @pytest.mark.parametrize("args, env, named", [
@@ -154,3 +161,9 @@ def test_a_bad_thread_count_on_the_command_line_exits_2_with_one_line(tmp_path, 
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and named in done.stderr, done.stderr
     assert not (tmp_path / "cc").exists()
+
+
+def test_a_command_stopped_by_other_bad_input_says_only_its_error(tmp_path):
+    done = _cli([*TINY, "--steps", "0"], tmp_path)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "lrm-mup coord-check: error: --steps 0 is invalid: must be at least 1"], done.stderr

@@ -39,23 +39,28 @@ def _stderr(line: str) -> None:
 
 
 @contextlib.contextmanager
-def threads_set(override=None, *, rule: bool = False, workers: int = 1, where: str = "threads", log=None):
+def threads_set(override=None, *, rule: bool = False, workers: int = 1, where: str = "threads", log=None,
+                say_at_end: bool = False):
     """For the block: `override` threads (checked; also handed down to worker processes as `LRM_MUP_THREADS`), else
     `LRM_MUP_THREADS` if set, else with `rule` the rule for `workers` processes (`lrm_mup._threads`), else nothing
-    changes. With `log`, the choice is said in one line (`True`: on stderr). torch's intra-op count and the
-    environment are put back afterwards. Yields the count set, or None."""
+    changes. With `log`, the choice is said in one line (`True`: on stderr), at the start, or with `say_at_end` when
+    the block has run to its end (one stopped by bad input, an `LrmMupError`, says its one-line error only). torch's
+    intra-op count and the environment are put back afterwards. Yields the count set, or None."""
     given = parse_threads(override, where)
     before, env_before = torch.get_num_threads(), os.environ.get(THREADS_ENV)
     choice = None
     if given is not None or env_threads() is not None or rule:
         choice = choose_threads(workers, given, where)
         apply_threads(choice.threads)
-        if log:
-            (_stderr if log is True else log)(choice.line())
+    say = None if choice is None or not log else functools.partial(_stderr if log is True else log, choice.line())
+    if say is not None and not say_at_end:
+        say()
     if given is not None:
         os.environ[THREADS_ENV] = str(given)
     try:
         yield None if choice is None else choice.threads
+        if say is not None and say_at_end:
+            say()
     finally:
         torch.set_num_threads(before)
         if env_before is None:

@@ -38,6 +38,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -333,7 +334,7 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
         todo.sort(key=lambda p: -p.width)  # the longest first: the pool stays busy to the end
         threads = choose_threads(min(workers, len(todo)))  # lrm_mup._threads: before the workers add their load
         if log is not None:
-            log(threads.line())
+            print(threads.line(), file=sys.stderr, flush=True)
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=apply_threads, initargs=(threads.threads,)) as pool:
             pending = {pool.submit(_train_one, p, str(out / "runs" / p.name), False, False): p for p in todo}
