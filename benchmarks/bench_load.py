@@ -1,7 +1,7 @@
 """The demo's coordinate check on an idle and on a loaded machine, with torch's default threads (the old behaviour)
 and with lrm-mup's thread rule (lrm_mup._threads): the issue-15 target is the loaded run within 2x of the idle one.
 
-    python benchmarks/bench_load.py [--widths 64,128,256,512] [--steps 10] [--seeds 3] [--busy 2] [--cap 6]
+    python benchmarks/bench_load.py [--widths 64,...,512] [--steps 10] [--seeds 3] [--busy 2] [--cap 4] [--timeout S]
 
 Each run is a fresh process (torch's default threads are those of a new process) running `coord_check` with the
 settings `lrm-mup demo` uses (lrm_mup.pipelines.demo.COORD: widths 64..512, 10 steps, 3 seeds, batch 16, context 32;
@@ -79,7 +79,7 @@ def main():
     p.add_argument("--steps", type=int, help="default: the demo's 10")
     p.add_argument("--seeds", type=int, help="default: the demo's 3")
     p.add_argument("--busy", type=int, default=2, help="CPU-bound background processes of the loaded runs")
-    p.add_argument("--cap", type=float, default=6.0, help="stop a loaded run past this many times its idle time")
+    p.add_argument("--cap", type=float, default=4.0, help="stop a loaded run past this many times its idle time")
     p.add_argument("--timeout", type=float, help="stop any run past this many seconds (reported as '> T s')")
     args = p.parse_args()
     if args.child:

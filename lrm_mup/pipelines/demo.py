@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .._files import check_out_folder, os_reason
-from .._threads import available_cores
+from .._threads import available_cores, env_threads
 from ..analysis import fit_exponent
 from ..data import load_corpus
 from ..errors import ConfigError, MissingError, SweepError
@@ -188,7 +188,8 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
         log(f"[demo {i}/4] {what} ({time.perf_counter() - start:.0f} s so far)")
         return time.perf_counter()
 
-    with threads_set(1 if quick and threads is None else threads, rule=True, log=not quick, where="threads"):
+    one = quick and threads is None and env_threads() is None  # tiny models: one thread unless told otherwise
+    with threads_set(1 if one else threads, rule=True, log=not quick, where="threads"):
         # 1. coordinate check of the sweep's model and recipes
         t = stage(1, "coordinate check")
         cc = QUICK_COORD if quick else COORD

@@ -169,7 +169,8 @@ def _worker_process(spec: SweepSpec, out: str, url: str | None, index: int, work
                     threads: int) -> None:
     try:
         with _run_lock(Path(out)), storage_errors(url):
-            _worker(spec, out, url, index, workers, progress, threads=threads)  # a worker that outlives its parent is a live run
+            # a worker that outlives its parent is a live run
+            _worker(spec, out, url, index, workers, progress, threads=threads)
     except LrmMupError as e:  # one line, as the CLI says it; the parent names the worker and what to do
         print(f"lrm-mup sweep: worker {index}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
