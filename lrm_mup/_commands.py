@@ -14,8 +14,6 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-import torch
-
 from . import data as data_mod
 from ._files import check_out_folder
 from ._names import STORAGE_ENV
@@ -31,6 +29,7 @@ from .pipelines.demo import run_demo
 from .pipelines.tuning_report import report_verdict, tuning_report
 from .report import write_coord_check_report, write_equilibrium_report
 from .training import TrainConfig, distributed, parametrized_model, resumed_config, train
+from .training.threads import threads_set
 from .tuning import coord_check as cc
 from .tuning import equilibrium as eq
 from .tuning.sweep import JOURNAL, load_sweep, run_sweep, summary_lines
@@ -38,6 +37,21 @@ from .tuning.tiers import load_ablation
 from .tuning.transfer import format_summary, run_transfer
 
 DATA_PARALLEL = ("train", "transfer")  # the commands that run under torchrun
+THREADED = ("train", "coord-check", "sweep", "transfer", "equilibrium", "ablation")  # train or check here (--threads)
+
+
+def _command_threads(args: argparse.Namespace):
+    """The threads of a command (lrm_mup._threads): --threads for this process and, handed down, its workers; else
+    the rule for this process when it trains itself (one worker, or a torchrun rank among LOCAL_WORLD_SIZE on this
+    machine), said on stderr (rank 0) when the command has run (one stopped by bad input says its one-line error
+    only). Commands with worker processes say their workers' choice as the workers start; the demo chooses its own
+    (lrm_mup.pipelines.demo)."""
+    workers = getattr(args, "workers", None) or 1
+    here = args.command in THREADED and workers == 1
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    return threads_set(getattr(args, "threads", None), rule=here, workers=ranks, where="--threads",
+                       log=rank0 and here, say_at_end=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
                           f"only {' and '.join(DATA_PARALLEL)} do: run it as one process")
     rank = int(os.environ.get("RANK", "0"))
     # every rank computes the same summary lines; rank 0 prints them
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink if rank else sys.stdout):
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink if rank else sys.stdout), \
+            _command_threads(args):
         return COMMANDS[args.command](args)
 
 
@@ -131,7 +146,7 @@ def cmd_coord_check(args) -> int:
         raise ConfigError(f"--recipes: {bad[0]!r} is not a recipe; allowed: {', '.join(RECIPES)}")
     if len(set(args.widths)) < 2 or min(args.widths) <= 0:
         raise ConfigError(f"--widths {args.widths} is invalid: give at least two distinct positive widths")
-    for name in ("steps", "seeds", "threads"):
+    for name in ("steps", "seeds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name} {getattr(args, name)} is invalid: must be at least 1")
     if args.seed_base < 0:
@@ -139,8 +154,6 @@ def cmd_coord_check(args) -> int:
     if not 0 < args.confidence < 1:
         raise ConfigError(f"--confidence {args.confidence} is invalid: must lie strictly between 0 and 1")
     out = check_out_folder(args.out or _timestamped("runs/coord-check"), "report folder")  # before all the work
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.depths is not None:
         return _depth_coord_check(args, out)
     model = args.model
@@ -254,7 +267,7 @@ def cmd_equilibrium(args) -> int:
 
 def cmd_demo(args) -> int:
     run_demo(args.out, quick=args.quick, data=args.data, sweep_file=args.sweep, workers=args.workers,
-             log=lambda line: print(line, flush=True))
+             threads=args.threads, log=lambda line: print(line, flush=True))
     return 0
 
 

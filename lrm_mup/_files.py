@@ -1,6 +1,6 @@
 """The few file-system primitives every stage shares: atomic writes, an exclusive file lock, strict JSON, checking
-that an output folder can be written and undoing a failed start in it, and how many torch threads a worker process
-gets. One implementation of each (stages never roll their own).
+that an output folder can be written and undoing a failed start in it. One implementation of each (stages never roll
+their own); threads per process are `lrm_mup._threads`'s.
 """
 from __future__ import annotations
 
@@ -150,12 +150,3 @@ class FileLock:
     def __exit__(self, *exc) -> None:
         self.release()
 
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS tells it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def threads_per_worker(workers: int) -> int:
-    """torch threads for each of `workers` processes sharing this machine: an equal share of the cores, at least 1."""
-    return max(1, available_cores() // max(1, workers))

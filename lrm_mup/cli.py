@@ -130,6 +130,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
       "(parameters, gradients and optimizer state sharded over the processes)")
 
 
+def add_threads_arg(p: argparse.ArgumentParser, whose: str = "") -> None:
+    """--threads: torch CPU threads per process, overriding the rule of lrm_mup._threads."""
+    p.add_argument("--threads", help=f"torch CPU threads{whose} (default: from the free cores and the load, said on "
+                   "stderr; also $LRM_MUP_THREADS)")
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -154,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "metrics) and start afresh; a finished run, or files lrm-mup did not write, are never deleted")
     p.add_argument("--stop-after", dest="stop_after", type=int, help="stop after this step, resumable")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_arg(p, " per process")
 
     p = sub.add_parser("data", help="fetch and clean the corpus once; print its size")
     p.add_argument("--data", help="check a text file or folder instead")
@@ -199,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--no-fresh-batches, on the measurement batch itself (default: fresh batches; one fixed batch "
                         "is memorised faster by wider models, a drift that seeds do not average out)")
     p.add_argument("--data", help="UTF-8 text file or folder (default: the Shakespeare corpus)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    add_threads_arg(p)
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when a recipe's verdict is FAIL (for CI); an INCONCLUSIVE recipe still exits 0")
     p.add_argument("--strict-inconclusive", dest="strict_inconclusive", action="store_true",
@@ -214,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"postgresql://user@host/db (default: ${STORAGE_ENV}, else <out>/optuna.journal); shown masked")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     p.add_argument("--quiet", action="store_true", help="no line per finished trial")
+    add_threads_arg(p, " per worker")
 
     p = sub.add_parser("transfer",
                        help="train the proxy's best settings at target widths, with a direct LR sweep there")
@@ -235,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="override the steps (breaks the comparison with the proxy: smoke tests)")
     p.add_argument("--workers", type=int, default=1, help="runs trained at once, one process each (default 1)")
     p.add_argument("--quiet", action="store_true", help="no line per run")
+    add_threads_arg(p, " per worker")
 
     p = sub.add_parser("report", help="tuning report (HTML + JSON) of an LR-transfer sweep and its transfer")
     p.add_argument("sweep", help="sweep run folder (runs/NAME)")
@@ -257,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="--abm: steps (default 4/(lr·wd), at least 1000)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="--abm: adamw, or muon (RMS-matched)")
     p.add_argument("--shape", type=_int_list, default=[32, 64], help="--abm: R,C of the tensor (default 32,64)")
+    add_threads_arg(p)
 
     p = sub.add_parser("ablation", help="the paper's tuning tiers (NONE / LR / FULL) and tuning-cost curves from a "
                        "tiers file, trained at a target width, with a report")
@@ -277,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plotlyjs", choices=["inline", "directory"], default="inline",
                    help="plotly.js inside the page, or one plotly.min.js beside it (never a CDN)")
     p.add_argument("--quiet", action="store_true", help="no line per trial or target run")
+    add_threads_arg(p, " per worker")
 
     p = sub.add_parser("demo", help="coordinate check -> LR-transfer sweep -> transfer -> report, at CPU scale")
     p.add_argument("--out", default="runs/lrm-mup-demo",
@@ -285,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="UTF-8 text file or folder instead of the Shakespeare corpus")
     p.add_argument("--sweep", help="sweep file (default sweeps/demo.toml)")
     p.add_argument("--workers", type=int, help="processes of the sweep and the transfer (default 2; 1 with --quick)")
+    add_threads_arg(p, " per process")
     return parser
 
 

@@ -50,7 +50,8 @@ from pathlib import Path
 import torch
 
 from .. import analysis
-from .._files import available_cores, check_out_folder, json_clean, os_reason, write_text_atomic
+from .._files import check_out_folder, json_clean, os_reason, write_text_atomic
+from .._threads import available_cores, env_threads
 from ..analysis import fit_exponent
 from ..data import load_corpus
 from ..errors import ConfigError, MissingError, SweepError
@@ -58,6 +59,7 @@ from ..models import model_builder
 from ..records import SweepTrial
 from ..report import ablation_lines, write_coord_check_report
 from ..training import TrainConfig
+from ..training.threads import threads_set
 from ..tuning import sweep as sweep_mod
 from ..tuning.coord_check import CoordCheckResult, coord_check
 from ..tuning.tiers import ABLATION
@@ -315,10 +317,12 @@ def demo_tiers(spec, raw: dict, sweep_dir: Path, summary, out_dir: Path, *, targ
 
 
 def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = False, data: str | None = None,
-             sweep_file: str | os.PathLike | None = None, workers: int | None = None,
+             sweep_file: str | os.PathLike | None = None, workers: int | None = None, threads: int | None = None,
              log: Callable[[str], None] = print) -> Path:
     """Run the four stages (module doc) under `out`; returns the report's index.html. `workers`: processes of the
-    sweep and of the transfer (default: 2 cores' worth, one thread each; 1 with `quick`)."""
+    sweep and of the transfer (default: 2 cores' worth; 1 with `quick`). `threads`: torch threads of every process
+    (default: $LRM_MUP_THREADS, else the rule of lrm_mup._threads for this process and for the workers, said on
+    stderr; one thread with `quick`, whose tiny models run fastest on one); this process's are put back after."""
     if workers is not None and not (isinstance(workers, int) and workers >= 1):
         raise SweepError(f"workers must be a positive integer, not {workers!r}")
     out = check_out_folder(out, "demo folder")  # a file, under a file, not writable: said before any work
@@ -345,16 +349,14 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
     if workers is None:
         cores = available_cores()
         workers = 1 if quick else max(1, min(2, cores))
-    threads = torch.get_num_threads()
-    if quick:
-        torch.set_num_threads(1)  # tiny models: one thread is fastest and leaves the other cores alone
     start = time.perf_counter()
 
     def stage(i: int, what: str) -> float:
         log(f"[demo {i}/4] {what} ({time.perf_counter() - start:.0f} s so far)")
         return time.perf_counter()
 
-    try:
+    one = quick and threads is None and env_threads() is None  # tiny models: one thread unless told otherwise
+    with threads_set(1 if one else threads, rule=True, log=not quick, where="threads"):
         # 1. coordinate check of the sweep's model and recipes
         t = stage(1, "coordinate check")
         cc = QUICK_COORD if quick else COORD
@@ -417,8 +419,6 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
         path = tuning_report(out / "sweep", out / "transfer", out / "report", ablation=tiers)
         for line in ablation_lines(tiers) if tiers is not None else ():
             log(line)
-    finally:
-        torch.set_num_threads(threads)
     for line in report_verdict(path.parent):
         log(line)
     log(f"demo done in {time.perf_counter() - start:.0f} s. Reports:\n  {path}\n  {paths['html']}")

@@ -61,6 +61,7 @@ from ..data import Corpus, load_corpus
 from ..errors import CoordCheckError
 from ..models import logits_of
 from ..models.hf import attention_probe
+from ..training.threads import threads_argument
 
 __all__ = ["coord_check", "depth_coord_check", "CoordCheckResult", "Verdict", "Expected", "EXPECTED", "QUANTITIES",
            "LOGITS", "DEFAULT_WIDTHS", "DEFAULT_BASE_WIDTH", "DEFAULT_DELTA_WIDTH", "DEFAULT_PROXY", "FRESH_BATCHES"]
@@ -79,6 +80,7 @@ DEFAULT_PROXY = {"depth": 2, "head_dim": 32}
 FRESH_BATCHES = True
 
 
+@threads_argument  # threads=N for the call (default: the caller's, or $LRM_MUP_THREADS)
 def coord_check(
     build: Callable[[int], nn.Module],
     widths: Sequence[int],
@@ -173,6 +175,7 @@ def _check_settings(axis, values, recipes, steps, seeds, lr, weight_decay, batch
 # The same check across depth
 
 
+@threads_argument
 def depth_coord_check(
     build: Callable[[int, int], nn.Module],
     depths: Sequence[int],

@@ -38,6 +38,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -47,12 +48,14 @@ from pathlib import Path
 import torch
 
 from .. import analysis
-from .._files import check_out_folder, threads_per_worker, undo_on_error, write_json_atomic
+from .._files import check_out_folder, undo_on_error, write_json_atomic
+from .._threads import choose_threads
 from ..core.multipliers import multiplied_modules
 from ..data import load_corpus
 from ..errors import ConfigError, MissingError, RecordError, TransferError
 from ..records import LayerMultipliers, MultiplierScaling, MultiplierValues, SweepTrial, TransferRun, TransferSummary
 from ..training import TrainConfig, TrainResult, distributed, parametrized_model, train
+from ..training.threads import apply_threads, threads_set
 from . import sweep
 
 __all__ = ["run_transfer", "plan_runs", "PlannedRun", "run_one", "load_best", "sweep_spec", "sweep_records",
@@ -324,12 +327,16 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
         else:
             todo.append(p)
     if workers == 1 or len(todo) <= 1:
-        for p in todo:
-            report(p, _train_one(p, str(out / "runs" / p.name), progress_bars, log is not None), False)
+        with threads_set():  # this process: the caller's threads, or $LRM_MUP_THREADS
+            for p in todo:
+                report(p, _train_one(p, str(out / "runs" / p.name), progress_bars, log is not None), False)
     else:
         todo.sort(key=lambda p: -p.width)  # the longest first: the pool stays busy to the end
+        threads = choose_threads(min(workers, len(todo)))  # lrm_mup._threads: before the workers add their load
+        if log is not None:
+            print(threads.line(), file=sys.stderr, flush=True)
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(threads_per_worker(workers),)) as pool:
+                                 initializer=apply_threads, initargs=(threads.threads,)) as pool:
             pending = {pool.submit(_train_one, p, str(out / "runs" / p.name), False, False): p for p in todo}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)

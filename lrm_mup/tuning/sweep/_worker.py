@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 
 import optuna
-import torch
 
 from ... import data as data_mod
-from ..._files import check_out_folder, threads_per_worker, undo_on_error
+from ..._files import check_out_folder, undo_on_error
 from ..._secrets import mask_text, mask_url
+from ..._threads import choose_threads
 from ...errors import LrmMupError, SweepError
 from ...training import TrainConfig
+from ...training.threads import apply_threads, threads_set
 from ._spec import SweepSpec, _is_int
 from ._storage import (
     _ClaimLock,
@@ -94,12 +95,16 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, storage: str | Non
         if not pending:  # finished already: resuming a finished sweep starts no worker
             return
         if workers == 1:
-            with storage_errors(storage):
+            with storage_errors(storage), threads_set():  # the caller's threads, or $LRM_MUP_THREADS
                 _worker(spec, str(out), storage, 0, 1, progress, corpus)
             return
         del corpus  # each worker loads its own
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_worker_process, args=(spec, str(out), storage, i, workers, progress),
+        threads = choose_threads(workers)  # chosen once, here, before the workers add their own load
+        if progress:
+            print(threads.line(), file=sys.stderr, flush=True)
+        procs = [ctx.Process(target=_worker_process,
+                             args=(spec, str(out), storage, i, workers, progress, threads.threads),
                              name=f"lrm-mup-sweep-{i}") for i in range(workers)]
         try:
             for p in procs:
@@ -160,10 +165,12 @@ def _death(index: int, proc) -> str:
     return f"sweep worker {index} (pid {proc.pid}) {how}"
 
 
-def _worker_process(spec: SweepSpec, out: str, url: str | None, index: int, workers: int, progress: bool) -> None:
+def _worker_process(spec: SweepSpec, out: str, url: str | None, index: int, workers: int, progress: bool,
+                    threads: int) -> None:
     try:
         with _run_lock(Path(out)), storage_errors(url):
-            _worker(spec, out, url, index, workers, progress)  # a worker that outlives its parent is a live run
+            # a worker that outlives its parent is a live run
+            _worker(spec, out, url, index, workers, progress, threads=threads)
     except LrmMupError as e:  # one line, as the CLI says it; the parent names the worker and what to do
         print(f"lrm-mup sweep: worker {index}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -172,9 +179,9 @@ def _worker_process(spec: SweepSpec, out: str, url: str | None, index: int, work
 
 
 def _worker(spec: SweepSpec, out: str, url: str | None, index: int, workers: int, progress: bool,
-            corpus=None) -> None:
-    if workers > 1:
-        torch.set_num_threads(threads_per_worker(workers))
+            corpus=None, threads: int | None = None) -> None:
+    if threads is not None:  # a spawned worker: the parent's choice (lrm_mup._threads)
+        apply_threads(threads)
     out = Path(out)
     store = _open_storage(spec, out, url)
     studies = _studies(spec, store, worker=index, create=False)
