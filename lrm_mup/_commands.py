@@ -109,7 +109,8 @@ def cmd_transfer(args) -> int:
     out = args.out or _timestamped("runs/transfer")
     summary = run_transfer(args.source, out, widths=args.widths, lr_offsets=args.lr_offsets,
                            lr_sweep_widths=args.lr_sweep_widths, seeds=args.seeds, overrides=overrides or None,
-                           workers=args.workers, log=None if args.quiet else print, storage=args.storage)
+                           workers=args.workers, log=None if args.quiet else print, storage=args.storage,
+                           depths=args.depths)
     print(format_summary(summary))
     print(f"[{out}/transfer.json]")
     return 0
@@ -169,7 +170,8 @@ def coord_check_exit(result: cc.CoordCheckResult, *, strict: bool, strict_inconc
 
 
 def _depth_coord_check(args, out) -> int:
-    """`coord-check --depths`: the check across depth (`tuning.coord_check.depth_coord_check`); numbers and summary."""
+    """`coord-check --depths`: the check across depth (`tuning.coord_check.depth_coord_check`); its page, numbers and
+    summary, and the width check's exit status."""
     if len(set(args.depths)) < 2 or min(args.depths) <= 0:
         raise ConfigError(f"--depths {args.depths} is invalid: give at least two distinct positive depths")
     base_depth = min(args.depths) if args.base_depth is None else args.base_depth
@@ -187,12 +189,10 @@ def _depth_coord_check(args, out) -> int:
                                   context=args.context, threshold=args.threshold,
                                   fresh_batches=cc.FRESH_BATCHES if args.fresh_batches is None else args.fresh_batches,
                                   last_steps=max(1, min(5, args.steps // 2)), progress=not args.quiet)
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "coord_check_depth.json")
-    result.to_json(path)
+    paths = write_coord_check_report(result, out)  # the width check's page, with depth on the x-axis
     print(result.summary())
-    print(f"numbers: {path}")
-    return 1 if args.strict and not all(result.passed(r) for r in args.recipes) else 0
+    print(f"report: {paths['html']}  numbers: {paths['json']}")
+    return coord_check_exit(result, strict=args.strict, strict_inconclusive=args.strict_inconclusive)
 
 
 def cmd_sweep(args) -> int:

@@ -516,30 +516,35 @@ __all__ += ["best_trial", "setting_key", "ablation_plan", "ablation_numbers", "c
 
 
 def recipe_summary(cfg: dict, runs: Sequence[TransferRun]) -> RecipeTransfer:
-    """What one recipe's transfer runs say. Seed means per (width, offset), a diverged or lossless run counting +inf;
-    the target is the largest width, and its direct LR sweep (offsets from the transferred LR `cfg["lr"]`) gives the
-    target's own optimum: lr_gap_log2 = −(best offset) = transferred − optimum, loss_gap_bpb = loss at the
-    transferred LR − the optimum's (≥ 0), both only where the target has a sweep; an optimum at the sweep's edge
-    (not at offset 0) makes the gap a lower bound."""
-    points: dict[tuple[int, int], list[TransferRun]] = defaultdict(list)
+    """What one recipe's transfer runs say. Seed means per (width, depth, offset), a diverged or lossless run counting
+    +inf; the target is the largest width, at the largest depth there (a run without a depth, written before transfer
+    across depth, is at the proxy's `cfg["depth"]`), and its direct LR sweep (offsets from the transferred LR
+    `cfg["lr"]`) gives the target's own optimum: lr_gap_log2 = −(best offset) = transferred − optimum, loss_gap_bpb =
+    loss at the transferred LR − the optimum's (≥ 0), both only where the target has a sweep; an optimum at the
+    sweep's edge (not at offset 0) makes the gap a lower bound. `val_bpb_by_width` is at the target depth,
+    `val_bpb_by_depth` (only when the runs have more than one depth) at the target width."""
+    proxy_depth = int(cfg.get("depth", 2))
+    points: dict[tuple[int, int, int], list[TransferRun]] = defaultdict(list)
     for x in runs:
-        points[(x.width, x.offset)].append(x)
+        points[(x.width, x.depth if x.depth is not None else proxy_depth, x.offset)].append(x)
     loss = {k: _mean([v.val_bpb if v.val_bpb is not None and v.status != "diverged" else math.inf for v in vs])
             for k, vs in points.items()}
-    widths = sorted({w for w, _ in points})
-    target = max(widths)
-    sweep = sorted((o, loss[(w, o)]) for (w, o) in points if w == target)
+    target, target_depth = max((w, d) for w, d, _ in points)
+    widths = sorted({w for w, d, _ in points if d == target_depth})
+    depths = sorted({d for w, d, _ in points if w == target})
+    sweep = sorted((o, loss[(w, d, o)]) for (w, d, o) in points if (w, d) == (target, target_depth))
     transferred_log2 = math.log2(cfg["lr"])
     best_offset, best_loss = min(sweep, key=lambda t: t[1])
-    at_zero = loss.get((target, 0), math.inf)
+    at_zero = loss.get((target, target_depth, 0), math.inf)
     have_sweep = len(sweep) > 1
     found = have_sweep and math.isfinite(best_loss)
-    target_runs = points.get((target, 0), [])
+    target_runs = points.get((target, target_depth, 0), [])
+    across_depth = len({d for _, d, _ in points}) > 1
     return RecipeTransfer(
         proxy_width=cfg["width"],
         target_width=target,
         transferred_log2_lr=transferred_log2,
-        val_bpb_by_width={str(w): _finite(loss.get((w, 0), math.nan)) for w in widths},
+        val_bpb_by_width={str(w): _finite(loss.get((w, target_depth, 0), math.nan)) for w in widths},
         target_val_bpb=_finite(at_zero),
         lr_sweep=LRSweep(tuple(transferred_log2 + o for o, _ in sweep), tuple(o for o, _ in sweep),
                          tuple(_finite(v) for _, v in sweep)),
@@ -551,6 +556,11 @@ def recipe_summary(cfg: dict, runs: Sequence[TransferRun]) -> RecipeTransfer:
         target_cost=TargetCost(len(target_runs), *(_mean([getattr(v, k) for v in target_runs])
                                                    for k in ("tokens", "flops", "seconds"))),
         status={x.name: x.status for x in runs},
+        proxy_depth=proxy_depth,
+        target_depth=target_depth,
+        depth_rule=cfg.get("depth_rule", "none"),
+        base_depth=cfg.get("base_depth") or proxy_depth,
+        val_bpb_by_depth={str(d): _finite(loss.get((target, d, 0), math.nan)) for d in depths} if across_depth else {},
     )
 
 

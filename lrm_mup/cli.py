@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated recipes (default sp,lr-only,mup,lrm)")
     p.add_argument("--widths", type=_int_list, default=[64, 128, 256, 512], help="default 64,128,256,512")
     p.add_argument("--depths", type=_int_list, help="check across depth instead: blocks, e.g. 2,4,8, at one --width "
-                   "(the μP base), under --depth-rule against --base-depth; writes the numbers (JSON), no HTML")
+                   "(the μP base), under --depth-rule against --base-depth; the same report, depth on the x-axis")
     p.add_argument("--width", type=int, default=64, help="the width of a check across --depths (default 64)")
     p.add_argument("--depth-rule", dest="depth_rule", choices=DEPTH_RULES, default="none",
                    help="residual branches × (base depth / depth)^α: none (default), sqrt, complete")
@@ -203,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--out", help="transfer folder (default runs/transfer-TIME); a finished run in it is not redone")
     p.add_argument("--widths", type=_int_list, help="target widths, e.g. 256,512 (default: 4x,8x the proxy on "
-                   "CPU; 1024,2048,4096 on CUDA)")
+                   "CPU; 1024,2048,4096 on CUDA; the proxy's width with --depths)")
+    p.add_argument("--depths", type=_int_list, help="target depths (blocks), e.g. 4,8: transfer across depth under "
+                   "the proxy's --depth-rule against its base depth (default: the proxy's depth); LR sweep at the "
+                   "deepest")
     p.add_argument("--lr-offsets", dest="lr_offsets", type=_int_list, default=[-2, -1, 1, 2],
                    help="log2 LR offsets of the direct sweep at the target; write --lr-offsets=-2,-1,1,2")
     p.add_argument("--lr-sweep-widths", dest="lr_sweep_widths", type=_int_list,

@@ -184,10 +184,12 @@ class SlopeFit(Record):
 @dataclass(frozen=True)
 class TransferRun(Record):
     """One training run of a transfer: its folder name (and `path`, relative to the transfer folder), recipe, width,
-    log2 LR offset from the transferred LR, seed, role (proxy / target / lr-sweep), LR, and how it ended (val_bpb
-    and train_loss None when not finite)."""
+    log2 LR offset from the transferred LR, seed, role (proxy / target / lr-sweep), LR, how it ended (val_bpb
+    and train_loss None when not finite), and its depth (blocks; version 1 records, written before transfer across
+    depth, have None: the proxy's depth)."""
 
     SCHEMA: ClassVar[str] = "transfer-run"
+    VERSION: ClassVar[int] = 2
     name: str
     recipe: str
     width: int
@@ -203,6 +205,7 @@ class TransferRun(Record):
     flops: float
     seconds: float
     path: str
+    depth: int | None = None
 
 
 @dataclass(frozen=True)
@@ -230,9 +233,13 @@ class TargetCost(Record):
 class RecipeTransfer(Record):
     """What a recipe's transfer runs say: the transferred LR, seed-mean loss per width, the direct LR sweep at the
     target, its optimum, the gaps (`lr_gap_log2` = transferred − optimum in log2 LR; `loss_gap_bpb` ≥ 0 what the
-    transferred LR costs; `optimum_at_edge`: the gap is a lower bound), a target run's cost, and each run's status."""
+    transferred LR costs; `optimum_at_edge`: the gap is a lower bound), a target run's cost, and each run's status.
+    Across depth (version 2): the proxy's and the target's depth, the depth rule the runs share with its base depth,
+    and the seed-mean loss per depth at the target width (`val_bpb_by_width` is at the target depth). Version 1
+    records have None / {} there."""
 
     SCHEMA: ClassVar[str] = "recipe-transfer"
+    VERSION: ClassVar[int] = 2
     proxy_width: int
     target_width: int
     transferred_log2_lr: float
@@ -246,6 +253,11 @@ class RecipeTransfer(Record):
     optimum_at_edge: bool
     target_cost: TargetCost
     status: dict[str, str]
+    proxy_depth: int | None = None
+    target_depth: int | None = None
+    depth_rule: str | None = None
+    base_depth: int | None = None
+    val_bpb_by_depth: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
