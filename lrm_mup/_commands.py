@@ -32,7 +32,8 @@ from .report import write_coord_check_report, write_equilibrium_report
 from .training import TrainConfig, distributed, parametrized_model, resumed_config, train
 from .tuning import coord_check as cc
 from .tuning import equilibrium as eq
-from .tuning.sweep import JOURNAL, load_sweep, run_sweep, summary_lines
+from .tuning.sweep import JOURNAL, MANIFEST, load_sweep, run_sweep, summary_lines
+from .tuning.sweep import records as sweep_records
 from .tuning.tiers import load_ablation
 from .tuning.transfer import format_summary, run_transfer
 
@@ -232,13 +233,34 @@ def cmd_equilibrium(args) -> int:
         return 0
     if args.run_dir is None:
         raise ConfigError("give a run folder (lrm-mup equilibrium RUN_DIR), or --abm to simulate noise alone")
-    out = check_out_folder(args.out or args.run_dir, "output folder")  # before the work
-    rec = eq.run_equilibrium(args.run_dir, log=lambda line: print(line, file=sys.stderr, flush=True))
+    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if args.trial is not None:  # a sweep trial: its norms are in its record
+        trial = _sweep_trial(args.run_dir, args.trial, args.recipe)
+        out = check_out_folder(args.out or os.path.join(args.run_dir, f"equilibrium-{trial.recipe}-t{trial.trial}"),
+                               "output folder")
+        rec = eq.trial_equilibrium(trial, log=progress)
+    else:
+        out = check_out_folder(args.out or args.run_dir, "output folder")  # before the work
+        rec = eq.run_equilibrium(args.run_dir, log=progress)
     paths = write_equilibrium_report(rec, out)
     for line in equilibrium_table(rec.series):
         print(line)
     print(f"figure: {paths['html']}  numbers: {paths['json']}")
     return 0
+
+
+def _sweep_trial(folder: str, number: int, recipe: str | None):
+    """Trial `number` (of `recipe`, where the sweep has several) of the sweep in `folder`; one line if not one."""
+    if not (Path(folder) / JOURNAL).exists() and not (Path(folder) / MANIFEST).exists():
+        raise ConfigError(f"--trial: {folder!r} is not a sweep folder (no {JOURNAL} nor {MANIFEST})")
+    found = [t for t in sweep_records(folder) if t.trial == number and recipe in (None, t.recipe)]
+    if not found:
+        raise ConfigError(f"--trial: the sweep in {folder!r} has no trial {number}"
+                          + (f" of recipe {recipe!r}" if recipe else ""))
+    if len(found) > 1:
+        raise ConfigError(f"--trial {number}: the sweep has one per recipe ({', '.join(t.recipe for t in found)}); "
+                          "name one with --recipe")
+    return found[0]
 
 
 def cmd_demo(args) -> int:

@@ -1048,7 +1048,7 @@ class CoordCheckResult:
                                   "and attention); build it with lrm_mup.tuning.coord_check.CoordCheckResult")
         self.config, self.records = config, records
         axis, _ = axis_of(config)
-        self.expected = EXPECTED if axis == "width" else depth_expected(config)
+        self.expected = EXPECTED if axis == "width" else depth_expected(config, records)
         self.level = float(config.get("level", VERDICT_LEVEL))
         self.slopes = slopes(records, config.get("head_dims"), config.get("roles"), config["mup_readout"], axis,
                              self.expected)
@@ -1181,10 +1181,11 @@ class CoordCheckResult:
         return cls(config, data["records"])
 
 
-def depth_expected(config: dict) -> tuple[Expected, ...]:
+def depth_expected(config: dict, records: Sequence[dict] = ()) -> tuple[Expected, ...]:
     """The slopes against log2 depth that the depth rule itself prescribes (`lrm_mup.core.depth`), for a check
     across depth: config "depth_alpha" α, "depth_lr_exponent" (α - 1 under a rule, 0 under none) and "branches",
-    the residual-branch layers of the last block as the check names them. Everything else should be flat."""
+    the residual-branch layers of the last block as the check names them. Everything else should be flat, but for
+    the residual stream under α = 1 (`stream_correction`, from the check's own `records`)."""
     alpha, lr_exp = config["depth_alpha"], config["depth_lr_exponent"]
     out = [Expected(f"residual branch {b}", "act", b, None, None, -alpha, "depth",
                     f"the branch's output carries the rule's fixed multiplier (L_base/L)^α, α = {alpha:g} (for "
@@ -1195,7 +1196,41 @@ def depth_expected(config: dict) -> tuple[Expected, ...]:
         out.append(Expected(f"block updates ({q})", q, f"{config['blocks']}.last.*", None, None, lr_exp, "depth",
                             "Adam's relative update follows its LR, which the rule scales by (L/L_base)^(α-1) "
                             "inside the blocks (0 for α = 1: every block keeps learning)", every_recipe=True))
+    correction = stream_correction(config, records)
+    if correction is not None:
+        out += [Expected(f"residual stream at finite depth ({q})", q, f"{config['blocks']}.last", None, None,
+                         correction, "depth", STREAM_REASON, every_recipe=True) for q in ("act", "dact")]
     return tuple(out)
+
+
+STREAM_REASON = ("under α = 1 the stream x_L = x_0 + Σ_l (L_base/L) F_l is Θ(1) in the limit L → ∞ (CompleteP), but "
+                 "at init the branches' random-sign sum adds a variance ∝ L·(L_base/L)² = L_base²/L to the "
+                 "embedding's: |x_L|² ≈ e² + (s² − e²)·L_base/L with e the embedding's and s the stream's size at "
+                 "L_base, a correction that halves per doubling of depth; the expected slope is that curve's over "
+                 "the checked depths, read off the check's own t=0 numbers at the base depth. The change since init "
+                 "has O(L_base/L) corrections too (block l's update moves the input of the blocks after it); it is "
+                 "judged against the same curve, which it follows within 0.05 per doubling at depths 2..32 "
+                 "(benchmarks/depth_stream.json). A stream that grows, or shrinks as a power of L, still fails")
+
+
+def stream_correction(config: dict, records: Sequence[dict]) -> float | None:
+    """The slope against log2 depth of |x_L| / |x_∞| = (1 + k·L_base/L)^1/2, k = s²/e² − 1, over the check's depths,
+    under a depth rule with α = 1 (`STREAM_REASON`): e is the embedding's mean |output| (the module whose role is
+    "embedding") and s the residual stream's (`<blocks>.last`) at t=0 and the base depth, seed means over every
+    recipe (at the base width and depth every recipe has the same init). None under another α, or where the check
+    did not measure both at the base depth."""
+    if config.get("depth_alpha") != 1.0 or not records:
+        return None
+    base, stream = config["base_depth"], f"{config['blocks']}.last"
+    embed = {m for m, role in (config.get("roles") or {}).items() if role == "embedding"}
+    at_base = [r for r in records if r["step"] == 0 and r["quantity"] == "act" and r["depth"] == base]
+    e = [r["value"] ** 2 for r in at_base if r["module"] in embed]
+    s = [r["value"] ** 2 for r in at_base if r["module"] == stream]
+    if not (e and s) or base not in config["depths"]:
+        return None
+    k = max(sum(s) / len(s) / (sum(e) / len(e)) - 1.0, 0.0)
+    depths = config["depths"]
+    return round(slope(depths, [math.sqrt(1 + k * base / d) for d in depths]), 6) + 0.0
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -232,8 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("equilibrium", help="a run's matrices and multipliers against the noise–WD equilibrium "
                        "sqrt(lr/wd) and their noise simulation (ABM); or, with --abm, the ABM alone")
-    p.add_argument("run_dir", nargs="?", help="run folder (lrm-mup train --out); not with --abm")
-    p.add_argument("--out", help="folder of equilibrium.json and equilibrium.html (default: the run folder)")
+    p.add_argument("run_dir", nargs="?", help="run folder (lrm-mup train --out), or a sweep folder with --trial; "
+                   "not with --abm")
+    p.add_argument("--trial", type=int, help="a sweep trial's number: RUN_DIR is the sweep folder, the norms come "
+                   "from the trial record (a trial keeps no run folder)")
+    p.add_argument("--recipe", help="with --trial: the trial's recipe, where the sweep has several")
+    p.add_argument("--out", help="folder of equilibrium.json and equilibrium.html (default: the run folder; for "
+                   "--trial, SWEEP/equilibrium-RECIPE-tN)")
     p.add_argument("--abm", action="store_true", help="simulate one tensor fed N(0,1) gradients and print its "
                    "steady-state RMS next to the prediction")
     p.add_argument("--lr", type=float, default=1e-3, help="--abm: learning rate (default 1e-3)")

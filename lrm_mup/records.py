@@ -64,9 +64,13 @@ class SweepTrial(Record):
     (None where one does not apply to the recipe), the final validation bits/byte (the cap for a diverged trial,
     None if pruned), the last train loss (nats, seed mean; NaN when not finite), `status` (ok / diverged / pruned;
     running / waiting / failed for unfinished ones), the pruner's or the divergence's `reason`, tokens, model
-    training FLOPs, wall and CPU seconds, and the TrainConfig dict of its first seed."""
+    training FLOPs, wall and CPU seconds, and the TrainConfig dict of its first seed. `norms` (version 2): the
+    first seed's RMS of every stored matrix and learnable multiplier (`Run.norms`) at the eval interval,
+    {step: {parameter: rms}} with the step as a string (a trial keeps no run folder; `lrm-mup equilibrium` reads them
+    from here); empty for trials of older sweeps and for diverged steps never reached."""
 
     SCHEMA: ClassVar[str] = "sweep-trial"
+    VERSION: ClassVar[int] = 2
     study: str
     trial: int
     state: str
@@ -85,6 +89,7 @@ class SweepTrial(Record):
     seeds: tuple[int, ...] = ()
     params: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
+    norms: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def param(self, name: str):
         """A search parameter's value: log2_lr or one of `params` (None where it does not apply)."""

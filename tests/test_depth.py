@@ -4,6 +4,7 @@ records; the coordinate check across depth; the LR grid across depth; bad input.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import asdict, replace
 
@@ -14,7 +15,7 @@ from torch import nn
 import lrm_mup
 from benchmarks import bench_depth
 from lrm_mup import cli
-from lrm_mup.analysis import lr_curves, optimum_spread
+from lrm_mup.analysis import lr_curves, optimum_spread, slope, stream_correction
 from lrm_mup.core import ModelParametrization, apply_parametrization, parametrization_of
 from lrm_mup.core.depth import DEPTH_RULES
 from lrm_mup.core.shapes import BaseShapes
@@ -247,6 +248,10 @@ def test_depth_coord_check_the_residual_stream_grows_without_a_rule_and_not_with
     assert abs(_late_slope(sqrt, "blocks.last", "dact")) < 0.2
     # under "complete" every series passes but the stream's level, which shrinks a little and never grows
     assert off(complete) <= {("blocks.last", "act"), ("blocks.last", "dact")}
+    # ... and that shrinking is the finite-depth correction the rule prescribes, declared: judged against it, it passes
+    stream = [v for v in complete.verdicts if v.module == "blocks.last"]
+    assert len(stream) == 2 and all(v.status == "pass" and -0.3 < v.expected < -0.1 for v in stream), stream
+    assert all(v.expected == 0 for v in none.verdicts + sqrt.verdicts if v.module == "blocks.last")
     assert _late_slope(complete, "blocks.last", "dact") < 0.05 and _late_slope(complete, "blocks.last", "act") < 0.05
     # the branch outputs carry the multiplier: slope -α against log2 depth, as declared
     branch = [v for v in complete.verdicts if v.module == "blocks.last.mlp.down" and v.quantity == "act"]
@@ -293,6 +298,25 @@ def test_the_depth_check_has_the_width_checks_page_with_depth_on_the_x_axis(tmp_
     assert "expected -1.00" in last["blocks.last.mlp.down"]["hovertemplate"]
     assert "<br>depth %{customdata[0]}" in last["grows"]["hovertemplate"]
     assert last["grows"]["x"] == [1.0, 2.0, 3.0]
+
+
+def test_under_complete_the_stream_is_judged_against_its_finite_depth_correction_and_a_power_law_still_fails():
+    """|x_L|² = e² + (s² − e²)·L_base/L at init (embedding e = 1, stream s² = 3 at L_base = 2: k = 2): the declared
+    slope is that curve's over the depths; a stream on the curve passes, one shrinking as L^-1/2 (a wrong exponent)
+    or growing as L^1/2 fails; under "sqrt" nothing is declared for the stream."""
+    curve = lambda d: math.sqrt(1 + 2 * 2 / d)  # noqa: E731
+    expected = slope(list(DEPTHS), [curve(d) for d in DEPTHS])
+    assert expected == pytest.approx(-0.25, abs=1e-12)  # (log2 √3 − log2 √1.5) / log2(8/2): √2 in the middle
+    embed = planted_depth("embed", lambda d: 1.0)
+    for law, status in ((curve, "pass"), (lambda d: d ** -0.5 * 3, "fail"), (lambda d: d ** 0.5, "fail")):
+        result = planted_depth_result(embed + planted_depth("blocks.last", lambda d, law=law: law(d) * 3 ** 0.5 /
+                                                                       law(2)))
+        result = CoordCheckResult({**result.config, "roles": {"embed": "embedding"}}, result.records)
+        (v,) = [v for v in result.verdicts if v.module == "blocks.last"]
+        assert v.expected == pytest.approx(expected, abs=1e-6) and v.status == status, (v, status)
+        assert "residual stream at finite depth (act)" in result.summary()
+    sqrt = planted_depth_result(embed + planted_depth("blocks.last", curve), rule="sqrt")
+    assert stream_correction({**sqrt.config, "roles": {"embed": "embedding"}}, sqrt.records) is None
 
 
 def test_coord_check_across_depth_writes_its_page_and_exits_like_the_width_check(tmp_path, capsys):
