@@ -15,8 +15,10 @@ CompleteP claims, and a finite-depth check sees a shrinking stream. The change s
 coherent updates of size LR_block ∝ (L/L_base)^{α−1}, is Θ(1) in L under both rules, with O(L_base/L) corrections
 (block l's update changes the input of the blocks after it) that also vanish with depth. A real failure (a wrong
 exponent) keeps its slope at every depth; a finite-depth correction shrinks toward 0 as the depths grow. The script
-prints the init prediction from the base depth's own numbers (e and v_b read off the embedding's and the stream's
-mean |·| at L_base, treating mean |·| as ∝ RMS) next to the measured init slope.
+prints the init prediction from the base depth's own numbers (`analysis.stream_share`, `stream_curve`: e and v_b read
+off the embedding's and the stream's mean |·| at L_base, treating mean |·| as ∝ RMS) next to the measured init slope;
+under "complete" that curve is the declared exception the check judges the stream against
+(`analysis.stream_correction`).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_depth_stream.py --out benchmarks/depth_stream.json
 """
@@ -30,7 +32,7 @@ import time
 
 import torch
 
-from lrm_mup.analysis import seed_means, slope
+from lrm_mup.analysis import seed_means, slope, stream_curve, stream_share
 from lrm_mup.data import load_corpus
 from lrm_mup.models import GPT, GPTConfig
 from lrm_mup.tuning.coord_check import depth_coord_check
@@ -39,12 +41,6 @@ from lrm_mup.tuning.coord_check import depth_coord_check
 def local_slopes(depths: list[int], values: list[float]) -> list[float]:
     """Slope of log2 value against log2 depth between neighbouring depths."""
     return [slope(depths[i:i + 2], values[i:i + 2]) for i in range(len(depths) - 1)]
-
-
-def init_prediction(depths: list[int], base: int, alpha: float, embed: float, stream_base: float) -> list[float]:
-    """|x_L| from the base depth's embedding size e and stream size: |x_L|² = e² + (s_base² − e²)(L_base/L)^{2α−1}."""
-    branch = max(stream_base ** 2 - embed ** 2, 0.0)
-    return [math.sqrt(embed ** 2 + branch * (base / d) ** (2 * alpha - 1)) for d in depths]
 
 
 def main() -> None:
@@ -83,8 +79,9 @@ def main() -> None:
             window = [math.exp(sum(math.log(by_step[t][d]) for t in late) / len(late)) for d in depths]
             row[quantity] = {"init": at0, "late": window, "local_init": local_slopes(depths, at0) if quantity == "act"
                              else None, "local_late": local_slopes(depths, window), "slope_late": slope(depths, window)}
-        embed = means[("mup", "embed", "act")][0][depths[0]]
-        predicted = init_prediction(depths, depths[0], alpha, embed, row["act"]["init"][0])
+        share = stream_share(result.config, result.records)  # the branches' share at init, at the base depth
+        predicted = [v * row["act"]["init"][0] / stream_curve(depths[:1], depths[0], share, alpha)[0]
+                     for v in stream_curve(depths, depths[0], share, alpha)]
         row["act"]["predicted_init"] = predicted
         row["act"]["predicted_local_init"] = local_slopes(depths, predicted)
         verdicts = {(v.module, v.quantity): v for v in result.verdicts}

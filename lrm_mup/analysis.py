@@ -1214,13 +1214,20 @@ STREAM_REASON = ("under α = 1 the stream x_L = x_0 + Σ_l (L_base/L) F_l is Θ(
 
 
 def stream_correction(config: dict, records: Sequence[dict]) -> float | None:
-    """The slope against log2 depth of |x_L| / |x_∞| = (1 + k·L_base/L)^1/2, k = s²/e² − 1, over the check's depths,
-    under a depth rule with α = 1 (`STREAM_REASON`): e is the embedding's mean |output| (the module whose role is
-    "embedding") and s the residual stream's (`<blocks>.last`) at t=0 and the base depth, seed means over every
-    recipe (at the base width and depth every recipe has the same init). None under another α, or where the check
-    did not measure both at the base depth."""
-    if config.get("depth_alpha") != 1.0 or not records:
+    """The slope against log2 depth of `stream_curve` over the check's depths under a depth rule with α = 1
+    (`STREAM_REASON`); None under another α, or where `stream_share` has no numbers."""
+    k = stream_share(config, records) if config.get("depth_alpha") == 1.0 else None
+    if k is None:
         return None
+    depths = config["depths"]
+    return round(slope(depths, stream_curve(depths, config["base_depth"], k)), 6) + 0.0
+
+
+def stream_share(config: dict, records: Sequence[dict]) -> float | None:
+    """k = s²/e² − 1 of a check across depth: the branches' variance in the residual stream at init relative to the
+    embedding's, at the base depth. e is the embedding's mean |output| (the module whose role is "embedding"), s the
+    stream's (`<blocks>.last`), at t=0 and the base depth, seed means over every recipe (at the base width and depth
+    every recipe has the same init; mean |·| taken as ∝ RMS). None where the check did not measure both there."""
     base, stream = config["base_depth"], f"{config['blocks']}.last"
     embed = {m for m, role in (config.get("roles") or {}).items() if role == "embedding"}
     at_base = [r for r in records if r["step"] == 0 and r["quantity"] == "act" and r["depth"] == base]
@@ -1228,9 +1235,13 @@ def stream_correction(config: dict, records: Sequence[dict]) -> float | None:
     s = [r["value"] ** 2 for r in at_base if r["module"] == stream]
     if not (e and s) or base not in config["depths"]:
         return None
-    k = max(sum(s) / len(s) / (sum(e) / len(e)) - 1.0, 0.0)
-    depths = config["depths"]
-    return round(slope(depths, [math.sqrt(1 + k * base / d) for d in depths]), 6) + 0.0
+    return max(sum(s) / len(s) / (sum(e) / len(e)) - 1.0, 0.0)
+
+
+def stream_curve(depths: Sequence[int], base_depth: int, k: float, alpha: float = 1.0) -> list[float]:
+    """|x_L| / e at init under branch multipliers (L_base/L)^α: (1 + k·(L_base/L)^(2α−1))^1/2 (`STREAM_REASON`;
+    L independent Θ(1) branches of variance ∝ (L_base/L)^2α each)."""
+    return [math.sqrt(1 + k * (base_depth / d) ** (2 * alpha - 1)) for d in depths]
 
 
 # ----------------------------------------------------------------------------------------------------------
