@@ -42,11 +42,12 @@ def equilibrium_figure(rec: Equilibrium) -> go.Figure:
     return fig
 
 
-DRIFT_CAPTION = ("The lrm proxy under CPU bf16 autocast, multipliers' weight decay off and on (benchmarks/bench_drift.py, "
-                 "`tuning.equilibrium.symmetry_drift`). Left: the largest |log10 rms(r_Q)/rms(r_K)| over the blocks, "
-                 "the Q/K row multipliers' ratio that no gradient holds (q·k is blind to it). Right (log scale): the "
-                 "largest RMS of a residual branch's output on one fixed batch, which feeds an RMSNorm and so can grow "
-                 "freely; the multipliers' weight decay is what bounds it.")
+DRIFT_CAPTION = ("The lrm proxy under CPU bf16 autocast, multipliers' weight decay off and on "
+                 "(benchmarks/bench_drift.py, `tuning.equilibrium.symmetry_drift`). Left: the largest "
+                 "|log10 rms(r_Q)/rms(r_K)| over the blocks, the Q/K row multipliers' ratio that no gradient holds "
+                 "(q·k is blind to it). Right (log scale): the largest RMS of a residual branch's output on one fixed "
+                 "batch, which feeds an RMSNorm and so can grow freely; the multipliers' weight decay is what bounds "
+                 "it.")
 
 
 def drift_figure(drift: dict) -> go.Figure:

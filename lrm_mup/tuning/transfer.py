@@ -10,6 +10,9 @@
 - a small direct LR sweep at the largest target width: the transferred LR × 2^offset (offsets -2, -1, +1, +2 by
   default; every LR of the run is shifted together, so tuned ratios such as mult_lr/lr are kept).
 
+Across depth (`depths=`, `lrm-mup transfer --depths 8`): every target width × target depth, under the proxy's depth
+rule against its base depth (`lrm_mup.core.depth`), the direct LR sweep at the deepest target (`plan_runs`).
+
 The direct sweep tells how far the transferred LR is from the target's own optimum on that grid (`lr_gap_log2`,
 transferred − optimum) and what that costs (`loss_gap_bpb`, ≥ 0). An optimum on the grid's edge makes the gap a lower
 bound (`optimum_at_edge`).
@@ -247,14 +250,14 @@ def plan_runs(best: dict[str, dict], widths: list[int] | None = None, *, lr_offs
     if len(set(names)) != len(names):
         raise TransferError("two runs of the plan share a folder name; give distinct widths/seeds")
     if depths is not None:
-        for cfg in {json.dumps(r.config, sort_keys=True): r.config for r in runs}.values():
+        for cfg in {(r.recipe, r.width, r.depth): r.config for r in runs}.values():  # one per shape: LRs, seeds aside
             _check_builds(cfg)  # a depth rule the model cannot take: one line, before anything trains
     return runs
 
 
 def _check_depth_transfer(recipe: str, cfg: dict, depths: list[int]) -> None:
     """A proxy config that can be transferred across depth: a model whose depth the config sets (a user's builder
-    `pkg.module:build` gets the width alone) and a base depth that is positive."""
+    `pkg.module:build` gets the width alone, so only its own depth is allowed)."""
     model = cfg.get("model") or "proxy"
     if ":" in model and not model.startswith("hf:") and set(depths) != {int(cfg.get("depth", 2))}:
         raise TransferError(f"{recipe}: model {model!r} is built from the width alone, so its depth cannot be set; "
