@@ -64,13 +64,12 @@ class SweepTrial(Record):
     (None where one does not apply to the recipe), the final validation bits/byte (the cap for a diverged trial,
     None if pruned), the last train loss (nats, seed mean; NaN when not finite), `status` (ok / diverged / pruned;
     running / waiting / failed for unfinished ones), the pruner's or the divergence's `reason`, tokens, model
-    training FLOPs, wall and CPU seconds, and the TrainConfig dict of its first seed. `norms` (version 2): the
+    training FLOPs, wall and CPU seconds, and the TrainConfig dict of its first seed. `norms`: the
     first seed's RMS of every stored matrix and learnable multiplier (`Run.norms`) at the eval interval,
     {step: {parameter: rms}} with the step as a string (a trial keeps no run folder; `lrm-mup equilibrium` reads them
     from here); empty for trials of older sweeps and for diverged steps never reached."""
 
     SCHEMA: ClassVar[str] = "sweep-trial"
-    VERSION: ClassVar[int] = 2
     study: str
     trial: int
     state: str
@@ -190,11 +189,10 @@ class SlopeFit(Record):
 class TransferRun(Record):
     """One training run of a transfer: its folder name (and `path`, relative to the transfer folder), recipe, width,
     log2 LR offset from the transferred LR, seed, role (proxy / target / lr-sweep), LR, how it ended (val_bpb
-    and train_loss None when not finite), and its depth (blocks; version 1 records, written before transfer across
-    depth, have None: the proxy's depth)."""
+    and train_loss None when not finite), and its depth (blocks; records written before transfer across depth
+    have None: the proxy's depth)."""
 
     SCHEMA: ClassVar[str] = "transfer-run"
-    VERSION: ClassVar[int] = 2
     name: str
     recipe: str
     width: int
@@ -239,12 +237,11 @@ class RecipeTransfer(Record):
     """What a recipe's transfer runs say: the transferred LR, seed-mean loss per width, the direct LR sweep at the
     target, its optimum, the gaps (`lr_gap_log2` = transferred − optimum in log2 LR; `loss_gap_bpb` ≥ 0 what the
     transferred LR costs; `optimum_at_edge`: the gap is a lower bound), a target run's cost, and each run's status.
-    Across depth (version 2): the proxy's and the target's depth, the depth rule the runs share with its base depth,
-    and the seed-mean loss per depth at the target width (`val_bpb_by_width` is at the target depth). Version 1
-    records have None / {} there."""
+    Across depth: the proxy's and the target's depth, the depth rule the runs share with its base depth,
+    and the seed-mean loss per depth at the target width (`val_bpb_by_width` is at the target depth); records
+    written before transfer across depth have None / {} there."""
 
     SCHEMA: ClassVar[str] = "recipe-transfer"
-    VERSION: ClassVar[int] = 2
     proxy_width: int
     target_width: int
     transferred_log2_lr: float
