@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
-import plotly.graph_objects as go
 import torch
-from plotly.subplots import make_subplots
 
 from lrm_mup.core.optim import MULTIPLIER_WD
+from lrm_mup.report import drift_section, write_html
 from lrm_mup.training import TrainConfig
 from lrm_mup.tuning.equilibrium import symmetry_drift
 
@@ -49,15 +49,8 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump({"config": {"width": args.width, "steps": args.steps, "mult_lr": args.mult_lr}, "runs": result},
                   f, indent=1)
-    if args.html:
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("|log10 rQ/rK|", "residual-branch RMS (log)"))
-        for name, rows in result.items():
-            steps = [r["step"] for r in rows]
-            fig.add_trace(go.Scatter(x=steps, y=[r["qk"] for r in rows], name=name), row=1, col=1)
-            fig.add_trace(go.Scatter(x=steps, y=[r["branch"] for r in rows], name=name), row=1, col=2)
-        fig.update_yaxes(type="log", row=1, col=2)
-        fig.write_html(args.html, include_plotlyjs=True)
-
+    if args.html:  # the report's renderer (lrm_mup.report.drift_section), on the numbers just written
+        write_html(args.html, "bf16 symmetry drift", drift_section(json.loads(Path(args.out).read_text())))
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,8 @@ from .training import TrainConfig, distributed, parametrized_model, resumed_conf
 from .training.threads import threads_set
 from .tuning import coord_check as cc
 from .tuning import equilibrium as eq
-from .tuning.sweep import JOURNAL, load_sweep, run_sweep, summary_lines
+from .tuning.sweep import JOURNAL, MANIFEST, load_sweep, run_sweep, summary_lines
+from .tuning.sweep import records as sweep_records
 from .tuning.tiers import load_ablation
 from .tuning.transfer import format_summary, run_transfer
 
@@ -134,7 +135,8 @@ def cmd_transfer(args) -> int:
     out = args.out or _timestamped("runs/transfer")
     summary = run_transfer(args.source, out, widths=args.widths, lr_offsets=args.lr_offsets,
                            lr_sweep_widths=args.lr_sweep_widths, seeds=args.seeds, overrides=overrides or None,
-                           workers=args.workers, log=None if args.quiet else print, storage=args.storage)
+                           workers=args.workers, log=None if args.quiet else print, storage=args.storage,
+                           depths=args.depths)
     print(format_summary(summary))
     print(f"[{out}/transfer.json]")
     return 0
@@ -193,7 +195,8 @@ def coord_check_exit(result: cc.CoordCheckResult, *, strict: bool, strict_inconc
 
 
 def _depth_coord_check(args, out) -> int:
-    """`coord-check --depths`: the check across depth (`tuning.coord_check.depth_coord_check`); numbers and summary."""
+    """`coord-check --depths`: the check across depth (`tuning.coord_check.depth_coord_check`); its page, numbers and
+    summary, and the width check's exit status."""
     if len(set(args.depths)) < 2 or min(args.depths) <= 0:
         raise ConfigError(f"--depths {args.depths} is invalid: give at least two distinct positive depths")
     base_depth = min(args.depths) if args.base_depth is None else args.base_depth
@@ -211,12 +214,10 @@ def _depth_coord_check(args, out) -> int:
                                   context=args.context, threshold=args.threshold,
                                   fresh_batches=cc.FRESH_BATCHES if args.fresh_batches is None else args.fresh_batches,
                                   last_steps=max(1, min(5, args.steps // 2)), progress=not args.quiet)
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "coord_check_depth.json")
-    result.to_json(path)
+    paths = write_coord_check_report(result, out)  # the width check's page, with depth on the x-axis
     print(result.summary())
-    print(f"numbers: {path}")
-    return 1 if args.strict and not all(result.passed(r) for r in args.recipes) else 0
+    print(f"report: {paths['html']}  numbers: {paths['json']}")
+    return coord_check_exit(result, strict=args.strict, strict_inconclusive=args.strict_inconclusive)
 
 
 def cmd_sweep(args) -> int:
@@ -256,13 +257,34 @@ def cmd_equilibrium(args) -> int:
         return 0
     if args.run_dir is None:
         raise ConfigError("give a run folder (lrm-mup equilibrium RUN_DIR), or --abm to simulate noise alone")
-    out = check_out_folder(args.out or args.run_dir, "output folder")  # before the work
-    rec = eq.run_equilibrium(args.run_dir, log=lambda line: print(line, file=sys.stderr, flush=True))
+    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if args.trial is not None:  # a sweep trial: its norms are in its record
+        trial = _sweep_trial(args.run_dir, args.trial, args.recipe)
+        out = check_out_folder(args.out or os.path.join(args.run_dir, f"equilibrium-{trial.recipe}-t{trial.trial}"),
+                               "output folder")
+        rec = eq.trial_equilibrium(trial, log=progress)
+    else:
+        out = check_out_folder(args.out or args.run_dir, "output folder")  # before the work
+        rec = eq.run_equilibrium(args.run_dir, log=progress)
     paths = write_equilibrium_report(rec, out)
     for line in equilibrium_table(rec.series):
         print(line)
     print(f"figure: {paths['html']}  numbers: {paths['json']}")
     return 0
+
+
+def _sweep_trial(folder: str, number: int, recipe: str | None):
+    """Trial `number` (of `recipe`, where the sweep has several) of the sweep in `folder`; one line if not one."""
+    if not (Path(folder) / JOURNAL).exists() and not (Path(folder) / MANIFEST).exists():
+        raise ConfigError(f"--trial: {folder!r} is not a sweep folder (no {JOURNAL} nor {MANIFEST})")
+    found = [t for t in sweep_records(folder) if t.trial == number and recipe in (None, t.recipe)]
+    if not found:
+        raise ConfigError(f"--trial: the sweep in {folder!r} has no trial {number}"
+                          + (f" of recipe {recipe!r}" if recipe else ""))
+    if len(found) > 1:
+        raise ConfigError(f"--trial {number}: the sweep has one per recipe ({', '.join(t.recipe for t in found)}); "
+                          "name one with --recipe")
+    return found[0]
 
 
 def cmd_demo(args) -> int:

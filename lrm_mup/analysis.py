@@ -518,30 +518,35 @@ __all__ += ["best_trial", "setting_key", "ablation_plan", "ablation_numbers", "c
 
 
 def recipe_summary(cfg: dict, runs: Sequence[TransferRun]) -> RecipeTransfer:
-    """What one recipe's transfer runs say. Seed means per (width, offset), a diverged or lossless run counting +inf;
-    the target is the largest width, and its direct LR sweep (offsets from the transferred LR `cfg["lr"]`) gives the
-    target's own optimum: lr_gap_log2 = −(best offset) = transferred − optimum, loss_gap_bpb = loss at the
-    transferred LR − the optimum's (≥ 0), both only where the target has a sweep; an optimum at the sweep's edge
-    (not at offset 0) makes the gap a lower bound."""
-    points: dict[tuple[int, int], list[TransferRun]] = defaultdict(list)
+    """What one recipe's transfer runs say. Seed means per (width, depth, offset), a diverged or lossless run counting
+    +inf; the target is the largest width, at the largest depth there (a run without a depth, written before transfer
+    across depth, is at the proxy's `cfg["depth"]`), and its direct LR sweep (offsets from the transferred LR
+    `cfg["lr"]`) gives the target's own optimum: lr_gap_log2 = −(best offset) = transferred − optimum, loss_gap_bpb =
+    loss at the transferred LR − the optimum's (≥ 0), both only where the target has a sweep; an optimum at the
+    sweep's edge (not at offset 0) makes the gap a lower bound. `val_bpb_by_width` is at the target depth,
+    `val_bpb_by_depth` (only when the runs have more than one depth) at the target width."""
+    proxy_depth = int(cfg.get("depth", 2))
+    points: dict[tuple[int, int, int], list[TransferRun]] = defaultdict(list)
     for x in runs:
-        points[(x.width, x.offset)].append(x)
+        points[(x.width, x.depth if x.depth is not None else proxy_depth, x.offset)].append(x)
     loss = {k: _mean([v.val_bpb if v.val_bpb is not None and v.status != "diverged" else math.inf for v in vs])
             for k, vs in points.items()}
-    widths = sorted({w for w, _ in points})
-    target = max(widths)
-    sweep = sorted((o, loss[(w, o)]) for (w, o) in points if w == target)
+    target, target_depth = max((w, d) for w, d, _ in points)
+    widths = sorted({w for w, d, _ in points if d == target_depth})
+    depths = sorted({d for w, d, _ in points if w == target})
+    sweep = sorted((o, loss[(w, d, o)]) for (w, d, o) in points if (w, d) == (target, target_depth))
     transferred_log2 = math.log2(cfg["lr"])
     best_offset, best_loss = min(sweep, key=lambda t: t[1])
-    at_zero = loss.get((target, 0), math.inf)
+    at_zero = loss.get((target, target_depth, 0), math.inf)
     have_sweep = len(sweep) > 1
     found = have_sweep and math.isfinite(best_loss)
-    target_runs = points.get((target, 0), [])
+    target_runs = points.get((target, target_depth, 0), [])
+    across_depth = len({d for _, d, _ in points}) > 1
     return RecipeTransfer(
         proxy_width=cfg["width"],
         target_width=target,
         transferred_log2_lr=transferred_log2,
-        val_bpb_by_width={str(w): _finite(loss.get((w, 0), math.nan)) for w in widths},
+        val_bpb_by_width={str(w): _finite(loss.get((w, target_depth, 0), math.nan)) for w in widths},
         target_val_bpb=_finite(at_zero),
         lr_sweep=LRSweep(tuple(transferred_log2 + o for o, _ in sweep), tuple(o for o, _ in sweep),
                          tuple(_finite(v) for _, v in sweep)),
@@ -553,6 +558,11 @@ def recipe_summary(cfg: dict, runs: Sequence[TransferRun]) -> RecipeTransfer:
         target_cost=TargetCost(len(target_runs), *(_mean([getattr(v, k) for v in target_runs])
                                                    for k in ("tokens", "flops", "seconds"))),
         status={x.name: x.status for x in runs},
+        proxy_depth=proxy_depth,
+        target_depth=target_depth,
+        depth_rule=cfg.get("depth_rule", "none"),
+        base_depth=cfg.get("base_depth") or proxy_depth,
+        val_bpb_by_depth={str(d): _finite(loss.get((target, d, 0), math.nan)) for d in depths} if across_depth else {},
     )
 
 
@@ -1043,7 +1053,7 @@ class CoordCheckResult:
                                   "and attention); build it with lrm_mup.tuning.coord_check.CoordCheckResult")
         self.config, self.records = config, records
         axis, _ = axis_of(config)
-        self.expected = EXPECTED if axis == "width" else depth_expected(config)
+        self.expected = EXPECTED if axis == "width" else depth_expected(config, records)
         self.level = float(config.get("level", VERDICT_LEVEL))
         self.slopes = slopes(records, config.get("head_dims"), config.get("roles"), config["mup_readout"], axis,
                              self.expected)
@@ -1176,10 +1186,11 @@ class CoordCheckResult:
         return cls(config, data["records"])
 
 
-def depth_expected(config: dict) -> tuple[Expected, ...]:
+def depth_expected(config: dict, records: Sequence[dict] = ()) -> tuple[Expected, ...]:
     """The slopes against log2 depth that the depth rule itself prescribes (`lrm_mup.core.depth`), for a check
     across depth: config "depth_alpha" α, "depth_lr_exponent" (α - 1 under a rule, 0 under none) and "branches",
-    the residual-branch layers of the last block as the check names them. Everything else should be flat."""
+    the residual-branch layers of the last block as the check names them. Everything else should be flat, but for
+    the residual stream under α = 1 (`stream_correction`, from the check's own `records`)."""
     alpha, lr_exp = config["depth_alpha"], config["depth_lr_exponent"]
     out = [Expected(f"residual branch {b}", "act", b, None, None, -alpha, "depth",
                     f"the branch's output carries the rule's fixed multiplier (L_base/L)^α, α = {alpha:g} (for "
@@ -1190,7 +1201,52 @@ def depth_expected(config: dict) -> tuple[Expected, ...]:
         out.append(Expected(f"block updates ({q})", q, f"{config['blocks']}.last.*", None, None, lr_exp, "depth",
                             "Adam's relative update follows its LR, which the rule scales by (L/L_base)^(α-1) "
                             "inside the blocks (0 for α = 1: every block keeps learning)", every_recipe=True))
+    correction = stream_correction(config, records)
+    if correction is not None:
+        out += [Expected(f"residual stream at finite depth ({q})", q, f"{config['blocks']}.last", None, None,
+                         correction, "depth", STREAM_REASON, every_recipe=True) for q in ("act", "dact")]
     return tuple(out)
+
+
+STREAM_REASON = ("under α = 1 the stream x_L = x_0 + Σ_l (L_base/L) F_l is Θ(1) in the limit L → ∞ (CompleteP), but "
+                 "at init the branches' random-sign sum adds a variance ∝ L·(L_base/L)² = L_base²/L to the "
+                 "embedding's: |x_L|² ≈ e² + (s² − e²)·L_base/L with e the embedding's and s the stream's size at "
+                 "L_base, a correction that halves per doubling of depth; the expected slope is that curve's over "
+                 "the checked depths, read off the check's own t=0 numbers at the base depth. The change since init "
+                 "has O(L_base/L) corrections too (block l's update moves the input of the blocks after it); it is "
+                 "judged against the same curve, which it follows within 0.05 per doubling at depths 2..32 "
+                 "(benchmarks/depth_stream.json). A stream that grows, or shrinks as a power of L, still fails")
+
+
+def stream_correction(config: dict, records: Sequence[dict]) -> float | None:
+    """The slope against log2 depth of `stream_curve` over the check's depths under a depth rule with α = 1
+    (`STREAM_REASON`); None under another α, or where `stream_share` has no numbers."""
+    k = stream_share(config, records) if config.get("depth_alpha") == 1.0 else None
+    if k is None:
+        return None
+    depths = config["depths"]
+    return round(slope(depths, stream_curve(depths, config["base_depth"], k)), 6) + 0.0
+
+
+def stream_share(config: dict, records: Sequence[dict]) -> float | None:
+    """k = s²/e² − 1 of a check across depth: the branches' variance in the residual stream at init relative to the
+    embedding's, at the base depth. e is the embedding's mean |output| (the module whose role is "embedding"), s the
+    stream's (`<blocks>.last`), at t=0 and the base depth, seed means over every recipe (at the base width and depth
+    every recipe has the same init; mean |·| taken as ∝ RMS). None where the check did not measure both there."""
+    base, stream = config["base_depth"], f"{config['blocks']}.last"
+    embed = {m for m, role in (config.get("roles") or {}).items() if role == "embedding"}
+    at_base = [r for r in records if r["step"] == 0 and r["quantity"] == "act" and r["depth"] == base]
+    e = [r["value"] ** 2 for r in at_base if r["module"] in embed]
+    s = [r["value"] ** 2 for r in at_base if r["module"] == stream]
+    if not (e and s) or base not in config["depths"]:
+        return None
+    return max(sum(s) / len(s) / (sum(e) / len(e)) - 1.0, 0.0)
+
+
+def stream_curve(depths: Sequence[int], base_depth: int, k: float, alpha: float = 1.0) -> list[float]:
+    """|x_L| / e at init under branch multipliers (L_base/L)^α: (1 + k·(L_base/L)^(2α−1))^1/2 (`STREAM_REASON`;
+    L independent Θ(1) branches of variance ∝ (L_base/L)^2α each)."""
+    return [math.sqrt(1 + k * (base_depth / d) ** (2 * alpha - 1)) for d in depths]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated recipes (default sp,lr-only,mup,lrm)")
     p.add_argument("--widths", type=_int_list, default=[64, 128, 256, 512], help="default 64,128,256,512")
     p.add_argument("--depths", type=_int_list, help="check across depth instead: blocks, e.g. 2,4,8, at one --width "
-                   "(the μP base), under --depth-rule against --base-depth; writes the numbers (JSON), no HTML")
+                   "(the μP base), under --depth-rule against --base-depth; the same report, depth on the x-axis")
     p.add_argument("--width", type=int, default=64, help="the width of a check across --depths (default 64)")
     p.add_argument("--depth-rule", dest="depth_rule", choices=DEPTH_RULES, default="none",
                    help="residual branches × (base depth / depth)^α: none (default), sqrt, complete")
@@ -229,7 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--out", help="transfer folder (default runs/transfer-TIME); a finished run in it is not redone")
     p.add_argument("--widths", type=_int_list, help="target widths, e.g. 256,512 (default: 4x,8x the proxy on "
-                   "CPU; 1024,2048,4096 on CUDA)")
+                   "CPU; 1024,2048,4096 on CUDA; the proxy's width with --depths)")
+    p.add_argument("--depths", type=_int_list, help="target depths (blocks), e.g. 4,8: transfer across depth under "
+                   "the proxy's --depth-rule against its base depth (default: the proxy's depth); LR sweep at the "
+                   "deepest")
     p.add_argument("--lr-offsets", dest="lr_offsets", type=_int_list, default=[-2, -1, 1, 2],
                    help="log2 LR offsets of the direct sweep at the target; write --lr-offsets=-2,-1,1,2")
     p.add_argument("--lr-sweep-widths", dest="lr_sweep_widths", type=_int_list,
@@ -256,8 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("equilibrium", help="a run's matrices and multipliers against the noise–WD equilibrium "
                        "sqrt(lr/wd) and their noise simulation (ABM); or, with --abm, the ABM alone")
-    p.add_argument("run_dir", nargs="?", help="run folder (lrm-mup train --out); not with --abm")
-    p.add_argument("--out", help="folder of equilibrium.json and equilibrium.html (default: the run folder)")
+    p.add_argument("run_dir", nargs="?", help="run folder (lrm-mup train --out), or a sweep folder with --trial; "
+                   "not with --abm")
+    p.add_argument("--trial", type=int, help="a sweep trial's number: RUN_DIR is the sweep folder, the norms come "
+                   "from the trial record (a trial keeps no run folder)")
+    p.add_argument("--recipe", help="with --trial: the trial's recipe, where the sweep has several")
+    p.add_argument("--out", help="folder of equilibrium.json and equilibrium.html (default: the run folder; for "
+                   "--trial, SWEEP/equilibrium-RECIPE-tN)")
     p.add_argument("--abm", action="store_true", help="simulate one tensor fed N(0,1) gradients and print its "
                    "steady-state RMS next to the prediction")
     p.add_argument("--lr", type=float, default=1e-3, help="--abm: learning rate (default 1e-3)")

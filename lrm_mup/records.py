@@ -64,7 +64,10 @@ class SweepTrial(Record):
     (None where one does not apply to the recipe), the final validation bits/byte (the cap for a diverged trial,
     None if pruned), the last train loss (nats, seed mean; NaN when not finite), `status` (ok / diverged / pruned;
     running / waiting / failed for unfinished ones), the pruner's or the divergence's `reason`, tokens, model
-    training FLOPs, wall and CPU seconds, and the TrainConfig dict of its first seed."""
+    training FLOPs, wall and CPU seconds, and the TrainConfig dict of its first seed. `norms`: the
+    first seed's RMS of every stored matrix and learnable multiplier (`Run.norms`) at the eval interval,
+    {step: {parameter: rms}} with the step as a string (a trial keeps no run folder; `lrm-mup equilibrium` reads them
+    from here); empty for trials of older sweeps and for diverged steps never reached."""
 
     SCHEMA: ClassVar[str] = "sweep-trial"
     study: str
@@ -85,6 +88,7 @@ class SweepTrial(Record):
     seeds: tuple[int, ...] = ()
     params: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
+    norms: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def param(self, name: str):
         """A search parameter's value: log2_lr or one of `params` (None where it does not apply)."""
@@ -184,8 +188,9 @@ class SlopeFit(Record):
 @dataclass(frozen=True)
 class TransferRun(Record):
     """One training run of a transfer: its folder name (and `path`, relative to the transfer folder), recipe, width,
-    log2 LR offset from the transferred LR, seed, role (proxy / target / lr-sweep), LR, and how it ended (val_bpb
-    and train_loss None when not finite)."""
+    log2 LR offset from the transferred LR, seed, role (proxy / target / lr-sweep), LR, how it ended (val_bpb
+    and train_loss None when not finite), and its depth (blocks; records written before transfer across depth
+    have None: the proxy's depth)."""
 
     SCHEMA: ClassVar[str] = "transfer-run"
     name: str
@@ -203,6 +208,7 @@ class TransferRun(Record):
     flops: float
     seconds: float
     path: str
+    depth: int | None = None
 
 
 @dataclass(frozen=True)
@@ -230,7 +236,10 @@ class TargetCost(Record):
 class RecipeTransfer(Record):
     """What a recipe's transfer runs say: the transferred LR, seed-mean loss per width, the direct LR sweep at the
     target, its optimum, the gaps (`lr_gap_log2` = transferred − optimum in log2 LR; `loss_gap_bpb` ≥ 0 what the
-    transferred LR costs; `optimum_at_edge`: the gap is a lower bound), a target run's cost, and each run's status."""
+    transferred LR costs; `optimum_at_edge`: the gap is a lower bound), a target run's cost, and each run's status.
+    Across depth: the proxy's and the target's depth, the depth rule the runs share with its base depth,
+    and the seed-mean loss per depth at the target width (`val_bpb_by_width` is at the target depth); records
+    written before transfer across depth have None / {} there."""
 
     SCHEMA: ClassVar[str] = "recipe-transfer"
     proxy_width: int
@@ -246,6 +255,11 @@ class RecipeTransfer(Record):
     optimum_at_edge: bool
     target_cost: TargetCost
     status: dict[str, str]
+    proxy_depth: int | None = None
+    target_depth: int | None = None
+    depth_rule: str | None = None
+    base_depth: int | None = None
+    val_bpb_by_depth: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ records; the coordinate check across depth; the LR grid across depth; bad input.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -13,19 +15,22 @@ from torch import nn
 import lrm_mup
 from benchmarks import bench_depth
 from lrm_mup import cli
-from lrm_mup.analysis import lr_curves, optimum_spread
+from lrm_mup.analysis import lr_curves, optimum_spread, slope, stream_correction
 from lrm_mup.core import ModelParametrization, apply_parametrization, parametrization_of
 from lrm_mup.core.depth import DEPTH_RULES
 from lrm_mup.core.shapes import BaseShapes
 from lrm_mup.data import load_corpus
-from lrm_mup.errors import ConfigError, RecipeError, RoleError, SweepError
+from lrm_mup.errors import ConfigError, RecipeError, RoleError, SweepError, TransferError
 from lrm_mup.models import GPT, GPTConfig
-from lrm_mup.records import SweepTrial
+from lrm_mup.records import SweepTrial, TransferSummary
+from lrm_mup.report import write_coord_check_report
 from lrm_mup.training import TrainConfig, parametrized_model
-from lrm_mup.tuning.coord_check import depth_coord_check
+from lrm_mup.tuning.coord_check import CoordCheckResult, depth_coord_check
 from lrm_mup.tuning.sweep import load_sweep, parse_sweep
+from lrm_mup.tuning.transfer import format_summary, plan_runs, run_transfer
 from tests.claims import point_pass
 from tests.foreign import GPT2Style
+from tests.test_report import figures_in
 
 RECIPES = ["sp", "lr-only", "lr-wd", "mup", "lrm"]
 RULES = list(DEPTH_RULES)
@@ -243,10 +248,84 @@ def test_depth_coord_check_the_residual_stream_grows_without_a_rule_and_not_with
     assert abs(_late_slope(sqrt, "blocks.last", "dact")) < 0.2
     # under "complete" every series passes but the stream's level, which shrinks a little and never grows
     assert off(complete) <= {("blocks.last", "act"), ("blocks.last", "dact")}
+    # ... and that shrinking is the finite-depth correction the rule prescribes, declared: judged against it, it passes
+    stream = [v for v in complete.verdicts if v.module == "blocks.last"]
+    assert len(stream) == 2 and all(v.status == "pass" and -0.3 < v.expected < -0.1 for v in stream), stream
+    assert all(v.expected == 0 for v in none.verdicts + sqrt.verdicts if v.module == "blocks.last")
     assert _late_slope(complete, "blocks.last", "dact") < 0.05 and _late_slope(complete, "blocks.last", "act") < 0.05
     # the branch outputs carry the multiplier: slope -α against log2 depth, as declared
     branch = [v for v in complete.verdicts if v.module == "blocks.last.mlp.down" and v.quantity == "act"]
     assert branch and branch[0].expected == -1.0 and point_pass(branch[0], thr)
+
+
+DEPTHS = (2, 4, 8)
+
+
+def planted_depth(module, law, steps=range(4)):
+    """Records of a check across depth: value law(depth) with a small seed-to-seed scatter."""
+    return [{"recipe": "mup", "depth": d, "width": 32, "seed": s, "step": t, "module": module, "quantity": "act",
+             "value": law(d) * (1 + 0.01 * (-1) ** (s + d // 2))} for d in DEPTHS for s in range(2) for t in steps]
+
+
+def planted_depth_result(records, rule="complete"):
+    config = {"axis": "depth", "depths": list(DEPTHS), "width": 32, "base_depth": 2, "depth_rule": rule,
+              "depth_alpha": ALPHA[rule], "depth_lr_exponent": ALPHA[rule] - 1 if rule != "none" else 0.0,
+              "blocks": "blocks", "branches": ["blocks.last.mlp.down"], "base_width": 32, "delta_width": 64,
+              "recipes": ["mup"], "steps": 3, "seeds": 2, "lr": 1e-2, "weight_decay": 0.0, "optimizer": "adamw",
+              "corpus": "planted", "batch_size": 1, "context": 1, "fresh_batches": False, "threshold": 0.2,
+              "last_steps": 2, "head_dims": {}, "roles": {}}
+    return CoordCheckResult(config, records)
+
+
+def test_the_depth_check_has_the_width_checks_page_with_depth_on_the_x_axis(tmp_path):
+    """One renderer: the same card, table and figures, depth on the x-axis, the depth rule's declared slopes."""
+    records = (planted_depth("blocks.last", lambda d: 1.0) + planted_depth("blocks.last.mlp.down", lambda d: 1 / d)
+               + planted_depth("grows", lambda d: d ** 0.5))
+    paths = write_coord_check_report(planted_depth_result(records), tmp_path, plotlyjs="directory")
+    assert paths["html"].name == "coord_check_depth.html" and paths["json"].name == "coord_check_depth.json"
+    page = paths["html"].read_text(encoding="utf-8")
+    card = page[page.index('<div class="card">'):page.index("<h2>Figures</h2>")]
+    assert "mup FAIL (2/3 series)." in card and "act grows: slope +0.50" in card
+    assert "Depths 2, 4, 8 (base 2, depth rule complete) at width 32" in card
+    assert "against log2 depth" in card and "the depth rule prescribes" in card
+    (fig,) = figures_in(page)
+    assert fig["layout"]["xaxis"]["title"]["text"] == "depth"
+    xaxis = fig["layout"]["xaxis"]
+    assert xaxis["tickvals"] == [1.0, 2.0, 3.0] and xaxis["ticktext"] == ["2", "4", "8"]
+    last = {t["name"]: t for t in fig["data"] if t["meta"]["step"] == 3}
+    assert last["grows"]["line"]["dash"] == "dash" and last["blocks.last"]["line"]["dash"] == "solid"
+    assert last["blocks.last.mlp.down"]["line"]["dash"] == "solid"  # judged against its declared -1
+    assert "expected -1.00" in last["blocks.last.mlp.down"]["hovertemplate"]
+    assert "<br>depth %{customdata[0]}" in last["grows"]["hovertemplate"]
+    assert last["grows"]["x"] == [1.0, 2.0, 3.0]
+
+
+def test_under_complete_the_stream_is_judged_against_its_finite_depth_correction_and_a_power_law_still_fails():
+    """|x_L|² = e² + (s² − e²)·L_base/L at init (embedding e = 1, stream s² = 3 at L_base = 2: k = 2): the declared
+    slope is that curve's over the depths; a stream on the curve passes, one shrinking as L^-1/2 (a wrong exponent)
+    or growing as L^1/2 fails; under "sqrt" nothing is declared for the stream."""
+    curve = lambda d: math.sqrt(1 + 2 * 2 / d)  # noqa: E731
+    expected = slope(list(DEPTHS), [curve(d) for d in DEPTHS])
+    assert expected == pytest.approx(-0.25, abs=1e-12)  # (log2 √3 − log2 √1.5) / log2(8/2): √2 in the middle
+    embed = planted_depth("embed", lambda d: 1.0)
+    for law, status in ((curve, "pass"), (lambda d: d ** -0.5 * 3, "fail"), (lambda d: d ** 0.5, "fail")):
+        result = planted_depth_result(embed + planted_depth("blocks.last", lambda d, law=law: law(d) * 3 ** 0.5 /
+                                                                       law(2)))
+        result = CoordCheckResult({**result.config, "roles": {"embed": "embedding"}}, result.records)
+        (v,) = [v for v in result.verdicts if v.module == "blocks.last"]
+        assert v.expected == pytest.approx(expected, abs=1e-6) and v.status == status, (v, status)
+        assert "residual stream at finite depth (act)" in result.summary()
+    sqrt = planted_depth_result(embed + planted_depth("blocks.last", curve), rule="sqrt")
+    assert stream_correction({**sqrt.config, "roles": {"embed": "embedding"}}, sqrt.records) is None
+
+
+def test_coord_check_across_depth_writes_its_page_and_exits_like_the_width_check(tmp_path, capsys):
+    argv = ["coord-check", "--depths", "2,4", "--width", "32", "--steps", "1", "--seeds", "1", "--recipes", "mup",
+            "--data", SLICE, "--context", "16", "--threads", "1", "--quiet", "--out", str(tmp_path / "c")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"report: {tmp_path / 'c' / 'coord_check_depth.html'}" in out
+    assert "Plotly.newPlot" in (tmp_path / "c" / "coord_check_depth.html").read_text(encoding="utf-8")
 
 
 # the LR grid across depth -------------------------------------------------------------------------------------
@@ -281,3 +360,75 @@ def test_lr_curves_across_depth_give_the_optimum_per_depth_and_rule():
     spread = optimum_spread(curves)
     assert spread["mup depth-rule none"].opt_log2_lr == {2: -5, 8: -8} and spread["mup depth-rule none"].spread == 3
     assert spread["mup depth-rule complete"].spread == 0
+
+
+# transfer across depth ----------------------------------------------------------------------------------------
+
+SLICE = "tests/data/shakespeare"
+TINY_RUN = {"width": 32, "base_width": 32, "depth": 2, "head_dim": 16, "context": 16, "batch": 4, "steps": 3,
+            "warmup": 0, "schedule": "constant", "eval_every": 100, "eval_batches": 1, "data": SLICE}
+
+
+def builder(width):
+    """A user's builder `pkg.module:build`: it takes the width alone, so a transfer cannot set its depth."""
+    return GPT(GPTConfig(width=width, depth=2, context=16, head_dim=16))
+
+
+def _names_of(model) -> dict[int, str]:
+    return {id(p): name for name, p in model.named_parameters()}
+
+
+def test_transfer_to_a_deeper_target_trains_it_under_the_proxys_depth_rule(tmp_path, one_thread):
+    """Proxy depth 2 under "sqrt" → target depth 4: the target's branches carry (2/4)^1/2 and its saved optimizer
+    groups have every block parameter's LR × (4/2)^-1/2 and ε × (2/4)^1/2 against the same model without a rule,
+    everything outside the blocks untouched; the records name both widths and depths."""
+    best = {"mup": asdict(TrainConfig(recipe="mup", depth_rule="sqrt", lr=2.0 ** -6, **TINY_RUN))}
+    summary = run_transfer(best, tmp_path, depths=[4], lr_offsets=[1], log=None)
+    runs = {r.name: r for r in summary.runs}
+    assert set(runs) == {"mup-w32-d2-lr+0", "mup-w32-d4-lr+0", "mup-w32-d4-lr+1"}
+    assert [(runs[n].depth, runs[n].role) for n in sorted(runs)] == [(2, "proxy"), (4, "target"), (4, "lr-sweep")]
+    s = summary.recipes["mup"]
+    assert (s.proxy_width, s.proxy_depth, s.target_width, s.target_depth) == (32, 2, 32, 4)
+    assert (s.depth_rule, s.base_depth, set(s.val_bpb_by_depth)) == ("sqrt", 2, {"2", "4"})
+    assert TransferSummary.from_json(tmp_path / "transfer.json") == summary
+    assert "proxy w32 d2 → target w32 d4 (depth rule sqrt, base depth 2)" in format_summary(summary)
+    folder = tmp_path / "runs" / "mup-w32-d4-lr+0"
+    cfg = TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    assert (cfg.depth, cfg.base_depth, cfg.depth_rule, cfg.lr) == (4, 2, "sqrt", 2.0 ** -6)
+    rec = parametrization_of(parametrized_model(cfg, device="meta"))
+    assert rec.layers["blocks.3.mlp.down"].depth_mult == pytest.approx(0.5 ** 0.5, rel=1e-15)
+    assert rec.layers["blocks.3.mlp.up"].depth_mult == 1.0
+    saved = torch.load(folder / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
+    plain = parametrized_model(replace(cfg, depth_rule="none"), device="meta")
+    names = _names_of(plain)
+    ref = {names[id(p)]: (g["lr"], g["eps"]) for g in lrm_mup.build_optimizer(plain, "adamw", cfg.lr, 0.1)
+           .param_groups for p in g["params"]}
+    seen = set()
+    for g in saved:
+        for name in g["params"]:
+            in_block = name.startswith("blocks.")
+            lr0, eps0 = ref[name]
+            assert g["initial_lr"] == pytest.approx(lr0 * (2.0 ** -0.5 if in_block else 1.0), rel=1e-12), name
+            assert g["eps"] == pytest.approx(eps0 * (0.5 ** 0.5 if in_block else 1.0), rel=1e-12), name
+            seen.add(name)
+    assert seen == set(ref)
+    proxy = torch.load(tmp_path / "runs" / "mup-w32-d2-lr+0" / "checkpoint.pt", weights_only=True)["optimizer"]
+    assert json.loads((tmp_path / "runs" / "mup-w32-d2-lr+0" / "config.json").read_text())["base_depth"] == 2
+    assert {g["initial_lr"] for g in proxy["param_groups"]} <= {lr for lr, _ in ref.values()}  # factors 1 at L_base
+
+
+def test_bad_depth_transfers_fail_in_one_line_before_anything_trains(tmp_path, capsys):
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"mup": asdict(TrainConfig(recipe="mup", depth_rule="complete", **TINY_RUN))}))
+    for depths, needle in (("0,4", "target depths [0, 4] are invalid"),):
+        assert cli.main(["transfer", str(best), "--depths", depths, "--out", str(tmp_path / "t")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err
+    mine = {**asdict(TrainConfig(recipe="mup", **TINY_RUN)), "model": "tests.test_depth:builder"}
+    with pytest.raises(TransferError, match="built from the width alone"):
+        plan_runs({"mup": mine}, depths=[4])
+    plan_runs({"mup": mine}, depths=[2])  # its own depth: nothing to set
+    llama = {**asdict(TrainConfig(recipe="mup", **TINY_RUN)), "model": "hf:llama", "depth_rule": "sqrt"}
+    with pytest.raises(TransferError, match=r"depth \d: depth rule 'sqrt' needs the model's residual branches"):
+        plan_runs({"mup": llama}, depths=[4])  # a model without a depth layout: refused before anything trains
+    assert not (tmp_path / "t").exists()

@@ -12,11 +12,11 @@ from lrm_mup.cli import main
 from lrm_mup.core.optim import MULTIPLIER_WD
 from lrm_mup.errors import SweepError
 from lrm_mup.records import Equilibrium, SweepTrial
-from lrm_mup.report import equilibrium_figure, write_tuning_report
+from lrm_mup.report import drift_figure, equilibrium_figure, write_equilibrium_report, write_tuning_report
 from lrm_mup.training import TrainConfig, train
 from lrm_mup.training.config import lr_factor
 from lrm_mup.tuning import equilibrium as eq
-from lrm_mup.tuning.sweep import load_sweep
+from lrm_mup.tuning.sweep import load_sweep, records, run_sweep
 from lrm_mup.tuning.sweep._spec import parse_sweep
 
 SLICE = "tests/data/shakespeare"
@@ -174,3 +174,49 @@ def test_the_tuning_report_gets_a_section_per_measured_transfer_run(tmp_path):
     without = write_tuning_report(trials, None, tmp_path / "b", sweep_name="s").read_text()
     assert "Noise–WD equilibrium: lrm, width 64" in with_section and "blocks.0.attn.q.weight" in with_section
     assert "Noise–WD equilibrium" not in without
+
+
+def test_a_sweep_trial_logs_the_norms_a_train_run_logs_and_equilibrium_reads_them(tmp_path, capsys):
+    """A trial keeps no run folder: its first seed's norms at the eval interval go into the trial record, equal to
+    what `train` logs for the same config, and `lrm-mup equilibrium SWEEP --trial N` reads them from there."""
+    model = {k: v for k, v in TINY.items() if k != "width"}
+    spec = parse_sweep({"name": "s", "recipes": ["lrm"], "widths": [32], "seeds": [0], "steps": 8, "model": model,
+                        "search": {"log2_lr": [-8]}, "sampler": {"type": "grid"}})
+    run_sweep(spec, tmp_path / "sweep", progress=False)
+    (trial,) = records(tmp_path / "sweep", spec)
+    assert set(trial.norms) == {"4", "8"}
+    train(TrainConfig.from_dict(trial.config), tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = {str(r["step"]): r["norms"] for r in rows if "norms" in r}
+    assert set(logged) == set(trial.norms)
+    for step, norms in logged.items():
+        assert set(norms) == set(trial.norms[step]) and "blocks.0.attn.q.mult_row" in norms
+        for name, value in norms.items():
+            assert trial.norms[step][name] == pytest.approx(value, rel=1e-6), (step, name)
+    assert SweepTrial.from_dict(trial.to_dict()) == trial
+    rec = eq.trial_equilibrium(trial)
+    assert rec.run == f"{trial.study} trial {trial.trial}" and {s.kind for s in rec.series} == {"matrix", "multiplier"}
+    argv = ["equilibrium", str(tmp_path / "sweep"), "--trial", str(trial.trial), "--out", str(tmp_path / "e")]
+    assert main(argv) == 0
+    assert "equilibrium.html" in capsys.readouterr().out
+    assert Equilibrium.from_json(tmp_path / "e" / "equilibrium.json") == rec
+    assert main(["equilibrium", str(tmp_path / "sweep"), "--trial", "7"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no trial 7" in err
+
+
+def test_the_equilibrium_page_draws_the_committed_bf16_drift_with_the_reports_renderer(tmp_path):
+    """benchmarks/drift.json (bench_drift.py) as the page's drift section: per run, the Q/K ratio and the
+    residual-branch RMS (log axis) against the step, the numbers of the file."""
+    drift = json.loads(open("benchmarks/drift.json", encoding="utf-8").read())
+    fig = drift_figure(drift)
+    assert [t.name for t in fig.data] == [label for label in drift["runs"] for _ in range(2)]
+    for trace, (label, key) in zip(fig.data, [(label, k) for label in drift["runs"] for k in ("qk", "branch")]):
+        assert list(trace.y) == [r[key] for r in drift["runs"][label]]
+    assert fig.layout.yaxis2.type == "log"
+    rec = Equilibrium("runs/x", "lrm", "adamw", 64, 10, (analysis.equilibrium_series(
+        "blocks.0.attn.q.weight", "matrix", (4, 4), "adamw", 1e-2, 0.1, [5, 10], [0.3, 0.31], [0.3, 0.3]),))
+    page = write_equilibrium_report(rec, tmp_path, plotlyjs="directory", drift=drift)["html"].read_text()
+    assert "Symmetry drift in bf16" in page and page.count("Plotly.newPlot") == 2
+    plain = write_equilibrium_report(rec, tmp_path / "b", plotlyjs="directory")["html"].read_text()
+    assert "Symmetry drift" not in plain

@@ -29,7 +29,7 @@ from .._names import OPTIMIZERS
 from ..core.multipliers import multiplied_modules, multiplier_parameters
 from ..core.optim import ADAM_BETAS, ADAM_EPS, build_optimizer
 from ..errors import ConfigError, MissingError
-from ..records import Equilibrium
+from ..records import Equilibrium, SweepTrial
 from ..training.build import parametrized_model
 from ..training.config import TrainConfig, lr_factor
 from ..training.engine import Run
@@ -113,6 +113,29 @@ def run_equilibrium(run_dir: str | os.PathLike, *, seed: int = 0,
     if not logged:
         raise MissingError(f"{run_dir / METRICS} holds no logged norms: the run was trained by an lrm-mup that did "
                            "not log them; train it again")
+    return equilibrium_of(cfg, logged, str(run_dir), seed=seed, log=log)
+
+
+def trial_equilibrium(trial: SweepTrial, *, seed: int = 0, log: Callable[[str], None] | None = None) -> Equilibrium:
+    """`run_equilibrium` of a sweep trial: a trial keeps no run folder, so its first seed's norms come from the
+    trial record (`SweepTrial.norms`, logged at the eval interval like a train run's) and its config from
+    `SweepTrial.config`."""
+    where = f"{trial.study} trial {trial.trial}"
+    if not trial.norms:
+        raise MissingError(f"sweep {where} holds no logged norms (a trial of an lrm-mup that did not log them, or one "
+                           "stopped before its first eval interval); run the sweep again into a new folder")
+    try:
+        cfg = TrainConfig.from_dict(trial.config)
+    except ConfigError as e:
+        raise ConfigError(f"sweep {where}: {e}") from None
+    return equilibrium_of(cfg, {int(step): n for step, n in trial.norms.items()}, where, seed=seed, log=log)
+
+
+def equilibrium_of(cfg: TrainConfig, logged: dict[int, dict[str, float]], source: str, *, seed: int = 0,
+                   log: Callable[[str], None] | None = None) -> Equilibrium:
+    """The equilibrium record of a run of `cfg` whose norms were `logged` ({step: {parameter: rms}}): each
+    parameter's own ABM from its initial value (the model rebuilt from the config and seed) under the run's
+    schedule and its optimizer group's LR, WD, betas and ε."""
     steps = sorted(logged)
     model = parametrized_model(cfg)
     groups = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, adam_lr=cfg.adam_lr,
@@ -135,7 +158,7 @@ def run_equilibrium(run_dir: str | os.PathLike, *, seed: int = 0,
                        seed=seed)
         series.append(analysis.equilibrium_series(name, kind, tuple(p.shape), g["algo"], g["lr"], g["weight_decay"],
                                                   steps, rms, [abm[s] for s in steps]))
-    return Equilibrium(str(run_dir), cfg.recipe, cfg.optimizer, cfg.width, cfg.steps, tuple(series))
+    return Equilibrium(source, cfg.recipe, cfg.optimizer, cfg.width, cfg.steps, tuple(series))
 
 
 def symmetry_drift(cfg: TrainConfig, every: int = 100, *, bf16: bool = True, corpus=None) -> list[dict]:

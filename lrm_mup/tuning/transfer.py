@@ -10,6 +10,9 @@
 - a small direct LR sweep at the largest target width: the transferred LR × 2^offset (offsets -2, -1, +1, +2 by
   default; every LR of the run is shifted together, so tuned ratios such as mult_lr/lr are kept).
 
+Across depth (`depths=`, `lrm-mup transfer --depths 8`): every target width × target depth, under the proxy's depth
+rule against its base depth (`lrm_mup.core.depth`), the direct LR sweep at the deepest target (`plan_runs`).
+
 The direct sweep tells how far the transferred LR is from the target's own optimum on that grid (`lr_gap_log2`,
 transferred − optimum) and what that costs (`loss_gap_bpb`, ≥ 0). An optimum on the grid's edge makes the gap a lower
 bound (`optimum_at_edge`).
@@ -52,7 +55,7 @@ from .._files import check_out_folder, undo_on_error, write_json_atomic
 from .._threads import choose_threads
 from ..core.multipliers import multiplied_modules
 from ..data import load_corpus
-from ..errors import ConfigError, MissingError, RecordError, TransferError
+from ..errors import ConfigError, LrmMupError, MissingError, RecordError, TransferError
 from ..records import LayerMultipliers, MultiplierScaling, MultiplierValues, SweepTrial, TransferRun, TransferSummary
 from ..training import TrainConfig, TrainResult, distributed, parametrized_model, train
 from ..training.threads import apply_threads, threads_set
@@ -168,8 +171,9 @@ class PlannedRun:
     width: int
     offset: int          # log2 LR offset from the transferred LR (0: the transferred LR itself)
     seed: int
-    role: str            # "proxy" (proxy width), "target" (transferred LR) or "lr-sweep"
+    role: str            # "proxy" (proxy width and depth), "target" (transferred LR) or "lr-sweep"
     config: dict         # TrainConfig dict
+    depth: int = 2       # blocks (the config's "depth")
 
     @property
     def log2_lr(self) -> float:
@@ -197,41 +201,79 @@ def shift_lr(cfg: dict, offset: float) -> dict:
 
 def plan_runs(best: dict[str, dict], widths: list[int] | None = None, *, lr_offsets: Iterable[int] = DEFAULT_OFFSETS,
               lr_sweep_widths: list[int] | None = None, seeds: list[int] | None = None,
-              overrides: dict | None = None, include_proxy: bool = True) -> list[PlannedRun]:
+              overrides: dict | None = None, include_proxy: bool = True,
+              depths: list[int] | None = None) -> list[PlannedRun]:
     """The runs of a transfer, validated before anything trains. `widths`: target widths (default per recipe:
-    `default_widths`); `lr_sweep_widths`: where the direct LR sweep runs (default: the largest target width);
-    `overrides`: TrainConfig fields set on every run (e.g. device, steps: changing steps breaks the comparison with
-    the proxy, so it is for smoke tests)."""
+    `default_widths`, or the proxy's width alone when `depths` is given); `lr_sweep_widths`: where the direct LR
+    sweep runs (default: the largest target width); `overrides`: TrainConfig fields set on every run (e.g. device,
+    steps: changing steps breaks the comparison with the proxy, so it is for smoke tests).
+
+    `depths`: target depths (blocks), for a transfer across depth; every target is trained at each width × depth,
+    and the direct LR sweep at the deepest. The proxy's depth rule is kept, with its base depth (`base_depth`, or,
+    unset, the proxy's depth: the depth its HPs were tuned at), so a target of depth L gets the rule's factors at
+    L against L_base (`lrm_mup.core.depth`); under depth rule "none" the same LR goes to the deeper model unchanged
+    (the comparison without the rule). Run folders are named `RECIPE-wW-dD-lrO`."""
     offsets = sorted({int(o) for o in lr_offsets} - {0})
+    if depths is not None and not (depths and all(isinstance(d, int) and d > 0 for d in depths)):
+        raise TransferError(f"target depths {list(depths)} are invalid: give positive block counts, e.g. 4,8")
     runs = []
     for recipe, proxy_cfg in best.items():
         proxy_cfg = {**proxy_cfg, **(overrides or {})}
-        pw = int(proxy_cfg["width"])
-        targets = sorted(set(widths)) if widths else default_widths(pw, proxy_cfg.get("device", "auto"))
+        pw, pd = int(proxy_cfg["width"]), int(proxy_cfg.get("depth", 2))
+        if depths is not None:
+            _check_depth_transfer(recipe, proxy_cfg, depths)
+            proxy_cfg["base_depth"] = proxy_cfg.get("base_depth") or pd
+        targets = (sorted(set(widths)) if widths else [pw] if depths is not None
+                   else default_widths(pw, proxy_cfg.get("device", "auto")))
         if any(w <= 0 for w in targets):
             raise TransferError(f"target widths must be positive, got {targets}")
+        target_depths = sorted(set(depths)) if depths is not None else [pd]
         sweep_at = lr_sweep_widths if lr_sweep_widths is not None else targets[-1:]
         for w in sweep_at:
             if w not in targets:
                 raise TransferError(f"LR-sweep width {w} is not one of the target widths {targets}")
         for seed in seeds if seeds else [int(proxy_cfg["seed"])]:
-            entries = [(pw, 0, "proxy")] if include_proxy and pw not in targets else []
-            for w in targets:
-                entries.append((w, 0, "target"))
-                if w in sweep_at:
-                    entries += [(w, o, "lr-sweep") for o in offsets]
-            for w, o, role in entries:
-                cfg = shift_lr({**proxy_cfg, "width": w, "seed": seed}, o)
+            pairs = [(w, d) for w in targets for d in target_depths]
+            entries = [(pw, pd, 0, "proxy")] if include_proxy and (pw, pd) not in pairs else []
+            for w, d in pairs:
+                entries.append((w, d, 0, "target"))
+                if w in sweep_at and d == target_depths[-1]:
+                    entries += [(w, d, o, "lr-sweep") for o in offsets]
+            for w, d, o, role in entries:
+                cfg = shift_lr({**proxy_cfg, "width": w, "depth": d, "seed": seed}, o)
+                where = f"width {w}" + (f", depth {d}" if depths is not None else "")
                 try:
                     cfg = asdict(TrainConfig.from_dict(cfg))
                 except ConfigError as e:
-                    raise TransferError(f"{recipe} at width {w}: {e}") from None
+                    raise TransferError(f"{recipe} at {where}: {e}") from None
                 suffix = f"-s{seed}" if seeds else ""
-                runs.append(PlannedRun(f"{recipe}-w{w}-lr{o:+d}{suffix}", recipe, w, o, seed, role, cfg))
+                name = f"{recipe}-w{w}" + (f"-d{d}" if depths is not None else "") + f"-lr{o:+d}{suffix}"
+                runs.append(PlannedRun(name, recipe, w, o, seed, role, cfg, d))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise TransferError("two runs of the plan share a folder name; give distinct widths/seeds")
+    if depths is not None:
+        for cfg in {(r.recipe, r.width, r.depth): r.config for r in runs}.values():  # one per shape: LRs, seeds aside
+            _check_builds(cfg)  # a depth rule the model cannot take: one line, before anything trains
     return runs
+
+
+def _check_depth_transfer(recipe: str, cfg: dict, depths: list[int]) -> None:
+    """A proxy config that can be transferred across depth: a model whose depth the config sets (a user's builder
+    `pkg.module:build` gets the width alone, so only its own depth is allowed)."""
+    model = cfg.get("model") or "proxy"
+    if ":" in model and not model.startswith("hf:") and set(depths) != {int(cfg.get("depth", 2))}:
+        raise TransferError(f"{recipe}: model {model!r} is built from the width alone, so its depth cannot be set; "
+                            "transfer across depth needs the proxy, hybrid or an hf: model")
+
+
+def _check_builds(cfg: dict) -> None:
+    """The config's model parametrizes (on the meta device: the layer table only): its depth rule finds the
+    residual branches at every depth (`lrm_mup.core.depth.plan`)."""
+    try:
+        parametrized_model(TrainConfig.from_dict(cfg), device="meta")
+    except LrmMupError as e:
+        raise TransferError(f"{cfg['recipe']} at width {cfg['width']}, depth {cfg['depth']}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -281,12 +323,14 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
                  lr_offsets: Iterable[int] = DEFAULT_OFFSETS, lr_sweep_widths: list[int] | None = None,
                  seeds: list[int] | None = None, overrides: dict | None = None, include_proxy: bool = True,
                  workers: int = 1, log: Callable[[str], None] | None = print,
-                 progress_bars: bool = False, storage: str | None = None) -> TransferSummary:
+                 progress_bars: bool = False, storage: str | None = None,
+                 depths: list[int] | None = None) -> TransferSummary:
     """Train the plan (see the module doc) under `out_dir` and write `out_dir/transfer.json`; returns its record.
     `best`: anything `load_best` takes (`storage`: the database URL of a sweep folder, as there). `workers`: runs
     trained at once, each in its own process with its share of the cores (1: in this process). `log`: receives one
     line per run (None: silent). Bad input (the source, the plan, the folder, the data) is refused before anything
-    is written; a start that fails before the first run leaves nothing in `out_dir`."""
+    is written; a start that fails before the first run leaves nothing in `out_dir`. `depths`: target depths, a
+    transfer across depth (`plan_runs`)."""
     if not (isinstance(workers, int) and workers >= 1):
         raise TransferError(f"workers must be a positive integer, not {workers!r}")
     world = distributed.setup()
@@ -296,7 +340,7 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
     source = str(best) if not isinstance(best, dict) else "dict"
     best = distributed.on_main(lambda: load_best(best, storage=storage), world)  # a sweep is read once
     plan = plan_runs(best, widths, lr_offsets=lr_offsets, lr_sweep_widths=lr_sweep_widths, seeds=seeds,
-                     overrides=overrides, include_proxy=include_proxy)
+                     overrides=overrides, include_proxy=include_proxy, depths=depths)
     out = Path(out_dir)
     check_out_folder(out, "transfer folder")
     for data, tok in dict.fromkeys((p.config["data"], p.config.get("tokenizer")) for p in plan):  # every context
@@ -317,7 +361,8 @@ def run_transfer(best, out_dir: str | os.PathLike, *, widths: list[int] | None =
     def report(p: PlannedRun, res: TrainResult, reused: bool) -> None:
         results[p.name] = res
         if log is not None:
-            log(f"[{len(results)}/{len(plan)}] {p.recipe} w{p.width} lr 2^{p.log2_lr:.2f} ({p.role}, {p.offset:+d}): "
+            shape = f"w{p.width}" + (f" d{p.depth}" if depths else "")
+            log(f"[{len(results)}/{len(plan)}] {p.recipe} {shape} lr 2^{p.log2_lr:.2f} ({p.role}, {p.offset:+d}): "
                 f"{res.status}, val {res.val_bpb:.4f} bpb, {res.seconds:.1f} s" + (" (done before)" if reused else ""))
 
     todo = []
@@ -379,11 +424,13 @@ def summarize(best: dict[str, dict], results: list[tuple[PlannedRun, TrainResult
     width scaling of the multipliers of the finished `lrm` runs at the transferred LR (read from `out`)."""
     runs = tuple(TransferRun(p.name, p.recipe, p.width, p.offset, p.seed, p.role, p.log2_lr, p.config["lr"], r.status,
                              _finite(r.val_bpb), _finite(r.train_loss), r.tokens, r.flops, r.seconds,
-                             str(Path("runs") / p.name))
+                             str(Path("runs") / p.name), p.depth)
                  for p, r in results)
     recipes = {recipe: analysis.recipe_summary(cfg, [x for x in runs if x.recipe == recipe])
                for recipe, cfg in best.items()}
-    lrm_dirs = [out / x.path for x in runs if x.recipe == "lrm" and x.offset == 0 and x.status == "ok"]
+    at_depth = recipes["lrm"].target_depth if "lrm" in recipes else None  # the width fit: one depth
+    lrm_dirs = [out / x.path for x in runs if x.recipe == "lrm" and x.offset == 0 and x.status == "ok"
+                and x.depth in (at_depth, None)]
     multipliers, error = None, None
     try:
         multipliers = multiplier_scaling(lrm_dirs) if len({_width_of(d) for d in lrm_dirs}) >= 2 else None
@@ -465,7 +512,11 @@ def format_scaling(scaling: MultiplierScaling, kinds: bool = False) -> str:
 def format_summary(summary: TransferSummary) -> str:
     lines = []
     for recipe, s in summary.recipes.items():
-        line = (f"{recipe}: proxy w{s.proxy_width} → target w{s.target_width}, transferred LR "
+        deep = bool(s.val_bpb_by_depth)  # across depth: both shapes, and the rule that carried the HPs
+        proxy = f"w{s.proxy_width}" + (f" d{s.proxy_depth}" if deep else "")
+        target = f"w{s.target_width}" + (f" d{s.target_depth}" if deep else "")
+        rule = f" (depth rule {s.depth_rule}, base depth {s.base_depth})" if deep else ""
+        line = (f"{recipe}: proxy {proxy} → target {target}{rule}, transferred LR "
                 f"2^{s.transferred_log2_lr:.2f}, target val {_fmt(s.target_val_bpb)} bpb")
         if s.target_optimum_log2_lr is not None:
             edge = " (grid edge: a lower bound)" if s.optimum_at_edge else ""

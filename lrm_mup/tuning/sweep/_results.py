@@ -77,7 +77,8 @@ def _records(storage, spec: SweepSpec | None, unfinished: bool) -> list[SweepTri
                 status=status, tokens=ua.get("tokens", 0), flops=ua.get("flops", 0.0),
                 seconds=ua.get("seconds", 0.0), cpu_seconds=ua.get("cpu_seconds", 0.0), config=cfg,
                 seed=seeds[0] if len(seeds) == 1 else None, seeds=tuple(seeds),
-                params={n: t.params.get(n) for n in names if n != "log2_lr"}, reason=ua.get("reason")))
+                params={n: t.params.get(n) for n in names if n != "log2_lr"}, reason=ua.get("reason"),
+                norms=ua.get("norms") or {}))
     return rows
 
 

@@ -44,9 +44,12 @@ def _run_trial(spec: SweepSpec, recipe: str, trial, corpus):
     start, cpu_start = time.perf_counter(), time.process_time()
     runs = [Run.create(cfg, corpus, progress=False) for cfg in configs]
     status, reason, ema, first, records, reported = "ok", None, None, None, (), {}
+    norms: dict[str, dict[str, float]] = {}  # the first seed's parameter RMS at the eval interval, by step
     pruning = spec.pruner["type"] != "none"
     for records in lockstep(runs, spec.steps, evaluate=False):  # the engine's loop; the rest is the sweep's rule
         step = records[0].step
+        if step % configs[0].eval_every == 0 or step == spec.steps:
+            norms[str(step)] = runs[0].norms()  # what a train run logs in metrics.jsonl; a trial keeps no folder
         if any(diverged(r) for r in records):
             bad = next(r.loss for r in records if diverged(r))
             status, reason = "diverged", f"train loss became {bad} at step {step}"
@@ -82,7 +85,7 @@ def _run_trial(spec: SweepSpec, recipe: str, trial, corpus):
     attrs = {"status": status, "reason": reason, "val_bpb": val,
              "train_loss": train_loss if math.isfinite(train_loss) else None, "steps_done": step,
              "tokens": tokens, "flops": tokens * runs[0].flops_per_token, "seconds": time.perf_counter() - start,
-             "cpu_seconds": time.process_time() - cpu_start}
+             "cpu_seconds": time.process_time() - cpu_start, "norms": norms}
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
     if status == "pruned" or (status == "diverged" and not spec.grid):
