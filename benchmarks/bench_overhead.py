@@ -18,7 +18,8 @@ from the corpus, forward, backward, the path's gradient mapping, clipping, AdamW
 Under torchrun every rank steps every model (mup/lrm-rep in DDP, lrm-eff all-reducing after its mapping, plain in
 DDP); a step's time is the slowest rank's.
 
-Ratios (of step times unless said; median over rounds of the per-round ratio [interquartile range]): lrm-rep/mup,
+Ratios (of step times unless said; median over rounds of the per-round ratio [interquartile range]; after the `;`
+the ratio of the fastest steps, the least disturbed on a shared machine): lrm-rep/mup,
 lrm-eff/mup, eff-acc/rep-acc, merged/plain, and lrm tokens/s / plain tokens/s on lrm's faster path. Rounds are
 interleaved in a rotated order (`_bench.time_interleaved`), so load that comes and goes hits every stepper alike.
 On CUDA (bf16 autocast, as training does) it also prints the MFU: model FLOPs (`Run.flops_per_token`) per second
@@ -47,10 +48,14 @@ from lrm_mup.models import GPTConfig
 from lrm_mup.training import Run, TrainConfig, distributed
 
 CONTEXT = 128
-# full run: (width, tokens per step) -> (depth, rounds); sized for ~8 min on one idle CPU core at 1 thread
-FULL = {(256, 1024): (2, 15), (512, 1024): (2, 11), (1024, 1024): (1, 7),
-        (256, 8192): (2, 7), (512, 8192): (1, 5), (1024, 8192): (1, 3)}
-QUICK = {(256, 1024): (2, 5), (512, 1024): (2, 5)}
+ALL = ("mup", "lrm-rep", "lrm-eff", "lrm-rep-acc", "lrm-eff-acc", "plain", "merged")
+NO_MERGED = ALL[:-1]
+CORE = ("mup", "lrm-rep", "lrm-eff", "plain")
+# full run: (width, tokens per step) -> (depth, rounds, steppers); ~22 TFLOP in all: about 6-7 min on one idle CPU
+# core at 1 thread (~55 GFLOP/s); width 1024 at 8k tokens (0.7 TFLOP a step) only with the four core steppers
+FULL = {(256, 1024): (2, 15, ALL), (512, 1024): (2, 9, ALL), (1024, 1024): (1, 5, ALL),
+        (256, 8192): (1, 5, NO_MERGED), (512, 8192): (1, 3, NO_MERGED), (1024, 8192): (1, 2, CORE)}
+QUICK = {(256, 1024): (2, 5, ALL), (512, 1024): (2, 5, ALL)}
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}  # dense bf16
 
 
@@ -72,20 +77,20 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def plan(args) -> dict[tuple[int, int], tuple[int, int]]:
+def plan(args) -> dict[tuple[int, int], tuple]:
     base = QUICK if args.quick else FULL
     widths = args.widths or sorted({w for w, _ in base})
     tokens = args.tokens or sorted({t for _, t in base})
     out = {}
     for t in tokens:
         for w in widths:
-            depth, rounds = base.get((w, t), (2, 5))
-            out[(w, t)] = (args.depth or depth, args.rounds or rounds)
+            depth, rounds, names = base.get((w, t), (2, 5, ALL))
+            out[(w, t)] = (args.depth or depth, args.rounds or rounds, names)
     return out
 
 
-def steppers(args, width: int, tokens: int, depth: int, world, corpus) -> tuple[dict, Run]:
-    """name -> one optimizer step; and the lrm run (for its FLOPs per token)."""
+def steppers(args, width: int, tokens: int, depth: int, names, world, corpus) -> tuple[dict, Run]:
+    """name -> one optimizer step, for the steppers `names`; and the lrm run (for its FLOPs per token)."""
     batch = tokens // CONTEXT
 
     def run(recipe, path, micro=None):
@@ -94,16 +99,19 @@ def steppers(args, width: int, tokens: int, depth: int, world, corpus) -> tuple[
                           micro_batch=batch // world.size // micro if micro else None)
         return Run.create(cfg, corpus, progress=False, world=world)
 
-    runs = {"mup": run("mup", "autograd"), "lrm-rep": run("lrm", "autograd"), "lrm-eff": run("lrm", "effective"),
-            "lrm-rep-acc": run("lrm", "autograd", args.micro), "lrm-eff-acc": run("lrm", "effective", args.micro)}
+    made = {"mup": lambda: run("mup", "autograd"), "lrm-rep": lambda: run("lrm", "autograd"),
+            "lrm-eff": lambda: run("lrm", "effective"), "lrm-rep-acc": lambda: run("lrm", "autograd", args.micro),
+            "lrm-eff-acc": lambda: run("lrm", "effective", args.micro)}
+    runs = {name: made[name]() for name in names if name in made}
     out = {name: (lambda r=r: r.train_step()) for name, r in runs.items()}
     lrm = runs["lrm-eff"]
     device = lrm.device
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     # the same architecture and init: PlainGPT (no lrm_mup layers) and our GPT with the lrm multipliers merged
-    models = {"plain": plain_like(GPTConfig(width=width, depth=depth, context=CONTEXT)).to(device),
-              "merged": lrm_mup.merge(runs["lrm-rep"].model)}
+    models = {"plain": plain_like(GPTConfig(width=width, depth=depth, context=CONTEXT)).to(device)}
+    if "merged" in names:
+        models["merged"] = lrm_mup.merge(runs["lrm-rep"].model)
     for name, model in models.items():
         wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world.size > 1 \
             else model
@@ -130,9 +138,11 @@ RATIOS = (("lrm-rep / mup", "lrm-rep", "mup"), ("lrm-eff / mup", "lrm-eff", "mup
 
 
 def ratio(times, a, b) -> str:
+    if a not in times or b not in times:
+        return "n/a"
     per_round = [x / y for x, y in zip(times[a], times[b])]
     q = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
-    return f"{statistics.median(per_round):.3f} [{q[0]:.3f}, {q[2]:.3f}]"
+    return f"{statistics.median(per_round):.3f} [{q[0]:.3f}, {q[2]:.3f}]; {min(times[a]) / min(times[b]):.3f}"
 
 
 def profile(steps: dict, world) -> None:
@@ -163,8 +173,8 @@ def main(argv=None) -> None:
               f"context {CONTEXT}, warmup {args.warmup}, accumulation {args.micro} micro-batches, "
               f"loadavg {os.getloadavg()[0]:.1f}")
     rows, start = [], time.perf_counter()
-    for i, ((width, tokens), (depth, rounds)) in enumerate(plan(args).items()):
-        steps, lrm = steppers(args, width, tokens, depth, world, corpus)
+    for i, ((width, tokens), (depth, rounds, names)) in enumerate(plan(args).items()):
+        steps, lrm = steppers(args, width, tokens, depth, names, world, corpus)
         if args.profile and i == 0:
             profile(steps, world)
         times = time_interleaved(steps, args.warmup, rounds, world=world, sync=sync, device=args.device)

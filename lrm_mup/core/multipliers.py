@@ -12,10 +12,19 @@ every hook on it) stays valid, and parameters keep their names (`blocks.0.attn.q
 beside them (`blocks.0.attn.q.mult_row`) and live in `state_dict` like any parameter.
 
 Two training paths give the same updates:
-- *reparametrized*: the forward builds W from its factors and autograd differentiates through it;
+- *reparametrized*: the forward builds W from its factors (`merged_matrix`) as one autograd node (`_Reparametrize`)
+  whose backward is `factor_grads`, in every forward (every micro-batch);
 - *effective matrix* (`EffectivePath`): forward/backward use the merged W as one leaf tensor, and the gradient G of
   W is mapped onto the factors once per optimizer step: dW̃ = a·G⊙(r cᵀ), dr = a·(G⊙W̃)c, dc = a·(G⊙W̃)ᵀr,
-  ds = fixed_mult·rᵀ(G⊙W̃)c with a = fixed_mult·s. Muon then orthogonalizes dW̃ = a·G⊙(r cᵀ), not G.
+  ds = fixed_mult·rᵀ(G⊙W̃)c with a = fixed_mult·s (`factor_grads` again). Muon then orthogonalizes dW̃, not G.
+
+What the multipliers cost (issue 15; measured in benchmarks/RESULTS.md): full-size memory traffic, never FLOPs
+over tokens. Building W reads W̃ and writes W twice (rows then columns scaled: 4 full-size streams); the mapping
+writes H = G⊙W̃ once, reads it for its two matrix–vector products and scales G in place into dW̃ (9 streams). The
+effective path pays these 13 once per optimizer step; the reparametrized path pays them, less the in-place saving, in
+every micro-batch; mup pays 4 per micro-batch for its fixed multiplier (W·fixed_mult and the gradient's product).
+Eager PyTorch cannot fuse them further without a division by r or c (which may be 0); torch.compile of the two
+functions on CPU measured slower than eager (81.9 vs 34.0 ms for the width-512 proxy's mapping).
 """
 from __future__ import annotations
 
@@ -145,9 +154,9 @@ def factor_grads(g: torch.Tensor, w: torch.Tensor, r: torch.Tensor | None, c: to
 
 class _Reparametrize(torch.autograd.Function):
     """W = a · r ⊙ W̃ ⊙ c as one autograd node: the forward in two passes (`merged_matrix`), the backward by
-    `factor_grads`. Saves only the factors (autograd through the three products would save two full-size
-    intermediates and spend about seven full-size passes backward; this spends five: tests/test_overhead.py checks
-    it against autograd in float64, and benchmarks/bench_overhead.py measures it)."""
+    `factor_grads`. It saves only the factors; autograd through the three products saved two full-size intermediates
+    and spent three products forward and six backward (two per product) against two and five here (module doc).
+    tests/test_overhead.py checks it against autograd's products in float64; benchmarks/bench_overhead.py times it."""
 
     @staticmethod
     def forward(ctx, w, r, c, s, fixed_mult):
@@ -273,6 +282,11 @@ class EffectivePath:
         loss.backward(); path.map_grads(); clip_grad_norm_(model, 1.0); opt.step(); path.refresh()
 
     `close()` returns the model to the reparametrized forward.
+
+    Under gradient accumulation the engine (`training.engine.Run.train_step`) runs every micro-batch's forward and
+    backward on the same merged matrices (their gradients accumulate in place) and calls `map_grads()` once after the
+    last: the mapping's cost does not grow with the number of micro-batches (tests/test_overhead.py: equal to the
+    reparametrized path with accumulation in float64).
 
     Not for DistributedDataParallel: the merged matrices are not parameters, so DDP neither averages their gradients
     nor sees the multipliers used (tests/test_distributed.py pins both failures). Under DDP train the reparametrized
