@@ -51,10 +51,11 @@ CONTEXT = 128
 ALL = ("mup", "lrm-rep", "lrm-eff", "lrm-rep-acc", "lrm-eff-acc", "plain", "merged")
 NO_MERGED = ALL[:-1]
 CORE = ("mup", "lrm-rep", "lrm-eff", "plain")
-# full run: (width, tokens per step) -> (depth, rounds, steppers); ~22 TFLOP in all: about 6-7 min on one idle CPU
-# core at 1 thread (~55 GFLOP/s); width 1024 at 8k tokens (0.7 TFLOP a step) only with the four core steppers
-FULL = {(256, 1024): (2, 15, ALL), (512, 1024): (2, 9, ALL), (1024, 1024): (1, 5, ALL),
-        (256, 8192): (1, 5, NO_MERGED), (512, 8192): (1, 3, NO_MERGED), (1024, 8192): (1, 2, CORE)}
+# full run: (width, tokens per step) -> (depth, rounds, steppers); 20.7 TFLOP in all (warm-up included): about 6-7
+# min on one idle CPU core at 1 thread (50-60 GFLOP/s); width 1024 at 8k tokens (0.7 TFLOP a step) with the four
+# core steppers only
+FULL = {(256, 1024): (2, 11, ALL), (512, 1024): (2, 7, ALL), (1024, 1024): (1, 4, ALL),
+        (256, 8192): (1, 4, NO_MERGED), (512, 8192): (1, 3, NO_MERGED), (1024, 8192): (1, 2, CORE)}
 QUICK = {(256, 1024): (2, 5, ALL), (512, 1024): (2, 5, ALL)}
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}  # dense bf16
 
