@@ -9,8 +9,10 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 
 import lrm_mup
+from lrm_mup.training import distributed
 
 
 def add_common_args(p: argparse.ArgumentParser, *, batch: int, threads: int) -> None:
@@ -46,9 +48,13 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
     return step
 
 
-def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, rounds: int) -> dict[str, list[float]]:
+def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, rounds: int, *, world=None,
+                     sync: Callable[[], None] | None = None, device: str = "cpu") -> dict[str, list[float]]:
     """Seconds of each step function per round: `warmup` untimed calls each, then `rounds` rounds calling every
-    function once, in an order rotated each round (so that load on a shared machine hits all of them alike)."""
+    function once, in an order rotated each round (so that load on a shared machine hits all of them alike).
+    `sync`: called before and after each timed step (torch.cuda.synchronize); `world` (lrm_mup.training.distributed,
+    under torchrun): the ranks start each timed step together and a step's time is the slowest rank's
+    (reduced on `device`: "cuda" under NCCL)."""
     names = list(steps)
     for _ in range(warmup):
         for name in names:
@@ -56,9 +62,20 @@ def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, rounds: 
     times = {n: [] for n in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            if world is not None and world.size > 1:
+                distributed.barrier(world)
+            if sync is not None:
+                sync()
             t0 = time.perf_counter()
             steps[name]()
-            times[name].append(time.perf_counter() - t0)
+            if sync is not None:
+                sync()
+            elapsed = time.perf_counter() - t0
+            if world is not None and world.size > 1:
+                t = torch.tensor([elapsed], dtype=torch.float64, device=world.device(device))
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                elapsed = t.item()
+            times[name].append(elapsed)
     return times
 
 

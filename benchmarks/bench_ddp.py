@@ -20,11 +20,9 @@ import argparse
 import datetime
 import platform
 import statistics
-import time
 
 import torch
-import torch.distributed as dist
-from _bench import add_common_args
+from _bench import add_common_args, time_interleaved
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from lrm_mup.data import load_corpus
@@ -78,24 +76,8 @@ def main(argv=None) -> None:
     corpus = distributed.main_first(lambda: load_corpus(args.data, progress=world.main), world)
     steps = steppers(args, world, corpus)
     names = list(steps)
-    sync = (lambda: torch.cuda.synchronize()) if args.device == "cuda" else (lambda: None)
-    for _ in range(args.warmup):
-        for name in names:
-            steps[name]()
-    times = {name: [] for name in names}
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            distributed.barrier(world)
-            sync()
-            t0 = time.perf_counter()
-            steps[name]()
-            sync()
-            elapsed = time.perf_counter() - t0
-            if world.size > 1:  # the slowest rank's time is the step's time
-                t = torch.tensor([elapsed], dtype=torch.float64, device=world.device(args.device))
-                dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                elapsed = t.item()
-            times[name].append(elapsed)
+    sync = torch.cuda.synchronize if args.device == "cuda" else None
+    times = time_interleaved(steps, args.warmup, args.rounds, world=world, sync=sync, device=args.device)
     if not world.main:
         return
     device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()

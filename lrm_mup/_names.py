@@ -19,7 +19,7 @@ MODELS = ("proxy", "hybrid", "hf:llama", "hf:qwen3", "hf:mistral", "hf:gpt2", "h
 HF_PREFIX = "hf:"  # hf:TYPE, TYPE any model_type transformers knows when --model-config gives its config file
 SCHEDULES = ("constant", "cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda")
-PATHS = ("autograd", "effective")
+PATHS = ("auto", "autograd", "effective")
 PARALLEL = ("ddp", "fsdp")
 STORAGE_ENV = "LRM_MUP_STORAGE"  # the storage URL where --storage is not given: no password on a command line
 

