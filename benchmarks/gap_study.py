@@ -16,6 +16,7 @@ lrm at log2 LR -7 with the default mult_lr, is sweeps/mult_lr_target.toml's run 
   alpha:     mup at -7 at the proxy width 64, log2 α_in x log2 α_out in {-1, 0, 1}^2; then the proxy's best α at 256
   long:      sp at -9 and mup at -7 at 500 steps
   more:      the placements at seed 1, zero_init readout alone, lrm at 500 steps
+  mult-lr-seeds: lrm at width 64, log2 LR -7, mult_lr 2^-7 (the old default) and 2^-9, seeds 1 and 2
 """
 from __future__ import annotations
 
@@ -68,6 +69,10 @@ def variants(results: dict) -> list[tuple[str, str, dict]]:
     out += [("zero-init", f"{r} zero readout", {"recipe": r, "lr": 2.0 ** -7, "zero_init": ["readout"]})
             for r in ("mup", "lrm")]
     out.append(("long", "lrm lr 2^-7 500 steps", {"recipe": "lrm", "lr": 2.0 ** -7, "steps": 500}))
+    # the mult_lr grid's largest difference (width 64, log2 LR -7: mult_lr = LR vs LR/4) at two more seeds
+    out += [("mult-lr-seeds", f"lrm w64 mult_lr 2^{m} seed {seed}",
+             {"recipe": "lrm", "lr": 2.0 ** -7, "mult_lr": 2.0 ** m, "width": 64, "seed": seed})
+            for seed in (1, 2) for m in (-7, -9)]
     return out
 
 

@@ -92,7 +92,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a("--lr", type=float, help="matrix LR (Muon's under --optimizer muon; default 3e-3)")
     a("--adam-lr", dest="adam_lr", type=float, help="AdamW groups' LR under muon (default --lr)")
     a("--weight-decay", dest="weight_decay", type=float, help="matrix weight decay (default 0.1)")
-    a("--mult-lr", dest="mult_lr", type=float, help="learnable multipliers' LR (default: the AdamW LR)")
+    a("--mult-lr", dest="mult_lr", type=float, help="learnable multipliers' LR (default: the AdamW LR / 4)")
     a("--mult-wd", dest="mult_wd", type=float, help="learnable multipliers' weight decay (default 2e-3)")
     a("--placement", choices=PLACEMENTS, help="lrm multipliers: all / symmetry-free / scalar / no-embedding")
     a("--alpha", dest="alphas", type=_alpha, action="append", metavar="ROLE=VALUE",

@@ -132,7 +132,8 @@ def test_unreadable_files_and_round_trip(tmp_path):
     # every shipped file compares all four recipes, except the two studies of what only some recipes have: the
     # multipliers' LR (lrm alone has multipliers; its LR x mult_lr grid) and the paper's tuning ablation (fixed vs
     # learnable multipliers)
-    studies = {"mult_lr.toml": ("lrm",), "mult_lr_grid.toml": ("lrm",), "mult_lr_target.toml": ("lrm",), "tiers.toml": ("mup", "lrm")}
+    studies = {"mult_lr.toml": ("lrm",), "mult_lr_grid.toml": ("lrm",), "mult_lr_target.toml": ("lrm",),
+               "tiers.toml": ("mup", "lrm")}
     for shipped in sorted((REPO / "sweeps").glob("*.toml")):
         assert load_sweep(shipped).recipes == studies.get(shipped.name, ("sp", "lr-only", "mup", "lrm")), shipped.name
 

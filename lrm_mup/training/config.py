@@ -48,7 +48,7 @@ class TrainConfig:
     lr: float = 3e-3                # matrices (Muon's LR under "muon")
     adam_lr: float | None = None    # AdamW groups under "muon" (default: lr)
     weight_decay: float = 0.1
-    mult_lr: float | None = None    # learnable multipliers (default: the AdamW LR)
+    mult_lr: float | None = None    # learnable multipliers (default: the AdamW LR / 4, core.optim.MULT_LR_RATIO)
     mult_wd: float = 2e-3
     placement: str | None = None    # lrm only: all / symmetry-free / scalar
     alphas: dict[str, float] = field(default_factory=dict)

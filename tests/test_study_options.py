@@ -1,5 +1,6 @@
-"""μP's zero readout / zero query init (`parametrize(zero_init=...)`, `TrainConfig.zero_init`, `--zero-init`) and the
-"no-embedding" placement: what holds with them (issue 12's study of the gap to SP's optimum)."""
+"""The options issue 12's measurements added or set: μP's zero readout / zero query init (`parametrize(zero_init=...)`,
+`TrainConfig.zero_init`, `--zero-init`), the "no-embedding" placement, and the multipliers' default LR (the AdamW LR
+/ 4, `core.optim.MULT_LR_RATIO`, chosen from the mult_lr grid in benchmarks/RESULTS.md)."""
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import lrm_mup
 from lrm_mup.cli import build_parser
 from lrm_mup.core import apply_parametrization, parametrization_of
 from lrm_mup.core.multipliers import multiplied_modules
+from lrm_mup.core.optim import MULT_LR_RATIO
 from lrm_mup.core.recipes import PLACEMENTS
 from lrm_mup.errors import ConfigError, RecipeError
 from lrm_mup.training.build import parametrized_model
@@ -105,3 +107,19 @@ def test_no_embedding_placement_is_all_without_the_input_multipliers():
     assert any(want[n] for n in want if dict(multiplied_modules(every))[n].parametrization.kind == "input")
     assert torch.equal(model(x), make("gpt", "mup", 2 * BASE)(x))  # at init lrm is mup, whatever the placement
     assert set(PLACEMENTS) == {"all", "symmetry-free", "scalar", "no-embedding"}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_the_multipliers_default_lr_is_a_quarter_of_the_adamw_lr(optimizer):
+    model = make("gpt", "lrm", 2 * BASE, optimizer=optimizer)
+    adam_lr = 3e-3 if optimizer == "adamw" else 1e-3
+
+    def multiplier_lrs(**kw):
+        opt = lrm_mup.build_optimizer(model, optimizer, lr=3e-3, weight_decay=0.1, **kw)
+        return sorted({g["lr"] for g in opt.param_groups if g["name"].startswith("adamw/multiplier")})
+
+    assert MULT_LR_RATIO == 0.25
+    given = {"adam_lr": 1e-3} if optimizer == "muon" else {}
+    assert multiplier_lrs(**given) == [pytest.approx(adam_lr / 4, rel=1e-15)]  # follows the AdamW LR, not Muon's
+    assert multiplier_lrs(**given, mult_lr=7e-4) == [pytest.approx(7e-4, rel=1e-15)]  # an explicit LR is kept
+    assert TrainConfig().mult_lr is None  # a run's config stores "the default", which follows its LR under transfer
