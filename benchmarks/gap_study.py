@@ -9,13 +9,14 @@ Each run is one `lrm_mup.training.engine.Run` trained to its last step and valid
 final validation bits/byte and CPU seconds go to <out>/results.json as soon as it ends. A process claims the next run
 no process has claimed (under a file lock), so two processes share the queue and a re-run skips finished runs
 (a claim left by a killed process: delete <out>/claims.json). The queue, in priority order (lrm's own baseline,
-lrm at log2 LR -7 with the default mult_lr, is sweeps/mult_lr_target.toml's run at log2 mult_lr -7):
+lrm at log2 LR -7, is sweeps/mult_lr_target.toml's runs at log2 mult_lr -7 (LR) and -9 (LR/4)):
   base:      sp at log2 LR -9 (SP's optimum at 256 in the demo), mup at -7 (its transferred optimum)
-  zero-init: mup and lrm at -7 with zero_init readout + query
-  placement: lrm at -7 with placement symmetry-free / scalar / no-embedding, seed 0
-  alpha:     mup at -7 at the proxy width 64, log2 α_in x log2 α_out in {-1, 0, 1}^2; then the proxy's best α at 256
+  zero-init: mup and lrm (mult_lr = LR) at -7 with zero_init readout + query
   long:      sp at -9 and mup at -7 at 500 steps
-  more:      the placements at seed 1, zero_init readout alone, lrm at 500 steps
+  alpha:     mup with the tuning tiers' FULL winner (LR and α tuned by TPE at the proxy width 64)
+  placement: lrm at -7, mult_lr LR/4, placement symmetry-free / scalar / no-embedding, seed 0
+  more:      mup's own α grid at width 64 (log2 α_in x log2 α_out in {-1, 0, 1}^2) and its best at 256, the
+             placements at seed 1, zero_init readout alone, lrm at 500 steps
   mult-lr-seeds: lrm at width 64, log2 LR -7, mult_lr 2^-7 (the old default) and 2^-9, seeds 1 and 2
 """
 from __future__ import annotations
@@ -45,16 +46,25 @@ def _alpha_run(width: int, a_in: int, a_out: int) -> tuple[str, str, dict]:
              "alphas": {"embedding": 2.0 ** a_in, "readout": 2.0 ** a_out}})
 
 
+# mup FULL's proxy winner in the tuning tiers (benchmarks/RESULTS.md, issue 12 items 2-4: 12 TPE trials at width 64)
+TIERS_FULL = {"lr": 2.0 ** -6.75, "alphas": {"embedding": 2.0 ** -1.88, "readout": 2.0 ** 1.83, "hidden": 2.0 ** -0.72}}
+MULT_LR = 2.0 ** -9  # lrm's placement runs: LR/4 at log2 LR -7, the new default, explicit so every process agrees
+
+
 def variants(results: dict) -> list[tuple[str, str, dict]]:
-    """(study, label, TrainConfig overrides) for every run, in priority order; the α run at the target appears once
-    the proxy's α grid (in `results`) is complete."""
+    """(study, label, TrainConfig overrides) for every run, in priority order; the α run at the target from the
+    proxy's own α grid appears once that grid (in `results`) is complete."""
     base = {"sp": -9, "mup": -7}
     out = [("base", f"{r} lr 2^{lr}", {"recipe": r, "lr": 2.0 ** lr}) for r, lr in base.items()]
     zero = ["readout", "query"]
     out += [("zero-init", f"{r} zero readout+query", {"recipe": r, "lr": 2.0 ** -7, "zero_init": zero})
             for r in ("mup", "lrm")]
-    place = [("placement", f"lrm {p} seed {seed}", {"recipe": "lrm", "lr": 2.0 ** -7, "placement": p, "seed": seed})
-             for seed in (0, 1) for p in PLACEMENTS if (p, seed) != ("all", 0)]  # all, seed 0: lrm's baseline
+    out += [("long", f"{r} lr 2^{lr} 500 steps", {"recipe": r, "lr": 2.0 ** lr, "steps": 500})
+            for r, lr in base.items()]
+    out.append(("alpha", "mup tiers FULL winner", {"recipe": "mup", **TIERS_FULL}))
+    place = [("placement", f"lrm {p} seed {seed}",
+              {"recipe": "lrm", "lr": 2.0 ** -7, "mult_lr": MULT_LR, "placement": p, "seed": seed})
+             for seed in (0, 1) for p in PLACEMENTS if (p, seed) != ("all", 0)]  # all, seed 0: mult_lr_target.toml
     out += place[:3]
     grid = {(a_in, a_out): _alpha_run(64, a_in, a_out) for a_in in (-1, 0, 1) for a_out in (-1, 0, 1)}
     out += grid.values()
@@ -63,8 +73,6 @@ def variants(results: dict) -> list[tuple[str, str, dict]]:
         a_in, a_out = min(proxy, key=proxy.get)
         if (a_in, a_out) != (0, 0):
             out.append(_alpha_run(TARGET, a_in, a_out))
-    out += [("long", f"{r} lr 2^{lr} 500 steps", {"recipe": r, "lr": 2.0 ** lr, "steps": 500})
-            for r, lr in base.items()]
     out += place[3:]
     out += [("zero-init", f"{r} zero readout", {"recipe": r, "lr": 2.0 ** -7, "zero_init": ["readout"]})
             for r in ("mup", "lrm")]
