@@ -10,8 +10,9 @@ import re
 
 RECIPES = ("sp", "lr-only", "lr-wd", "mup", "lrm")
 OPTIMIZERS = ("adamw", "muon")
+ZERO_INIT_ROLES = ("readout", "query")  # roles parametrize's zero_init may start at zero (μP's zero init)
 INITS = ("rescale", "keep")  # what parametrize does with the model's own init (core.recipes)
-PLACEMENTS = ("all", "symmetry-free", "scalar")
+PLACEMENTS = ("all", "symmetry-free", "scalar", "no-embedding")
 DEPTH_RULES = ("none", "sqrt", "complete")  # residual branches × (L_base/L)^α, α = 0, 1/2, 1 (core.depth)
 # the built-in models (hf:* need transformers); `lrm_mup.models.register_model` adds a user's to the registry, and a
 # name `pkg.module:build` names a user's builder `build(width) -> nn.Module` (see `is_model_name`)

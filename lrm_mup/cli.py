@@ -110,12 +110,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a("--lr", type=float, help="matrix LR (Muon's under --optimizer muon; default 3e-3)")
     a("--adam-lr", dest="adam_lr", type=float, help="AdamW groups' LR under muon (default --lr)")
     a("--weight-decay", dest="weight_decay", type=float, help="matrix weight decay (default 0.1)")
-    a("--mult-lr", dest="mult_lr", type=float, help="learnable multipliers' LR (default: the AdamW LR)")
+    a("--mult-lr", dest="mult_lr", type=float, help="learnable multipliers' LR (default: the AdamW LR / 4)")
     a("--mult-wd", dest="mult_wd", type=float, help="learnable multipliers' weight decay (default 2e-3)")
-    a("--placement", choices=PLACEMENTS, help="lrm multipliers: all / symmetry-free / scalar")
+    a("--placement", choices=PLACEMENTS, help="lrm multipliers: all / symmetry-free / scalar / no-embedding")
     a("--alpha", dest="alphas", type=_alpha, action="append", metavar="ROLE=VALUE",
       help="forward multiplier α of a role or kind, e.g. readout=0.5 (repeatable)")
     a("--init-std", dest="init_std", type=float, help="matrix init std × 1/sqrt(fan_in) (default 1)")
+    a("--zero-init", dest="zero_init", type=_name_list, metavar="ROLES",
+      help="roles whose matrices start at zero, μP's zero init: readout, query, or readout,query (default none)")
     a("--warmup", type=int, help="warmup steps (default 10%% of steps)")
     a("--schedule", choices=SCHEDULES, help="LR schedule after warmup (default cosine)")
     a("--clip", type=float, help="global gradient-norm clip, multipliers excluded (0: off; default 1)")

@@ -271,14 +271,14 @@ def test_param_groups_have_exact_lr_and_wd(recipe, width):
     hidden_lr = lr / m if recipe in ("lr-only", "lr-wd") else lr
     hidden_wd = wd * m if recipe == "lr-wd" else wd
     expect = {"input": (lr, wd), "hidden": (hidden_lr, hidden_wd), "readout": (lr, wd), "vector": (lr, 0.0),
-              "multiplier": (lr, 2e-3)}
+              "multiplier": (lr / 4, 2e-3)}  # the multipliers' default LR: the AdamW LR / 4 (MULT_LR_RATIO)
     kinds = {}
     for g in opt.param_groups:
         kind = g["name"].split("/")[1].split(" ")[0]
         kinds[kind] = len(g["params"])
         assert g["lr"] == pytest.approx(expect[kind][0], rel=1e-15)
         assert g["weight_decay"] == pytest.approx(expect[kind][1], rel=1e-15)
-        assert g["lr"] == pytest.approx(lr * g["lr_scale"], rel=1e-15)
+        assert g["lr"] == pytest.approx(expect[kind][0] if kind == "multiplier" else lr * g["lr_scale"], rel=1e-15)
     assert ("multiplier" in kinds) == (recipe == "lrm")
     assert kinds["hidden"] == 2 * 7  # q, k, v, o, gate, up, down per block
     listed = [p for g in opt.param_groups for p in g["params"]]

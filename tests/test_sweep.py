@@ -130,8 +130,10 @@ def test_unreadable_files_and_round_trip(tmp_path):
     spec = load_sweep(write(tmp_path, grid_spec()))
     assert parse_sweep(spec.to_dict()).to_dict() == spec.to_dict()  # the manifest is a valid sweep again
     # every shipped file compares all four recipes, except the two studies of what only some recipes have: the
-    # multipliers' LR (lrm alone has multipliers) and the paper's tuning ablation (fixed vs learnable multipliers)
-    studies = {"mult_lr.toml": ("lrm",), "tiers.toml": ("mup", "lrm")}
+    # multipliers' LR (lrm alone has multipliers; its LR x mult_lr grid) and the paper's tuning ablation (fixed vs
+    # learnable multipliers)
+    studies = {"mult_lr.toml": ("lrm",), "mult_lr_grid.toml": ("lrm",), "mult_lr_target.toml": ("lrm",),
+               "tiers.toml": ("mup", "lrm")}
     for shipped in sorted((REPO / "sweeps").glob("*.toml")):
         assert load_sweep(shipped).recipes == studies.get(shipped.name, ("sp", "lr-only", "mup", "lrm")), shipped.name
 

@@ -6,7 +6,7 @@ Nothing here knows about training runs, sweeps or reports; every higher layer bu
 from .depth import DEPTH_RULES, DepthLayout
 from .foreign import falcon_h1_alphas, save_pretrained
 from .multipliers import EffectivePath, merge, multiplied_modules, multiplier_parameters
-from .optim import MULTIPLIER_WD, build_optimizer, clip_grad_norm_, param_groups
+from .optim import MULT_LR_RATIO, MULTIPLIER_WD, build_optimizer, clip_grad_norm_, param_groups
 from .parametrization import LayerParametrization, ModelParametrization, parametrization_of
 from .recipes import OPTIMIZERS, PLACEMENTS, RECIPES, apply_parametrization, describe, parametrize
 from .roles import ROLES
@@ -16,5 +16,6 @@ __all__ = [
     "parametrize", "apply_parametrization", "parametrization_of", "LayerParametrization", "ModelParametrization",
     "build_optimizer", "clip_grad_norm_", "param_groups", "merge", "EffectivePath",
     "multiplied_modules", "multiplier_parameters", "base_shapes", "BaseShapes", "describe", "RECIPES", "PLACEMENTS",
-    "OPTIMIZERS", "ROLES", "MULTIPLIER_WD", "save_pretrained", "falcon_h1_alphas", "DEPTH_RULES", "DepthLayout",
+    "OPTIMIZERS", "ROLES", "MULTIPLIER_WD", "MULT_LR_RATIO", "save_pretrained", "falcon_h1_alphas", "DEPTH_RULES",
+    "DepthLayout",
 ]

@@ -30,6 +30,12 @@ from .recipes import OPTIMIZERS
 from .roles import FINITE, HIDDEN, per_channel_parameters
 
 MULTIPLIER_WD = 2e-3
+# the learnable multipliers' default LR: this × the AdamW LR. Measured (benchmarks/RESULTS.md, "Issue 12: the
+# multipliers' LR grid"): on the demo's model at the optimal matrix LR, mult_lr = LR/4 beat mult_lr = LR at widths 64
+# (by 0.045 and 0.033 bits/byte, seeds 0 and 1), 128 (0.011) and 256 (0.008), and LR/16 was no better than LR/4; a
+# ratio (not a constant) keeps the one tuned LR the only knob and travels with it under LR transfer, and the
+# multipliers are width-independent by construction, so no width rule. The paper does not state its multiplier LR.
+MULT_LR_RATIO = 0.25
 ADAM_BETAS = (0.9, 0.95)  # every AdamW group's betas and ε (the equilibrium's ABM reuses them)
 ADAM_EPS = 1e-8
 
@@ -51,7 +57,7 @@ def param_groups(
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise RecipeError(f"{name} is {value!r}; it must be a finite number >= 0")
     adam_lr = lr if adam_lr is None else adam_lr
-    mult_lr = adam_lr if mult_lr is None else mult_lr
+    mult_lr = MULT_LR_RATIO * adam_lr if mult_lr is None else mult_lr
     groups: dict[tuple, dict] = {}
     seen: set[int] = set()
 
@@ -154,7 +160,7 @@ def build_optimizer(
     `eps` is Adam's ε in lr-only's gradient units: each AdamW group gets eps / grad_unit (module doc).
 
     lr: matrices' LR (Muon's under "muon"); adam_lr: AdamW groups' LR under "muon" (default lr);
-    mult_lr / mult_wd: learnable multipliers' LR (default: the AdamW LR) and decoupled WD.
+    mult_lr / mult_wd: learnable multipliers' LR (default: MULT_LR_RATIO × the AdamW LR, LR/4) and decoupled WD.
     """
     if optimizer not in OPTIMIZERS:
         raise RecipeError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")

@@ -92,6 +92,7 @@ class ModelParametrization(Record):
     depth_layout: dict = field(default_factory=dict)  # {"blocks": name, "branches": [...]}; {} if none declared
     depth: int | None = None                          # L, the model's blocks (None without a layout)
     base_depth: int | None = None                     # L_base, the base model's blocks
+    zero_init: tuple[str, ...] = ()                   # roles started at zero (older records: none)
 
     def base(self) -> BaseShapes:
         """The base shapes as `BaseShapes` (what `parametrize` takes as `base`; `.save` writes base_shapes.json)."""
@@ -104,7 +105,7 @@ class ModelParametrization(Record):
         return {"recipe": self.recipe, "optimizer": self.optimizer, "placement": self.placement,
                 "multipliers": dict(self.multipliers) or None, "roles": dict(self.roles) or None,
                 "alphas": dict(self.alphas) or None, "init": self.init, "depth_rule": self.depth_rule,
-                "depth_layout": dict(self.depth_layout) or None}
+                "depth_layout": dict(self.depth_layout) or None, "zero_init": self.zero_init}
 
 
 def parametrization_of(model: nn.Module) -> ModelParametrization:

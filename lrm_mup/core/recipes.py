@@ -46,6 +46,14 @@ noise of the two stds (6 standard errors of ln std, √(1/2n_base + 1/2n)) and a
 init (it is the baseline); `init="keep"` keeps it under every recipe and warns for each tensor that is off.
 Without base statistics (a meta-device base, an older base_shapes.json) the init is taken as already μP-scaled,
 with a warning.
+
+`zero_init` (roles among ZERO_INIT_ROLES: "readout", "query") starts those matrices at exactly zero, μP's
+recommended init for the LM head and the query (Tensor Programs V, §D.2): a zero readout makes every logit 0 at step 0
+(the uniform prediction, loss ln V at every width), a zero query makes every attention map uniform at step 0; the
+first update moves both away from zero (their gradients, hᵀ(p − y) and the keys, are not zero). It is an init, not a
+width rule: the same option under two recipes keeps what holds without it (lrm at init is mup; at the base width
+every recipe with the same zero_init is the same model), but a zero_init model is not the model's own SP at the base
+width, by definition. A tied readout is refused (zeroing it would zero the embedding).
 """
 from __future__ import annotations
 
@@ -58,7 +66,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._names import INITS, OPTIMIZERS, check_table
+from .._names import INITS, OPTIMIZERS, ZERO_INIT_ROLES, check_table
 from .._names import PLACEMENTS as PLACEMENT_NAMES
 from .._names import RECIPES as RECIPE_NAMES
 from ..errors import RecipeError, RoleError, ShapeError
@@ -129,8 +137,12 @@ PLACEMENTS: dict[str, dict[str, frozenset[str]]] = {
         "ssm_in": frozenset({"row"}),  # a fused in_proj (z, x, B, C, dt rows): row on all (core/foreign.py)
     },
     "scalar": {role: (_NONE if kind == FINITE else frozenset({"scale"})) for role, kind in ROLE_KIND.items()},
+    # "all" without the input layers' multipliers (the placement ablation of issue 12: what the embedding's buy)
+    "no-embedding": {role: (_NONE if role in ("readout", "finite") or ROLE_KIND[role] == INPUT else _ALL)
+                     for role in ROLE_KIND},
 }
 check_table("PLACEMENTS", PLACEMENTS, PLACEMENT_NAMES)
+
 
 
 def parse_multipliers(text: str) -> frozenset[str]:
@@ -156,13 +168,15 @@ def parametrize(
     init: str = "rescale",
     depth_rule: str = "none",
     depth_layout: dict | None = None,
+    zero_init: tuple[str, ...] | list[str] = (),
 ) -> nn.Module:
     """Parametrize `model` (in place; returned for chaining) under `recipe`.
 
     base/delta: smaller copies of the same definition (widths differ where width dims are), or saved `BaseShapes`
       (`lrm_mup.base_shapes(base, delta)`, or a path written by `.save`).
     optimizer: "adamw" or "muon": μP's width rules depend on it.
-    placement: learnable multipliers of `lrm`: "all" (default), "symmetry-free" or "scalar".
+    placement: learnable multipliers of `lrm`: "all" (default), "symmetry-free", "scalar" or "no-embedding" ("all"
+      but the input layers).
     multipliers: per-module overrides of the placement, {fnmatch pattern: "row,col" | "scale" | "none" | ...}.
     roles: per-module role overrides {pattern: role}; else the model's `lrm_roles()`, else names and shapes.
     alphas: tuned forward multipliers α by role or kind ({"embedding": 2.0, "readout": 0.5, "hidden": 1.0}).
@@ -171,8 +185,9 @@ def parametrize(
     depth_rule: "none", "sqrt" or "complete": residual branches × (L_base/L)^α with AdamW's per-block LR and ε
       corrections (`core.depth`); L_base is the base model's number of blocks. depth_layout: {"blocks": ...,
       "branches": [...]} where the model declares no `lrm_depth()`.
+    zero_init: roles ("readout", "query") whose matrices start at exactly zero (μP's zero init; module doc).
     """
-    spec = _check_args(recipe, optimizer, placement, multipliers, alphas, init)
+    spec = _check_args(recipe, optimizer, placement, multipliers, alphas, init, zero_init)
     rec = RECIPES[recipe]
     if multiplied_modules(model):
         raise RecipeError("model is already parametrized: build a fresh model to parametrize it again")
@@ -191,6 +206,9 @@ def parametrize(
     if attn != 1.0:
         _check_attention_reachable(model, layers, shapes.head_dim, head_dim_of(model))
     for layer in layers:  # before anything is converted: a refused model stays as it was
+        if layer.role in spec["zero_init"] and layer.tied:
+            raise RecipeError(f"zero_init {layer.role!r}: {layer.name!r} is tied to another layer's weight, which a "
+                              "zero init would zero too; untie it or drop the role from zero_init")
         if layer.layout == TRANSPOSED_LINEAR and optimizer == "muon" and layer.kind in (HIDDEN, FINITE):
             raise RecipeError(f"optimizer 'muon' with {type(layer.module).__name__} {layer.name!r} (weight stored "
                               "transposed): Muon's LR adjustment reads the shape as (fan_out, fan_in); use adamw")
@@ -214,7 +232,8 @@ def parametrize(
             alpha *= base_scale if base_scale is not None and rec.mup_readout else scale
         has_bias = getattr(layer.module, "bias", None) is not None
         records[layer.name] = _apply(layer, rec, optimizer, mults, alpha, gain, scale,
-                                     depth.layer_depth(layer.name, layout, scales, has_bias))
+                                     depth.layer_depth(layer.name, layout, scales, has_bias),
+                                     zero=layer.role in spec["zero_init"])
     with torch.no_grad():
         for t in free:
             t.param.mul_(gains.of(t.param, t.name, t.kind, 1.0))
@@ -265,7 +284,17 @@ def check_alphas(alphas: dict[str, float] | None) -> None:
             raise RecipeError(f"alpha for {key!r} is {value!r}; it must be a positive finite number")
 
 
-def _check_args(recipe, optimizer, placement, multipliers, alphas, init) -> dict:
+def check_zero_init(zero_init) -> tuple[str, ...]:
+    """The roles of `zero_init` as a tuple in ZERO_INIT_ROLES' order; a one-line RecipeError for anything else."""
+    if isinstance(zero_init, str) or not isinstance(zero_init, (tuple, list)):
+        raise RecipeError(f"zero_init {zero_init!r} must be a list of roles among {', '.join(ZERO_INIT_ROLES)}")
+    bad = [r for r in zero_init if r not in ZERO_INIT_ROLES]
+    if bad:
+        raise RecipeError(f"zero_init role {bad[0]!r} is not allowed; allowed: {', '.join(ZERO_INIT_ROLES)}")
+    return tuple(r for r in ZERO_INIT_ROLES if r in zero_init)
+
+
+def _check_args(recipe, optimizer, placement, multipliers, alphas, init, zero_init=()) -> dict:
     if init not in INITS:
         raise RecipeError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
     if recipe not in RECIPES:
@@ -282,7 +311,7 @@ def _check_args(recipe, optimizer, placement, multipliers, alphas, init) -> dict
     check_alphas(alphas)
     return {"recipe": recipe, "optimizer": optimizer, "placement": placement if RECIPES[recipe].learnable else None,
             "multipliers": dict(multipliers or {}), "alphas": {k: float(v) for k, v in (alphas or {}).items()},
-            "init": init}
+            "init": init, "zero_init": check_zero_init(zero_init)}
 
 
 def _attention_factor(model: nn.Module, shapes: BaseShapes, rec: Recipe) -> float:
@@ -382,9 +411,10 @@ class _InitGains:
 @torch.no_grad()
 def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], alpha: float,
            init_gain_of_model: float = 1.0, module_scale: float = 1.0,
-           at_depth: depth.LayerDepth = depth.NO_DEPTH) -> LayerParametrization:
+           at_depth: depth.LayerDepth = depth.NO_DEPTH, zero: bool = False) -> LayerParametrization:
     """Rescale the layer's init (`init_gain_of_model` puts the model's init on the SP scale the table assumes, then
-    the recipe's stored-weight factor), convert it, and return its record (`at_depth`: the depth rule's factors)."""
+    the recipe's stored-weight factor), convert it, and return its record (`at_depth`: the depth rule's factors;
+    `zero`: the weight starts at zero, `zero_init`)."""
     m = layer.fan_in_mult
     width_factor, init_gain, lr_scale, wd_scale = 1.0, 1.0, 1.0, 1.0
     if layer.kind == HIDDEN and optimizer == "adamw":
@@ -394,9 +424,12 @@ def _apply(layer: Matrix, rec: Recipe, optimizer: str, mults: frozenset[str], al
         width_factor, init_gain = 1.0 / m, 1.0 / math.sqrt(m)
     module = layer.module
     if not layer.tied:
-        module.weight.mul_(init_gain_of_model * init_gain / width_factor)
-    if rec.mup_readout and getattr(module, "bias", None) is not None:
-        module.bias.mul_(math.sqrt(m))
+        if zero:
+            module.weight.zero_()
+        else:
+            module.weight.mul_(init_gain_of_model * init_gain / width_factor)
+    if getattr(module, "bias", None) is not None and (zero or rec.mup_readout):
+        module.bias.mul_(0.0 if zero else math.sqrt(m))  # a zero readout/query has zero outputs: its bias too
     # the stored hidden weight is 1/width_factor times lr-only's, so its gradient is width_factor times lr-only's
     grad_unit = 1.0 / width_factor if layer.kind == HIDDEN else 1.0
     record = LayerParametrization(

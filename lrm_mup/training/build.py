@@ -50,5 +50,6 @@ def parametrized_model(cfg: TrainConfig, width: int | None = None, *, device: st
     with torch.device("meta") if meta else contextlib.nullcontext():
         model = cfg.build(width)
         parametrize(model, config_base_shapes(cfg), recipe=cfg.recipe, optimizer=cfg.optimizer,
-                    placement=cfg.placement, alphas=cfg.alphas or None, depth_rule=cfg.depth_rule)
+                    placement=cfg.placement, alphas=cfg.alphas or None, depth_rule=cfg.depth_rule,
+                    zero_init=cfg.zero_init)
     return model.to(device) if device is not None and not meta else model

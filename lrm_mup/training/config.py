@@ -12,8 +12,8 @@ import torch
 
 from .. import data as data_mod
 from .._names import DEPTH_RULES, DEVICES, PATHS, SCHEDULES
-from ..core.recipes import OPTIMIZERS, PLACEMENTS, RECIPES, check_alphas
-from ..errors import ConfigError
+from ..core.recipes import OPTIMIZERS, PLACEMENTS, RECIPES, check_alphas, check_zero_init
+from ..errors import ConfigError, RecipeError
 from ..models import check_model, is_hf, model_builder
 from ..models.hf import read_config_file
 from ..models.hybrid import ssm_fields
@@ -50,11 +50,12 @@ class TrainConfig:
     lr: float = 3e-3                # matrices (Muon's LR under "muon")
     adam_lr: float | None = None    # AdamW groups under "muon" (default: lr)
     weight_decay: float = 0.1
-    mult_lr: float | None = None    # learnable multipliers (default: the AdamW LR)
+    mult_lr: float | None = None    # learnable multipliers (default: the AdamW LR / 4, core.optim.MULT_LR_RATIO)
     mult_wd: float = 2e-3
     placement: str | None = None    # lrm only: all / symmetry-free / scalar
     alphas: dict[str, float] = field(default_factory=dict)
     init_std: float = 1.0
+    zero_init: list[str] = field(default_factory=list)  # roles started at zero: readout, query (μP's zero init)
     warmup: int | None = None       # default: 10% of steps
     schedule: str = "cosine"
     clip: float = 1.0
@@ -139,6 +140,10 @@ class TrainConfig:
         if self.compile is not None and not isinstance(self.compile, bool):
             bad("compile", "must be true, false or None")
         check_alphas(self.alphas)
+        try:
+            self.zero_init = list(check_zero_init(self.zero_init))
+        except RecipeError as e:
+            raise ConfigError(str(e)) from None
         if self.device == "cuda" and not torch.cuda.is_available():
             bad("device", "CUDA is not available on this machine; use --device cpu or auto")
         for width in (self.width, self.base_width, self.delta_or_default):

@@ -46,7 +46,7 @@ class MupTrainer(Trainer):
 
     The matrices' LR and weight decay are `args.learning_rate` and `args.weight_decay` (times each layer's μP
     scales), AdamW's betas and eps are `args.adam_beta1/2` and `args.adam_epsilon`; `optimizer` ("adamw" or
-    "muon"), `adam_lr`, `mult_lr` (default: the AdamW LR) and `mult_wd` are build_optimizer's. `args.max_grad_norm`
+    "muon"), `adam_lr`, `mult_lr` (default: the AdamW LR / 4) and `mult_wd` are build_optimizer's. `args.max_grad_norm`
     is the clipping threshold (0: off). The model must be parametrized (`lrm_mup.parametrize`)."""
 
     def __init__(self, *args, optimizer: str = "adamw", adam_lr: float | None = None, mult_lr: float | None = None,
