@@ -11,13 +11,13 @@ The tiers in the demo (the paper's §5.1 ablation, `lrm_mup.tuning.tiers` for th
 demo's own runs wherever the tiers' definitions allow, so that they cost as little as possible on top of it:
 
 - NONE = each recipe's defaults (the sweep file's [model], TrainConfig's LR; lrm's multipliers' LR = the AdamW
-  LR): no proxy trial; trained at the target width with seeds 0 and 1.
+  LR / 4, core.optim.MULT_LR_RATIO): no proxy trial; trained at the target width with seeds 0 and 1.
 - LR = the demo sweep's own log2-LR grid at the proxy width (the sweep's smallest: 6 trials at width 64 in the full
   demo, 3 at width 16 with --quick), in the order the sweep ran them. Its winner is exactly the setting the
   transfer stage already trained at the target with seed 0 (offset 0), so only seed 1 is new.
 - FULL = the LR tier's trials, then 4 extra proxy trials at the LR tier's winning LR (`FULL_EXTRA`): mup a 2 x 2 grid
   of log2 α_in, α_out ∈ {−1, +1} (the forward multipliers; α = 1 is the LR tier's trial), lrm log2 mult_lr at the LR
-  − 4, − 2, − 1, + 1 (the multipliers' LR; + 0 is the LR tier's default). A coordinate search, so FULL spends 10
+  − 4, − 3, − 1, + 0 (the multipliers' LR; − 2 is the LR tier's default). A coordinate search, so FULL spends 10
   trials (7 with --quick) against LR's 6 (3): the cost curves price that difference in FLOPs. Its winner is trained
   at the target with seeds 0 and 1 unless it is the LR tier's winner (then reused).
 - The cost curves: each tier's best-so-far setting at 3 budgets (after half the LR grid, the whole LR grid and the
@@ -187,11 +187,11 @@ TIER_RECIPES = ("mup", "lrm")  # the paper's ablation (§5.1): fixed against lea
 TIER_SEEDS = (0, 1)            # the tier table's target runs (seed 0 of the LR tier is the transfer's own run)
 BUDGET_SEEDS = (0,)            # the cost curves' other budget points
 # FULL's extra proxy trials, at the LR tier's winning LR (log2 offsets): mup's forward multipliers α on the
-# embedding and the readout (a 2 x 2 grid; α = 1 is the LR tier's trial), lrm's multipliers' LR around the AdamW LR
-# it follows by default (8x above it costs 0.13-0.15 bits/byte, benchmarks/RESULTS.md issue 12: one step above, three
-# below). Equal extra budgets: 4 trials each.
+# embedding and the readout (a 2 x 2 grid; α = 1 is the LR tier's trial), lrm's multipliers' LR around its default,
+# the AdamW LR / 4 (core.optim.MULT_LR_RATIO: 2^-2 is the LR tier's trial; 2^-4..2^-2 were flat and 2^0 worse in the
+# grid of benchmarks/RESULTS.md, issue 12: two steps below, two above). Equal extra budgets: 4 trials each.
 FULL_EXTRA = {"mup": {"log2_alpha_in": (-1.0, 1.0), "log2_alpha_out": (-1.0, 1.0)},
-              "lrm": {"log2_mult_lr": (-4.0, -2.0, -1.0, 1.0)}}
+              "lrm": {"log2_mult_lr": (-4.0, -3.0, -1.0, 0.0)}}
 TIERS_DIR = "tiers"
 
 
