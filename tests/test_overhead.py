@@ -107,6 +107,25 @@ def test_the_merged_matrices_are_rebuilt_in_their_own_storage(corpus):
         torch.testing.assert_close(m._effective, m.effective_weight().detach(), rtol=0, atol=0)
 
 
+def test_the_effective_path_sees_weights_edited_in_place_between_steps(corpus):
+    """The merged matrices are a cache: an in-place edit of W̃ or a multiplier between steps (a user's `zero_()`,
+    a `load_state_dict`) reaches the next evaluation and step exactly as on the reparametrized path."""
+    runs = {path: double_run(TrainConfig(**TINY, placement="all", path=path), corpus)
+            for path in ("autograd", "effective")}
+    for run in runs.values():
+        run.train_step()
+        with torch.no_grad():
+            run.model.head.weight.mul_(0.5)
+            next(p for n, p in run.model.named_parameters() if n.endswith("mult_row")).fill_(2.0)
+    losses = {path: run.evaluate() for path, run in runs.items()}
+    assert losses["effective"] == pytest.approx(losses["autograd"], rel=1e-12, abs=0)
+    for run in runs.values():
+        run.train_step()
+    ref = dict(runs["autograd"].model.named_parameters())
+    for name, p in runs["effective"].model.named_parameters():
+        torch.testing.assert_close(p, ref[name], rtol=1e-9, atol=1e-9, msg=name)
+
+
 @pytest.mark.parametrize("recipe,path,parallel,size,expected", [
     ("lrm", "auto", "ddp", 1, "effective"),
     ("mup", "auto", "ddp", 1, "autograd"),

@@ -337,7 +337,8 @@ def test_demo_full_tier_searches_the_multipliers_at_the_lr_tiers_winner():
     assert lrm.recipes == ("lrm",) and lrm.widths == (64,) and lrm.budget("lrm") == 4 and lrm.steps == raw["steps"]
     mult = sorted(lrm.config("lrm", 64, 0, {"log2_lr": -7.0, "log2_mult_lr": v})["mult_lr"]
                   for v in lrm.grid_space("lrm")["log2_mult_lr"])
-    assert mult == [2.0 ** -11, 2.0 ** -9, 2.0 ** -8, 2.0 ** -6]  # around the LR, never the LR itself (LR tier's)
+    # around the default LR/4 (core.optim.MULT_LR_RATIO), never the default itself (the LR tier's trial)
+    assert mult == [2.0 ** -11, 2.0 ** -10, 2.0 ** -8, 2.0 ** -7]
     mup = full_extra_spec(raw, "mup", -6.0)
     space = mup.grid_space("mup")
     assert space["log2_lr"] == [-6.0] and mup.budget("mup") == 4

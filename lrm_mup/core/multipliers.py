@@ -303,6 +303,19 @@ class EffectivePath:
         """Rebuild the merged matrices from the current parameters (after every optimizer step)."""
         for m in self.layers:
             m.refresh_effective()
+        self._seen = self._versions()
+
+    def sync(self) -> None:
+        """Rebuild the merged matrices if any factor changed since the last `refresh` other than by it: the merged
+        matrices are a cache of W̃ and the multipliers, and an in-place edit (`weight.zero_()`, `load_state_dict`,
+        `copy_`) or a replaced tensor would otherwise go unseen by the forward. Detected by each factor's storage and
+        in-place version counter (no pass over the matrices). `Run` calls it before every step and evaluation."""
+        if self._versions() != self._seen:
+            self.refresh()
+
+    def _versions(self) -> list[tuple[int, int]]:
+        return [(p.data_ptr(), p._version) for m in self.layers
+                for p in (m.weight, *m.learned_multipliers().values())]
 
     def map_grads(self) -> None:
         for m in self.layers:

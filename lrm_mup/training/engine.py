@@ -206,6 +206,8 @@ class Run:
         """One optimizer step (through `forward`, default the run's: a module is called as `lm_forward(module)`);
         returns (loss averaged over the ranks, gradient norm without multipliers)."""
         forward = _forward_or(forward, self.forward)
+        if self.path is not None:
+            self.path.sync()  # the merged matrices see any edit of the weights made since the last step
         x, y = self.corpus.batch("train", self.cfg.batch, self.cfg.context, self.generator)
         rows = self.world.rows(self.cfg.batch)  # every rank draws the global batch and keeps its own rows
         x, y = x[rows], y[rows]
@@ -239,6 +241,8 @@ class Run:
         (default the run's; a module is called as `lm_forward(module)`): the mean loss in nats per token, converted
         with the validation split's tokens per byte (`Corpus.bits_per_byte`; tokens are bytes by default)."""
         forward = _forward_or(forward, self.eval_forward)
+        if self.path is not None:
+            self.path.sync()
         total, count = 0.0, 0
         for x, y in self.corpus.val_batches(self.cfg.batch, self.cfg.context, self.cfg.eval_batches):
             rows = self.world.rows(len(x))
