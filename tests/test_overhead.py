@@ -142,6 +142,13 @@ def test_the_auto_path_is_effective_for_learnable_multipliers_in_one_process_onl
     assert training_path(cfg, model, distributed.World(size=size)) == expected
 
 
+def test_the_auto_path_keeps_autograd_under_torch_compile():
+    cfg = TrainConfig(**TINY)
+    model = lrm_mup.training.parametrized_model(cfg)
+    assert training_path(cfg, model, distributed.World(size=1)) == "effective"
+    assert training_path(cfg, model, distributed.World(size=1), compiled=True) == "autograd"
+
+
 def test_the_default_path_is_auto_and_a_run_resolves_it(corpus):
     assert TrainConfig().path == "auto"
     assert Run.create(TrainConfig(**TINY), corpus, progress=False).path is not None

@@ -64,7 +64,7 @@ def diverged(record: StepRecord) -> bool:
     return not math.isfinite(record.loss)
 
 
-def training_path(cfg: TrainConfig, model: torch.nn.Module, world: distributed.World) -> str:
+def training_path(cfg: TrainConfig, model: torch.nn.Module, world: distributed.World, compiled: bool = False) -> str:
     """The path a run trains on: `cfg.path`, or for "auto" (the default) the faster one where both apply:
 
     - "effective" for a model with learnable multipliers (recipe lrm) in one process: its merged matrices are built
@@ -72,12 +72,14 @@ def training_path(cfg: TrainConfig, model: torch.nn.Module, world: distributed.W
       forward rebuilds W = a·r⊙W̃⊙c and differentiates through it in every micro-batch;
     - "autograd" without learnable multipliers (mup, sp: nothing to map, the fixed multiplier is one product),
       under FSDP (merged matrices cannot be sharded) and under DDP (DDP overlaps its gradient all-reduce with the
-      backward; the effective path all-reduces after it, at the end of the step).
+      backward; the effective path all-reduces after it, at the end of the step), and under torch.compile
+      (`compiled`; on CUDA by default): the rule's measurement is of eager steps on CPU, and a compiled
+      reparametrized forward is one graph the compiler may fuse, so there the known path is kept until measured.
 
     The measurement behind the rule: benchmarks/bench_overhead.py, benchmarks/RESULTS.md "Issue 15"."""
     if cfg.path != "auto":
         return cfg.path
-    if not multiplier_parameters(model) or world.size > 1:
+    if not multiplier_parameters(model) or world.size > 1 or compiled:
         return "autograd"
     return "effective"
 
@@ -122,14 +124,14 @@ class Run:
         corpus.check_context(cfg.context)  # a context the data cannot fill: said before anything is built or written
         device = world.device(cfg.device)
         model = parametrized_model(cfg, device=device)
-        path_name = training_path(cfg, model, world)
+        compile_ = cfg.compile if cfg.compile is not None else device.type == "cuda"  # the one compile default
+        path_name = training_path(cfg, model, world, compiled=compile_)
         wrapped = distributed.wrap(model, world, cfg.parallel, device, ddp=path_name == "autograd")
         opt = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, adam_lr=cfg.adam_lr,
                               mult_lr=cfg.mult_lr, mult_wd=cfg.mult_wd)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
         gen = torch.Generator().manual_seed(cfg.seed)
         path = EffectivePath(model) if path_name == "effective" else None
-        compile_ = cfg.compile if cfg.compile is not None else device.type == "cuda"  # the one compile default
         if corpus.vocab != cfg.vocab:
             raise ConfigError(f"the corpus has a vocabulary of {corpus.vocab} tokens (tokenizer {corpus.tokenizer!r}),"
                               f" the config {cfg.vocab} (tokenizer {cfg.tokenizer!r}): load the corpus with the "
