@@ -144,7 +144,6 @@ PLACEMENTS: dict[str, dict[str, frozenset[str]]] = {
 check_table("PLACEMENTS", PLACEMENTS, PLACEMENT_NAMES)
 
 
-
 def parse_multipliers(text: str) -> frozenset[str]:
     """'row,col' / 'scale' / 'none' -> the set of learnable multipliers."""
     parts = frozenset(p.strip() for p in text.split(",") if p.strip()) - {"none"}
