@@ -5,6 +5,8 @@
     python benchmarks/bench_overhead.py --profile       # plus a torch.profiler table per stepper (first config)
     torchrun --nproc_per_node 2 benchmarks/bench_overhead.py --quick      # DDP (gloo on CPU): one Run per rank
     python benchmarks/bench_overhead.py --device cuda --compile --widths 2048 4096 --tokens 8192 65536  # a GPU
+    python benchmarks/bench_overhead.py --widths 512 1024 --tokens 1024 --steppers mup lrm-eff plain --rounds 41
+                                                        # the 1k-token targets only, with enough rounds to decide them
 
 Every stepper is one optimizer step of the real training loop (`lrm_mup.training.Run.train_step`: a batch drawn
 from the corpus, forward, backward, the path's gradient mapping, clipping, AdamW, the schedule), except `plain`:
@@ -22,6 +24,10 @@ Ratios (of step times unless said; median over rounds of the per-round ratio [in
 the ratio of the fastest steps, the least disturbed on a shared machine): lrm-rep/mup,
 lrm-eff/mup, eff-acc/rep-acc, merged/plain, and lrm tokens/s / plain tokens/s on lrm's faster path. Rounds are
 interleaved in a rotated order (`_bench.time_interleaved`), so load that comes and goes hits every stepper alike.
+The overhead budget is timed inside lrm-eff's own steps: the milliseconds its gradient mapping
+(`EffectivePath.map_grads`) and its rebuild of the merged matrices (`EffectivePath.refresh`) take per optimizer
+step, and their share of its step: the whole of what learnable multipliers add to a step on that path but their
+entries in the clipping and the optimizer (vectors), measured without the noise of comparing two runs.
 On CUDA (bf16 autocast, as training does) it also prints the MFU: model FLOPs (`Run.flops_per_token`) per second
 over `--peak-tflops`.
 """
@@ -68,6 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--depth", type=int, help="override the plan's depth")
     p.add_argument("--rounds", type=int, help="override the plan's rounds")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per stepper")
+    p.add_argument("--steppers", nargs="+", metavar="NAME",
+                   help=f"time only these (default: the plan's); any of {', '.join(ALL)}")
     p.add_argument("--micro", type=int, default=4, help="micro-batches of the -acc steppers")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -75,7 +83,13 @@ def parse_args(argv=None):
     p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for the MFU (CUDA)")
     p.add_argument("--profile", action="store_true", help="torch.profiler table per stepper, first config")
     p.add_argument("--data", help="text file or folder (default: the Shakespeare corpus)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.steppers or ()) - set(ALL))
+    if unknown:
+        p.error(f"--steppers: unknown {', '.join(unknown)}; choose from {', '.join(ALL)}")
+    if args.steppers and not {"mup", "lrm-eff"} <= set(args.steppers):
+        p.error("--steppers: mup and lrm-eff are the references of every ratio; name both (and more)")
+    return args
 
 
 def plan(args) -> dict[tuple[int, int], tuple]:
@@ -86,12 +100,32 @@ def plan(args) -> dict[tuple[int, int], tuple]:
     for t in tokens:
         for w in widths:
             depth, rounds, names = base.get((w, t), (2, 5, ALL))
+            if args.steppers:
+                names = tuple(n for n in ALL if n in args.steppers)
             out[(w, t)] = (args.depth or depth, args.rounds or rounds, names)
     return out
 
 
-def steppers(args, width: int, tokens: int, depth: int, names, world, corpus) -> tuple[dict, Run]:
-    """name -> one optimizer step, for the steppers `names`; and the lrm run (for its FLOPs per token)."""
+def timed(obj, method: str, into: list[float], sync=None) -> None:
+    """Replace `obj.method` by itself timed: each call's seconds are appended to `into` (synchronized on CUDA)."""
+    inner = getattr(obj, method)
+
+    def call(*args, **kwargs):
+        if sync is not None:
+            sync()
+        t0 = time.perf_counter()
+        out = inner(*args, **kwargs)
+        if sync is not None:
+            sync()
+        into.append(time.perf_counter() - t0)
+        return out
+    setattr(obj, method, call)
+
+
+def steppers(args, width: int, tokens: int, depth: int, names, world, corpus,
+             budget: dict[str, list[float]], sync=None) -> tuple[dict, Run]:
+    """name -> one optimizer step, for the steppers `names`; and the lrm run (for its FLOPs per token). lrm-eff's
+    gradient mapping and rebuild are timed into `budget["map"]` and `budget["refresh"]`."""
     batch = tokens // CONTEXT
 
     def run(recipe, path, micro=None):
@@ -106,13 +140,15 @@ def steppers(args, width: int, tokens: int, depth: int, names, world, corpus) ->
     runs = {name: made[name]() for name in names if name in made}
     out = {name: (lambda r=r: r.train_step()) for name, r in runs.items()}
     lrm = runs["lrm-eff"]
+    timed(lrm.path, "map_grads", budget.setdefault("map", []), sync)
+    timed(lrm.path, "refresh", budget.setdefault("refresh", []), sync)
     device = lrm.device
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     # the same architecture and init: PlainGPT (no lrm_mup layers) and our GPT with the lrm multipliers merged
     models = {"plain": plain_like(GPTConfig(width=width, depth=depth, context=CONTEXT)).to(device)}
     if "merged" in names:
-        models["merged"] = lrm_mup.merge(runs["lrm-rep"].model)
+        models["merged"] = lrm_mup.merge((runs.get("lrm-rep") or run("lrm", "autograd")).model)
     for name, model in models.items():
         wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world.size > 1 \
             else model
@@ -175,15 +211,20 @@ def main(argv=None) -> None:
               f"loadavg {os.getloadavg()[0]:.1f}")
     rows, start = [], time.perf_counter()
     for i, ((width, tokens), (depth, rounds, names)) in enumerate(plan(args).items()):
-        steps, lrm = steppers(args, width, tokens, depth, names, world, corpus)
+        budget: dict[str, list[float]] = {}
+        steps, lrm = steppers(args, width, tokens, depth, names, world, corpus, budget, sync)
         if args.profile and i == 0:
             profile(steps, world)
         times = time_interleaved(steps, args.warmup, rounds, world=world, sync=sync, device=args.device)
         if not world.main:
             continue
         med = {n: statistics.median(t) for n, t in times.items()}
-        faster = min(("lrm-rep", "lrm-eff"), key=med.get)
+        faster = min((n for n in ("lrm-rep", "lrm-eff") if n in med), key=med.get)
+        # the calls of the timed rounds (the profile's and the warm-up's come first)
+        spent = {k: statistics.median(v[-rounds:]) for k, v in budget.items()}
+        share = (spent["map"] + spent["refresh"]) / med["lrm-eff"]
         cells = [ratio(times, a, b) for _, a, b in RATIOS] + [ratio(times, "plain", faster) + f" ({faster})"]
+        cells.append(f"{1e3 * spent['map']:.1f} + {1e3 * spent['refresh']:.1f} ({100 * share:.2f} %)")
         mfu = ""
         if args.device == "cuda" and peak:
             mfu = f"{100 * lrm.flops_per_token * tokens / med['lrm-eff'] / (peak * 1e12 * world.size):.1f}%"
@@ -194,7 +235,7 @@ def main(argv=None) -> None:
     if not world.main:
         return
     head = ["width", "tokens/step", "depth", "rounds", "mup ms", "lrm-eff ms", *(r[0] for r in RATIOS),
-            "lrm tokens/s / plain (path)"] + (["MFU lrm-eff"] if args.device == "cuda" else [])
+            "lrm tokens/s / plain (path)", "lrm-eff map + rebuild ms (% of its step)"] + (["MFU lrm-eff"] if args.device == "cuda" else [])
     print("\n| " + " | ".join(head) + " |")
     print("|" + "---:|" * len(head))
     for width, tokens, depth, rounds, mup_ms, eff_ms, cells, mfu in rows:
