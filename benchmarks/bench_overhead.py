@@ -235,7 +235,8 @@ def main(argv=None) -> None:
     if not world.main:
         return
     head = ["width", "tokens/step", "depth", "rounds", "mup ms", "lrm-eff ms", *(r[0] for r in RATIOS),
-            "lrm tokens/s / plain (path)", "lrm-eff map + rebuild ms (% of its step)"] + (["MFU lrm-eff"] if args.device == "cuda" else [])
+            "lrm tokens/s / plain (path)", "lrm-eff map + rebuild ms (% of its step)"]
+    head += ["MFU lrm-eff"] if args.device == "cuda" else []
     print("\n| " + " | ".join(head) + " |")
     print("|" + "---:|" * len(head))
     for width, tokens, depth, rounds, mup_ms, eff_ms, cells, mfu in rows:
