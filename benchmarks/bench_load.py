@@ -1,7 +1,10 @@
-"""The demo's coordinate check on an idle and on a loaded machine, with torch's default threads (the old behaviour)
-and with lrm-mup's thread rule (lrm_mup._threads): the issue-15 target is the loaded run within 2x of the idle one.
+"""The demo's coordinate check on an idle and on a loaded machine: in worker processes chosen by the rule (what the
+demo and `lrm-mup coord-check` do now: coord_check(workers="auto")), in one process at the thread rule's count
+(lrm_mup._threads; the previous behaviour) and at torch's default threads (the first): the issue-15 target is the
+loaded run within 2x of the idle one.
 
-    python benchmarks/bench_load.py [--widths 64,...,512] [--steps 10] [--seeds 3] [--busy 2] [--cap 4] [--timeout S]
+    python benchmarks/bench_load.py [--settings workers,rule,torch] [--widths 64,...,512] [--steps 10] [--seeds 3]
+                                    [--busy 2] [--cap 4] [--timeout S]
 
 Each run is a fresh process (torch's default threads are those of a new process) running `coord_check` with the
 settings `lrm-mup demo` uses (lrm_mup.pipelines.demo.COORD: widths 64..512, 10 steps, 3 seeds, batch 16, context 32;
@@ -20,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSY = "while True:\n    pass\n"
+SETTINGS = {"workers": "worker processes (now)", "rule": "one process, thread rule", "torch": "torch default threads"}
 
 
 def child(args) -> None:
@@ -37,13 +41,14 @@ def child(args) -> None:
     spec = load_sweep(DEMO_TOML)
     corpus = load_corpus(None)
     widths = args.widths or [int(spec.model.get("base_width", 64)) * f for f in COORD["factors"]]
-    with threads_set(rule=args.child == "rule", log=True):  # the rule says its choice on stderr
+    with threads_set(rule=args.child != "torch", log=True):  # the rule says its choice on stderr
         start = time.perf_counter()
         threads = torch.get_num_threads()
         coord_check(lambda w: proxy(w, depth=int(spec.model.get("depth", 2)), context=COORD["context"]), widths,
                     base_width=64, delta_width=128, recipes=list(spec.recipes), steps=args.steps or COORD["steps"],
                     seeds=args.seeds or COORD["seeds"], last_steps=COORD["last_steps"],
-                    batch_size=COORD["batch_size"], context=COORD["context"], corpus=corpus, progress=False)
+                    batch_size=COORD["batch_size"], context=COORD["context"], corpus=corpus, progress=args.child == "workers",  # which says its workers
+                    workers="auto" if args.child == "workers" else 1)
         wall = time.perf_counter() - start
     print(json.dumps({"wall": wall, "threads": threads, "load": load}))
 
@@ -65,7 +70,8 @@ def timed(setting: str, args, cap: float | None) -> dict:
     except subprocess.CalledProcessError as e:
         sys.exit(f"bench_load: the {setting} run failed:\n{e.stderr}")
     return {**json.loads(out.stdout.strip().splitlines()[-1]), "stopped": False,
-            "line": next((x for x in out.stderr.splitlines() if x.startswith("threads:")), "")}
+            "line": next((x for x in out.stderr.splitlines() if " worker processes; " in x),
+                         next((x for x in out.stderr.splitlines() if x.startswith("threads:")), ""))}
 
 
 def _wall(r: dict) -> str:
@@ -74,7 +80,9 @@ def _wall(r: dict) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--child", choices=["torch", "rule"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=list(SETTINGS), help=argparse.SUPPRESS)
+    p.add_argument("--settings", type=lambda s: s.split(","), default=list(SETTINGS),
+                   help=f"which, in order (default {','.join(SETTINGS)})")
     p.add_argument("--widths", type=lambda s: [int(x) for x in s.split(",")], help="default: the demo's 64..512")
     p.add_argument("--steps", type=int, help="default: the demo's 10")
     p.add_argument("--seeds", type=int, help="default: the demo's 3")
@@ -88,7 +96,10 @@ def main():
     print(f"machine: {os.cpu_count()} CPUs, affinity {len(os.sched_getaffinity(0))}, load average at the start "
           f"{os.getloadavg()[0]:.1f}; settings: widths {args.widths or 'demo'}, steps {args.steps or 'demo'}, "
           f"seeds {args.seeds or 'demo'}", flush=True)
-    settings = {"rule": "lrm-mup thread rule (new)", "torch": "torch default threads (old)"}
+    bad = [s for s in args.settings if s not in SETTINGS]
+    if bad:
+        sys.exit(f"bench_load: --settings {bad[0]!r} is not one of {', '.join(SETTINGS)}")
+    settings = {s: SETTINGS[s] for s in args.settings}
     idle = {}
     for s in settings:
         idle[s] = timed(s, args, args.timeout)

@@ -18,6 +18,7 @@ from . import data as data_mod
 from ._files import check_out_folder
 from ._names import STORAGE_ENV
 from ._secrets import mask_url
+from ._threads import parse_workers
 from .analysis import equilibrium_table
 from .core.recipes import DESCRIBE_COLUMNS, RECIPES, describe
 from .errors import ConfigError
@@ -48,7 +49,7 @@ def _command_threads(args: argparse.Namespace):
     only). Commands with worker processes say their workers' choice as the workers start; the demo chooses its own
     (lrm_mup.pipelines.demo)."""
     workers = getattr(args, "workers", None) or 1
-    here = args.command in THREADED and workers == 1
+    here = args.command in THREADED and workers in (1, "1")
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     rank0 = int(os.environ.get("RANK", "0")) == 0
     return threads_set(getattr(args, "threads", None), rule=here, workers=ranks, where="--threads",
@@ -143,6 +144,7 @@ def cmd_transfer(args) -> int:
 
 
 def cmd_coord_check(args) -> int:
+    parse_workers(args.workers)  # a bad count: one line, before any work
     bad = [r for r in args.recipes if r not in RECIPES]
     if bad:
         raise ConfigError(f"--recipes: {bad[0]!r} is not a recipe; allowed: {', '.join(RECIPES)}")
@@ -177,7 +179,8 @@ def cmd_coord_check(args) -> int:
                             lr=args.lr, optimizer=args.optimizer, corpus=corpus, context=args.context,
                             fresh_batches=cc.FRESH_BATCHES if args.fresh_batches is None else args.fresh_batches,
                             threshold=args.threshold, level=args.confidence,
-                            last_steps=max(1, min(5, args.steps // 2)), progress=not args.quiet)
+                            last_steps=max(1, min(5, args.steps // 2)), progress=not args.quiet,
+                            workers=args.workers)
     paths = write_coord_check_report(result, out)
     print(result.summary())
     print(f"report: {paths['html']}  numbers: {paths['json']}")
@@ -213,7 +216,8 @@ def _depth_coord_check(args, out) -> int:
                                   seeds=args.seeds, lr=args.lr, optimizer=args.optimizer, corpus=corpus,
                                   context=args.context, threshold=args.threshold,
                                   fresh_batches=cc.FRESH_BATCHES if args.fresh_batches is None else args.fresh_batches,
-                                  last_steps=max(1, min(5, args.steps // 2)), progress=not args.quiet)
+                                  last_steps=max(1, min(5, args.steps // 2)), progress=not args.quiet,
+                                  workers=args.workers)
     paths = write_coord_check_report(result, out)  # the width check's page, with depth on the x-axis
     print(result.summary())
     print(f"report: {paths['html']}  numbers: {paths['json']}")

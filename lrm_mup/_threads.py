@@ -54,6 +54,22 @@ def threads_for_load(cores: int, load: float, workers: int = 1, override: int | 
     return max(1, min(cores // workers, free // workers))
 
 
+def workers_for_load(cores: int, load: float, cells: int) -> int:
+    """Worker processes for `cells` independent single-threaded jobs (a coordinate check's runs) on `cores` cores
+    that other processes load with `load` runnable tasks: one per core, plus one per core's worth of others' load,
+    at most two per core and never more than the jobs,
+
+        workers = max(1, min(cells, 2 * cores, cores + round(load))).
+
+    The reason: the kernel shares the cores per runnable thread, and a single-threaded process has no barrier to
+    wait at, so k of ours among `load` others' tasks get cores · k / (k + load) cores, without the OpenMP stall
+    (module doc). One per core takes an idle machine whole; under load each extra worker claims one more share
+    (2 cores, 2 busy loops: 4 workers get 4/3 of a core, 2 workers 1 core, 1 thread 2/3), as a job of that many
+    threads would, and the cap of two per core bounds memory and cache pressure."""
+    cores, cells = max(1, int(cores)), max(1, int(cells))
+    return max(1, min(cells, 2 * cores, cores + round(max(0.0, load))))
+
+
 def parse_threads(value, where: str = "--threads") -> int | None:
     """A thread count as the user gave it (an int, or the text of an environment variable): a whole number >= 1, or
     None when not given (None or ''). Anything else: one line naming the value and what is allowed."""
@@ -66,6 +82,35 @@ def parse_threads(value, where: str = "--threads") -> int | None:
         raise ConfigError(f"{where} {raw!r} is invalid: give a whole number of threads >= 1 (or leave it unset: "
                           "chosen from the free cores)")
     return value
+
+
+AUTO_WORKERS = "auto"
+
+
+def parse_workers(value, where: str = "--workers") -> int | str:
+    """A worker count as the user gave it: a whole number >= 1, or "auto" (`workers_for_load` on this machine now);
+    None means 1. Anything else: one line naming the value and what is allowed."""
+    if value is None:
+        return 1
+    raw = value
+    if isinstance(value, str):
+        value = value.strip().lower()
+        if value == AUTO_WORKERS:
+            return AUTO_WORKERS
+        value = int(value) if value.isdigit() else value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where} {raw!r} is invalid: give a whole number of worker processes >= 1, or "
+                          f"{AUTO_WORKERS!r} (one per free core, more under load)")
+    return value
+
+
+def choose_workers(value, cells: int, where: str = "--workers") -> int:
+    """The worker processes for `cells` jobs: `value` checked (`parse_workers`), "auto" by `workers_for_load` over
+    the measured cores and load; never more than the jobs."""
+    value = parse_workers(value, where)
+    if value == AUTO_WORKERS:
+        return workers_for_load(available_cores(), other_load(), cells)
+    return max(1, min(value, int(cells)))
 
 
 def env_threads() -> int | None:

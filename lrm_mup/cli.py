@@ -209,7 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--no-fresh-batches, on the measurement batch itself (default: fresh batches; one fixed batch "
                         "is memorised faster by wider models, a drift that seeds do not average out)")
     p.add_argument("--data", help="UTF-8 text file or folder (default: the Shakespeare corpus)")
-    add_threads_arg(p)
+    p.add_argument("--workers", default="auto",
+                   help="processes running the check's runs at once, or 'auto' (default): one per free core, one "
+                        "more per busy core (at most two per core; said on stderr). 1: all in this process")
+    add_threads_arg(p, " per process")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when a recipe's verdict is FAIL (for CI); an INCONCLUSIVE recipe still exits 0")
     p.add_argument("--strict-inconclusive", dest="strict_inconclusive", action="store_true",

@@ -204,6 +204,8 @@ CASES = [
          ["heads=4", "head_dim=8"]),
     # coord-check: values, and --out before the work
     Case("coord-check-lr-inf", [*C, "--lr", "inf", "--out", "cc"], ["lr=inf"]),
+    Case("coord-check-workers-zero", [*C, "--workers", "0", "--out", "cc"], ["--workers '0' is invalid", "auto"]),
+    Case("coord-check-workers-not-a-count", [*C, "--workers", "many", "--out", "cc"], ["'many'", ">= 1"]),
     Case("coord-check-out-is-a-file", [*C, "--out", "afile"], ["afile", "is a file"], [afile]),
     Case("coord-check-context-longer-than-the-data", [*C, "--context", "200000", "--out", "cc"], ["200000"]),
     # sweep, transfer, report: the inputs this side checks

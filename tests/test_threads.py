@@ -27,7 +27,7 @@ from lrm_mup.training.threads import threads_argument, threads_set
 REPO = Path(__file__).resolve().parent.parent
 SLICE = str(REPO / "tests" / "data" / "shakespeare")
 TINY = ["coord-check", "--recipes", "mup", "--widths", "32,64", "--base-width", "32", "--delta-width", "64",
-        "--steps", "2", "--seeds", "1", "--context", "16", "--data", SLICE, "--quiet"]
+        "--steps", "2", "--seeds", "1", "--context", "16", "--data", SLICE, "--quiet", "--workers", "1"]
 
 
 @pytest.mark.parametrize("cores, load, workers, threads", [

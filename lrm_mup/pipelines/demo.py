@@ -320,7 +320,8 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
              sweep_file: str | os.PathLike | None = None, workers: int | None = None, threads: int | None = None,
              log: Callable[[str], None] = print) -> Path:
     """Run the four stages (module doc) under `out`; returns the report's index.html. `workers`: processes of the
-    sweep and of the transfer (default: 2 cores' worth; 1 with `quick`). `threads`: torch threads of every process
+    sweep and of the transfer (default: 2 cores' worth; 1 with `quick`) and of the coordinate check (default:
+    "auto", one per free core and more under load, `lrm_mup._threads.workers_for_load`; 1 with `quick`). `threads`: torch threads of every process
     (default: $LRM_MUP_THREADS, else the rule of lrm_mup._threads for this process and for the workers, said on
     stderr; one thread with `quick`, whose tiny models run fastest on one); this process's are put back after."""
     if workers is not None and not (isinstance(workers, int) and workers >= 1):
@@ -381,7 +382,8 @@ def run_demo(out: str | os.PathLike = "runs/lrm-mup-demo", *, quick: bool = Fals
             result = coord_check(build, [base * f for f in cc["factors"]], base_width=base, delta_width=delta,
                                  recipes=list(spec.recipes), steps=cc["steps"], seeds=cc["seeds"],
                                  last_steps=cc["last_steps"], batch_size=cc["batch_size"], context=cc["context"],
-                                 corpus=corpus, progress=True)
+                                 corpus=corpus, progress=True,
+                                 workers=workers if workers is not None else 1 if quick else "auto")
         paths = write_coord_check_report(result, out / "coord_check")
         log(result.summary(worst=3))
         log(f"  coordinate check report: {paths['html']} ({time.perf_counter() - t:.0f} s)")

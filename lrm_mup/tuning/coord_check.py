@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import analysis
+from .._threads import choose_threads, choose_workers
 from ..analysis import EXPECTED, LOGITS, QUANTITIES, Expected, Verdict
 from ..core import depth as depth_mod
 from ..core.multipliers import multiplied_modules
@@ -62,6 +63,7 @@ from ..errors import CoordCheckError
 from ..models import logits_of
 from ..models.hf import attention_probe
 from ..training.threads import threads_argument
+from ._cells import run_cells
 
 __all__ = ["coord_check", "depth_coord_check", "CoordCheckResult", "Verdict", "Expected", "EXPECTED", "QUANTITIES",
            "LOGITS", "DEFAULT_WIDTHS", "DEFAULT_BASE_WIDTH", "DEFAULT_DELTA_WIDTH", "DEFAULT_PROXY", "FRESH_BATCHES"]
@@ -102,6 +104,7 @@ def coord_check(
     last_steps: int = 5,
     level: float = analysis.VERDICT_LEVEL,
     progress: bool = True,
+    workers: int | str = 1,
 ) -> "CoordCheckResult":
     """Train `build(width)` under each recipe for `steps` steps at every width and seed, and judge the records.
 
@@ -117,6 +120,11 @@ def coord_check(
       `threshold` of the expected one at t=0 and on average over the last `last_steps` steps, fails when it lies
       outside and is inconclusive when it straddles the limit (module docstring, `lrm_mup.analysis.judge`).
     weight_decay: 0 by default, as in mup's check; recipe lr-wd differs from lr-only only through it.
+    workers: the runs (recipe × width × seed) are independent: with workers > 1 they run in that many forked
+      processes (`lrm_mup.tuning._cells`), each at $LRM_MUP_THREADS threads (set by `threads=`) or the thread rule's
+      count for that many processes, said on stderr with `progress`; "auto": one per free core, more under load
+      (`lrm_mup._threads.workers_for_load`). The records are those of one process at the same threads. Linux only;
+      1 (the default) runs here, in this process.
     """
     widths = _check_settings("width", widths, recipes, steps, seeds, lr, weight_decay, batch_size, context,
                              threshold, last_steps, level, seed_base)
@@ -124,19 +132,25 @@ def coord_check(
     corpus.check_context(context)
     shapes = base_shapes(build(base_width), build(delta_width))
     runs = [(r, w, s) for r in recipes for w in widths for s in range(seed_base, seed_base + seeds)]
-    records, head_dims, roles = [], {}, {}
-    bar = _progress([w for _, w, _ in runs], progress)
-    for recipe, width, seed in runs:
+
+    def run(cell):
+        recipe, width, seed = cell
         gen = torch.Generator().manual_seed(seed)
         batches = [corpus.batch("train", batch_size, context, gen) for _ in range(1 + steps * fresh_batches)]
         with torch.random.fork_rng():  # same init for every recipe, and the caller's RNG left alone
             torch.manual_seed(seed)
             model = parametrize(build(width), shapes, recipe=recipe, optimizer=optimizer)
         opt = build_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay)
-        rows, head_dims[width] = _train_and_record(model, opt, batches, steps)
-        roles.update((name, m.parametrization.role) for name, m in multiplied_modules(model))
-        records += [{"recipe": recipe, "width": width, "seed": seed, **row} for row in rows]
-        bar(f"{recipe} width {width} seed {seed}")
+        rows, head_dim = _train_and_record(model, opt, batches, steps)
+        roles = {name: m.parametrization.role for name, m in multiplied_modules(model)}
+        return [{"recipe": recipe, "width": width, "seed": seed, **row} for row in rows], head_dim, roles
+
+    records, head_dims, roles = [], {}, {}
+    done = _runs_in_workers(runs, workers, progress, "width", lambda cell: cell[1] ** 2)  # a step costs ~ width²
+    for (_, width, _), (rows, head_dim, run_roles) in zip(runs, done(run)):
+        records += rows
+        head_dims[width] = head_dim
+        roles.update(run_roles)
     config = {"widths": widths, "base_width": base_width, "delta_width": delta_width, "recipes": list(recipes),
               "steps": steps, "seeds": seeds, "seed_base": seed_base, "lr": lr, "weight_decay": weight_decay,
               "optimizer": optimizer, "corpus": corpus.name, "batch_size": batch_size, "context": context,
@@ -197,6 +211,7 @@ def depth_coord_check(
     threshold: float = 0.2,
     last_steps: int = 5,
     progress: bool = True,
+    workers: int | str = 1,
 ) -> "CoordCheckResult":
     """`coord_check` with depth as the axis: `build(width, depth)` at one `width` and several `depths`, each under
     `depth_rule` (`lrm_mup.core.depth`) against `base_depth`, judged by the slope of log2 value against log2 depth.
@@ -218,9 +233,9 @@ def depth_coord_check(
     delta_width = 2 * width if delta_width is None else delta_width
     shapes = base_shapes(build(width, base_depth), build(delta_width, base_depth))
     runs = [(r, d, s) for r in recipes for d in depths for s in range(seeds)]
-    records, roles, layout = [], {}, None
-    bar = _progress([d for _, d, _ in runs], progress)
-    for recipe, depth, seed in runs:
+
+    def run(cell):
+        recipe, depth, seed = cell
         gen = torch.Generator().manual_seed(seed)
         batches = [corpus.batch("train", batch_size, context, gen) for _ in range(1 + steps * fresh_batches)]
         with torch.random.fork_rng():
@@ -231,14 +246,17 @@ def depth_coord_check(
             raise CoordCheckError("a check across depth needs the model's blocks: declare lrm_depth() on it")
         opt = build_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay)
         rows, _ = _train_and_record(model, opt, batches, steps, watch=[f"{layout.blocks}.{depth - 1}"])
-        for name, m in multiplied_modules(model):
-            if (kept := _by_position(name, layout, depth)) is not None:
-                roles[kept] = m.parametrization.role
-        for row in rows:
-            if (kept := _by_position(row["module"], layout, depth)) is not None:
-                records.append({"recipe": recipe, "depth": depth, "width": width, "seed": seed, **row,
-                                "module": kept})
-        bar(f"{recipe} depth {depth} seed {seed}")
+        roles = {kept: m.parametrization.role for name, m in multiplied_modules(model)
+                 if (kept := _by_position(name, layout, depth)) is not None}
+        kept_rows = [{"recipe": recipe, "depth": depth, "width": width, "seed": seed, **row, "module": kept}
+                     for row in rows if (kept := _by_position(row["module"], layout, depth)) is not None]
+        return kept_rows, layout, roles
+
+    records, roles, layout = [], {}, None
+    done = _runs_in_workers(runs, workers, progress, "depth", lambda cell: cell[1])  # a step costs ~ depth
+    for rows, layout, run_roles in done(run):
+        records += rows
+        roles.update(run_roles)
     scales = depth_mod.DepthScales(depth_rule, max(depths), base_depth)
     config = {"axis": "depth", "depths": depths, "width": width, "base_depth": base_depth, "depth_rule": depth_rule,
               "depth_alpha": scales.alpha, "depth_lr_exponent": scales.alpha - 1.0 if depth_rule != "none" else 0.0,
@@ -248,6 +266,25 @@ def depth_coord_check(
               "batch_size": batch_size, "context": context, "fresh_batches": fresh_batches, "threshold": threshold,
               "last_steps": last_steps, "head_dims": {}, "roles": roles, "mup_readout": mup_readout(recipes)}
     return CoordCheckResult(config, records)
+
+
+def _runs_in_workers(runs: list[tuple], workers, progress: bool, axis: str, cost: Callable[[tuple], float]):
+    """`done(run)`: [run(cell) for cell in runs] in the chosen worker processes (`_cells.run_cells`), with the
+    progress counter; the choice of workers and their threads is said on stderr with `progress`."""
+    count = choose_workers(workers, len(runs), "workers")
+    threads = None
+    if count > 1:
+        choice = choose_threads(count)
+        threads = choice.threads
+        if progress:
+            print(f"coord check: {count} worker processes; {choice.line()}", file=sys.stderr, flush=True)
+    bar = _progress([cell[1] for cell in runs], progress)
+
+    def done(run: Callable[[tuple], object]) -> list:
+        return run_cells(run, runs, workers=count, threads=threads, cost=cost, what="run",
+                         done=lambda cell: bar(f"{cell[0]} {axis} {cell[1]} seed {cell[2]}", cell[1]))
+
+    return done
 
 
 def _by_position(name: str, layout: depth_mod.DepthLayout, depth: int) -> str | None:
@@ -261,12 +298,15 @@ def _by_position(name: str, layout: depth_mod.DepthLayout, depth: int) -> str | 
     return name
 
 
-def _progress(widths: list[int], enabled: bool) -> Callable[[str], None]:
-    """A counter on stderr, one tick per run (`widths`: each run's width, in order), with the time left: each
-    remaining run costs the mean time measured at its width, or, for a width not run yet, the widest measured
-    width's time × (width ratio)² (a step's cost grows about as width² at these sizes)."""
+def _progress(widths: list[int], enabled: bool) -> Callable[[str, int], None]:
+    """A counter on stderr, one tick per finished run (`widths`: each run's width, or depth; `tick(what, width)`
+    in any order), with the time left: each remaining run costs the mean time between ticks measured at its width,
+    or, for a width not finished yet, the widest measured width's time × (width ratio)² (a step's cost grows about
+    as width² at these sizes). With worker processes the time between ticks is a run's time over the workers, so
+    the estimate holds for them too."""
     start = last = time.perf_counter()
     seconds: dict[int, list[float]] = {}
+    remaining = list(widths)
     count = 0
 
     def left() -> float | None:
@@ -274,13 +314,14 @@ def _progress(widths: list[int], enabled: bool) -> Callable[[str], None]:
         if not measured:
             return None
         ref = max(measured)
-        return sum(measured.get(w, measured[ref] * (w / ref) ** 2) for w in widths[count:])
+        return sum(measured.get(w, measured[ref] * (w / ref) ** 2) for w in remaining)
 
-    def tick(what: str) -> None:
+    def tick(what: str, width: int) -> None:
         nonlocal count, last
         now = time.perf_counter()
-        if count > 0 or widths.count(widths[0]) == 1:  # the first run also pays one-time warm-ups: not a sample
-            seconds.setdefault(widths[count], []).append(now - last)
+        if count > 0 or widths.count(width) == 1:  # the first run also pays one-time warm-ups: not a sample
+            seconds.setdefault(width, []).append(now - last)
+        remaining.remove(width)
         count, last = count + 1, now
         if enabled:
             done, rest = count == len(widths), left()
