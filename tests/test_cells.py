@@ -65,6 +65,16 @@ def test_a_worker_count_is_a_whole_number_or_auto_and_never_more_than_the_runs()
     assert 1 <= choose_workers("auto", 48) <= 2 * available_cores()
 
 
+def test_a_bad_worker_count_stops_the_check_before_any_model_is_built(corpus):
+    built = []
+    for check, args in ((coord_check, ([32, 64],)), (depth_coord_check, ([1, 2],))):
+        kw = ({**SMALL} if check is coord_check else
+              dict(width=32, base_depth=1, depth_rule="sqrt", steps=2, last_steps=1, seeds=1, progress=False))
+        with pytest.raises(ConfigError, match="^workers 0 is invalid"):
+            check(lambda *a: built.append(a) or tiny(*a), *args, corpus=corpus, workers=0, **kw)
+    assert built == []
+
+
 def test_runs_in_two_worker_processes_give_the_records_of_one_process(corpus):
     here = coord_check(tiny, [32, 64], corpus=corpus, threads=1, **SMALL)
     forked = coord_check(tiny, [32, 64], corpus=corpus, threads=1, workers=2, **SMALL)

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import analysis
-from .._threads import choose_threads, choose_workers
+from .._threads import choose_threads, choose_workers, parse_workers
 from ..analysis import EXPECTED, LOGITS, QUANTITIES, Expected, Verdict
 from ..core import depth as depth_mod
 from ..core.multipliers import multiplied_modules
@@ -128,6 +128,7 @@ def coord_check(
     """
     widths = _check_settings("width", widths, recipes, steps, seeds, lr, weight_decay, batch_size, context,
                              threshold, last_steps, level, seed_base)
+    parse_workers(workers, "workers")
     corpus = corpus if corpus is not None else load_corpus(None, progress=progress)
     corpus.check_context(context)
     shapes = base_shapes(build(base_width), build(delta_width))
@@ -146,8 +147,8 @@ def coord_check(
         return [{"recipe": recipe, "width": width, "seed": seed, **row} for row in rows], head_dim, roles
 
     records, head_dims, roles = [], {}, {}
-    done = _runs_in_workers(runs, workers, progress, "width", lambda cell: cell[1] ** 2)  # a step costs ~ width²
-    for (_, width, _), (rows, head_dim, run_roles) in zip(runs, done(run)):
+    done = _run_all(run, runs, workers, progress, "width", cost=lambda cell: cell[1] ** 2)  # a step ~ width²
+    for (_, width, _), (rows, head_dim, run_roles) in zip(runs, done):
         records += rows
         head_dims[width] = head_dim
         roles.update(run_roles)
@@ -226,6 +227,7 @@ def depth_coord_check(
     depth_mod.check_rule(depth_rule)
     depths = _check_settings("depth", depths, recipes, steps, seeds, lr, weight_decay, batch_size, context,
                              threshold, last_steps)
+    parse_workers(workers, "workers")
     if not (isinstance(base_depth, int) and base_depth > 0):
         raise CoordCheckError(f"base_depth={base_depth!r} is invalid: it must be a positive integer")
     corpus = corpus if corpus is not None else load_corpus(None, progress=progress)
@@ -253,8 +255,8 @@ def depth_coord_check(
         return kept_rows, layout, roles
 
     records, roles, layout = [], {}, None
-    done = _runs_in_workers(runs, workers, progress, "depth", lambda cell: cell[1])  # a step costs ~ depth
-    for rows, layout, run_roles in done(run):
+    done = _run_all(run, runs, workers, progress, "depth", cost=lambda cell: cell[1])  # a step ~ depth
+    for rows, layout, run_roles in done:
         records += rows
         roles.update(run_roles)
     scales = depth_mod.DepthScales(depth_rule, max(depths), base_depth)
@@ -268,9 +270,10 @@ def depth_coord_check(
     return CoordCheckResult(config, records)
 
 
-def _runs_in_workers(runs: list[tuple], workers, progress: bool, axis: str, cost: Callable[[tuple], float]):
-    """`done(run)`: [run(cell) for cell in runs] in the chosen worker processes (`_cells.run_cells`), with the
-    progress counter; the choice of workers and their threads is said on stderr with `progress`."""
+def _run_all(run: Callable[[tuple], object], runs: list[tuple], workers, progress: bool, axis: str,
+             cost: Callable[[tuple], float]) -> list:
+    """[run(cell) for cell in runs], in the chosen worker processes (`_cells.run_cells`; `workers` already checked),
+    with the progress counter; the choice of workers and their threads is said on stderr with `progress`."""
     count = choose_workers(workers, len(runs), "workers")
     threads = None
     if count > 1:
@@ -279,12 +282,8 @@ def _runs_in_workers(runs: list[tuple], workers, progress: bool, axis: str, cost
         if progress:
             print(f"coord check: {count} worker processes; {choice.line()}", file=sys.stderr, flush=True)
     bar = _progress([cell[1] for cell in runs], progress)
-
-    def done(run: Callable[[tuple], object]) -> list:
-        return run_cells(run, runs, workers=count, threads=threads, cost=cost, what="run",
-                         done=lambda cell: bar(f"{cell[0]} {axis} {cell[1]} seed {cell[2]}", cell[1]))
-
-    return done
+    return run_cells(run, runs, workers=count, threads=threads, cost=cost, what="run",
+                     done=lambda cell: bar(f"{cell[0]} {axis} {cell[1]} seed {cell[2]}", cell[1]))
 
 
 def _by_position(name: str, layout: depth_mod.DepthLayout, depth: int) -> str | None:
