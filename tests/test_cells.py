@@ -1,5 +1,5 @@
 """A coordinate check's runs in forked worker processes (lrm_mup.tuning._cells, `coord_check(workers=...)`): the
-worker rule as a pure function, bad counts in one line, the records of worker processes equal to those of one
+worker rule as a pure function (bad counts: tests/test_threads.py), the records of worker processes equal to those of one
 process, an error in a run raised in the caller, a worker that dies reported in one line, no worker left behind,
 and no hang when two-thread workers are forked after a two-thread op in the parent (GNU OpenMP's fork trap). Never a
 wall time: waits are on process exits, bounded by waiting.DEADLINE only against a hang."""
@@ -16,7 +16,7 @@ import torch
 
 from lrm_mup._threads import AUTO_WORKERS, available_cores, choose_workers, parse_workers, workers_for_load
 from lrm_mup.data import load_corpus
-from lrm_mup.errors import ConfigError, CoordCheckError, LrmMupError
+from lrm_mup.errors import ConfigError, CoordCheckError
 from lrm_mup.models import GPT, GPTConfig
 from lrm_mup.tuning.coord_check import coord_check, depth_coord_check
 from tests.waiting import DEADLINE
@@ -48,15 +48,6 @@ def corpus():
 ])
 def test_the_worker_rule_takes_one_per_core_and_one_more_per_busy_core(cores, load, cells, workers):
     assert workers_for_load(cores, load, cells) == workers
-
-
-@pytest.mark.parametrize("value", ["0", "-1", "many", "2.5", 0, -2, 1.5, True])
-def test_a_bad_worker_count_is_one_line_naming_the_value(value):
-    with pytest.raises(ConfigError) as err:
-        parse_workers(value, "--workers")
-    message = str(err.value)
-    assert isinstance(err.value, LrmMupError) and "\n" not in message
-    assert repr(value) in message and ">= 1" in message and repr(AUTO_WORKERS) in message
 
 
 def test_a_worker_count_is_a_whole_number_or_auto_and_never_more_than_the_runs():

@@ -19,6 +19,7 @@ from lrm_mup._threads import (
     choose_threads,
     other_load,
     parse_threads,
+    parse_workers,
     threads_for_load,
 )
 from lrm_mup.errors import ConfigError, LrmMupError
@@ -52,12 +53,14 @@ def test_an_override_wins_over_any_load_and_is_not_capped():
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "2.5", 0, -3, 1.5, True])
-def test_a_bad_override_is_one_line_naming_the_value(value):
+@pytest.mark.parametrize("parse, flag, allowed", [(parse_threads, "--threads", ">= 1"),
+                                                  (parse_workers, "--workers", "'auto'")])
+def test_a_bad_thread_or_worker_count_is_one_line_naming_the_value(value, parse, flag, allowed):
     with pytest.raises(ConfigError) as err:
-        parse_threads(value, "--threads")
+        parse(value, flag)
     message = str(err.value)
     assert isinstance(err.value, LrmMupError) and "\n" not in message
-    assert repr(value) in message and "--threads" in message and ">= 1" in message
+    assert repr(value) in message and flag in message and ">= 1" in message and allowed in message
 
 
 def test_an_override_is_a_whole_number_or_nothing():
