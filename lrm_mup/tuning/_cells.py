@@ -78,7 +78,10 @@ def run_cells(fn: Callable[[Any], Any], cells: Sequence[Any], *, workers: int, t
         forker = threading.Thread(target=start, name="lrm-mup-cells")
         forker.start()
         forker.join()
-        if "error" in started:
+        if "error" in started:  # a fork or a submit failed: end what started, then say why
+            if "pool" in started:
+                _stop(started["pool"], kill=True)
+            _JOB.clear()
             raise started["error"]
         pool, pending = started["pool"], started["futures"]
         results: dict[int, Any] = {}
@@ -107,9 +110,12 @@ def _stop(pool: futures.ProcessPoolExecutor, kill: bool) -> None:
         pool.shutdown(wait=True)
         return
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for p in processes:
         if p.is_alive():
             p.terminate()
+    if manager is not None:  # it sees the workers end, reaps them and ends: joining them beside it races on waitpid
+        manager.join()
     for p in processes:
         p.join()
