@@ -47,7 +47,8 @@ def child(args) -> None:
         coord_check(lambda w: proxy(w, depth=int(spec.model.get("depth", 2)), context=COORD["context"]), widths,
                     base_width=64, delta_width=128, recipes=list(spec.recipes), steps=args.steps or COORD["steps"],
                     seeds=args.seeds or COORD["seeds"], last_steps=COORD["last_steps"],
-                    batch_size=COORD["batch_size"], context=COORD["context"], corpus=corpus, progress=args.child == "workers",  # which says its workers
+                    batch_size=COORD["batch_size"], context=COORD["context"], corpus=corpus,
+                    progress=args.child == "workers",  # which says its workers on stderr
                     workers="auto" if args.child == "workers" else 1)
         wall = time.perf_counter() - start
     print(json.dumps({"wall": wall, "threads": threads, "load": load}))
