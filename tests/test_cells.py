@@ -1,8 +1,8 @@
 """A coordinate check's runs in forked worker processes (lrm_mup.tuning._cells, `coord_check(workers=...)`): the
-worker rule as a pure function (bad counts: tests/test_threads.py), the records of worker processes equal to those of one
-process, an error in a run raised in the caller, a worker that dies reported in one line, no worker left behind,
-and no hang when two-thread workers are forked after a two-thread op in the parent (GNU OpenMP's fork trap). Never a
-wall time: waits are on process exits, bounded by waiting.DEADLINE only against a hang."""
+worker rule as a pure function (bad counts: tests/test_threads.py), the records of worker processes equal to those
+of one process, an error in a run raised in the caller, a worker that dies reported in one line, no worker left
+behind, and no hang when two-thread workers are forked after a two-thread op in the parent (GNU OpenMP's fork trap).
+Never a wall time: waits are on process exits, bounded by waiting.DEADLINE only against a hang."""
 import multiprocessing
 import os
 import signal
