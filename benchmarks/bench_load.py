@@ -43,7 +43,8 @@ def child(args) -> None:
     widths = args.widths or [int(spec.model.get("base_width", 64)) * f for f in COORD["factors"]]
     with threads_set(rule=args.child != "torch", log=True):  # the rule says its choice on stderr
         start = time.perf_counter()
-        threads = torch.get_num_threads()
+        # this process's threads; with workers each worker's count is in the line they say on stderr
+        threads = torch.get_num_threads() if args.child != "workers" else "per worker, see the line"
         coord_check(lambda w: proxy(w, depth=int(spec.model.get("depth", 2)), context=COORD["context"]), widths,
                     base_width=64, delta_width=128, recipes=list(spec.recipes), steps=args.steps or COORD["steps"],
                     seeds=args.seeds or COORD["seeds"], last_steps=COORD["last_steps"],
