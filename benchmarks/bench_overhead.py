@@ -13,6 +13,8 @@ from the corpus, forward, backward, the path's gradient mapping, clipping, AdamW
 - mup          recipe mup (path autograd: it has no learnable multipliers)
 - lrm-rep      recipe lrm, reparametrized forward (path autograd)
 - lrm-eff      recipe lrm, effective path (merged matrices; the default, path auto, in one process)
+- lrm-eff-eager  lrm-eff with the eager torch ops for the multipliers' full-size work instead of the fused CPU
+               kernels (`lrm_mup/core/_fused.py`; the same on CUDA, where the kernels never apply)
 - lrm-rep-acc  / lrm-eff-acc: the same with gradient accumulation over `--micro` micro-batches
 - plain        benchmarks/bench_model.py's PlainGPT (nn.Linear, nn.Embedding, no lrm_mup), torch AdamW with the
                same fused setting as ours (`lrm_mup.core.optim.fused_adamw`), torch's clip_grad_norm_, the same batches
@@ -22,7 +24,7 @@ DDP); a step's time is the slowest rank's.
 
 Ratios (of step times unless said; median over rounds of the per-round ratio [interquartile range]; after the `;`
 the ratio of the fastest steps, the least disturbed on a shared machine): lrm-rep/mup,
-lrm-eff/mup, eff-acc/rep-acc, merged/plain, and lrm tokens/s / plain tokens/s on lrm's faster path. Rounds are
+lrm-eff/mup, eff-acc/rep-acc, merged/plain, fused/eager (lrm-eff over lrm-eff-eager), and lrm tokens/s / plain tokens/s on lrm's faster path. Rounds are
 interleaved in a rotated order (`_bench.time_interleaved`), so load that comes and goes hits every stepper alike.
 The overhead budget is timed inside lrm-eff's own steps: the milliseconds its gradient mapping
 (`EffectivePath.map_grads`) and its rebuild of the merged matrices (`EffectivePath.refresh`) take per optimizer
@@ -48,15 +50,16 @@ from torch.profiler import ProfilerActivity
 from torch.profiler import profile as torch_profile
 
 import lrm_mup
+from lrm_mup.core import _fused
 from lrm_mup.core.optim import fused_adamw
 from lrm_mup.data import load_corpus
 from lrm_mup.models import GPTConfig
 from lrm_mup.training import Run, TrainConfig, distributed
 
 CONTEXT = 128
-ALL = ("mup", "lrm-rep", "lrm-eff", "lrm-rep-acc", "lrm-eff-acc", "plain", "merged")
+ALL = ("mup", "lrm-rep", "lrm-eff", "lrm-eff-eager", "lrm-rep-acc", "lrm-eff-acc", "plain", "merged")
 NO_MERGED = ALL[:-1]
-CORE = ("mup", "lrm-rep", "lrm-eff", "plain")
+CORE = ("mup", "lrm-rep", "lrm-eff", "lrm-eff-eager", "plain")
 # full run: (width, tokens per step) -> (depth, rounds, steppers); 20.7 TFLOP in all (warm-up included): about 6-7
 # min on one idle CPU core at 1 thread (50-60 GFLOP/s); width 1024 at 8k tokens (0.7 TFLOP a step) with the four
 # core steppers only
@@ -135,10 +138,13 @@ def steppers(args, width: int, tokens: int, depth: int, names, world, corpus,
         return Run.create(cfg, corpus, progress=False, world=world)
 
     made = {"mup": lambda: run("mup", "autograd"), "lrm-rep": lambda: run("lrm", "autograd"),
-            "lrm-eff": lambda: run("lrm", "effective"), "lrm-rep-acc": lambda: run("lrm", "autograd", args.micro),
+            "lrm-eff": lambda: run("lrm", "effective"), "lrm-eff-eager": lambda: run("lrm", "effective"),
+            "lrm-rep-acc": lambda: run("lrm", "autograd", args.micro),
             "lrm-eff-acc": lambda: run("lrm", "effective", args.micro)}
     runs = {name: made[name]() for name in names if name in made}
     out = {name: (lambda r=r: r.train_step()) for name, r in runs.items()}
+    if "lrm-eff-eager" in runs:
+        out["lrm-eff-eager"] = lambda r=runs["lrm-eff-eager"]: _eager(r.train_step)
     lrm = runs["lrm-eff"]
     timed(lrm.path, "map_grads", budget.setdefault("map", []), sync)
     timed(lrm.path, "refresh", budget.setdefault("refresh", []), sync)
@@ -169,7 +175,13 @@ def steppers(args, width: int, tokens: int, depth: int, names, world, corpus,
     return out, lrm
 
 
+def _eager(step):
+    with _fused.eager_ops():
+        return step()
+
+
 RATIOS = (("lrm-rep / mup", "lrm-rep", "mup"), ("lrm-eff / mup", "lrm-eff", "mup"),
+          ("fused / eager", "lrm-eff", "lrm-eff-eager"),
           ("eff-acc / rep-acc", "lrm-eff-acc", "lrm-rep-acc"), ("merged / plain", "merged", "plain"),
           ("mup / plain", "mup", "plain"))
 
@@ -208,7 +220,7 @@ def main(argv=None) -> None:
               f"{device}, torch {torch.__version__}, {os.cpu_count()} cpus, {args.threads} thread(s)/process, world "
               f"{world.size}, compile {args.compile}, {'bf16 autocast' if args.device == 'cuda' else 'float32'}, "
               f"context {CONTEXT}, warmup {args.warmup}, accumulation {args.micro} micro-batches, "
-              f"loadavg {os.getloadavg()[0]:.1f}")
+              f"loadavg {os.getloadavg()[0]:.1f}; multipliers' CPU work: {_fused.status()}")
     rows, start = [], time.perf_counter()
     for i, ((width, tokens), (depth, rounds, names)) in enumerate(plan(args).items()):
         budget: dict[str, list[float]] = {}

@@ -20,6 +20,7 @@ from ._names import STORAGE_ENV
 from ._secrets import mask_url
 from ._threads import parse_workers
 from .analysis import equilibrium_table
+from .core import _fused
 from .core.recipes import DESCRIBE_COLUMNS, RECIPES, describe
 from .errors import ConfigError
 from .models import check_model, model_builder
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if distributed.launched() and args.command not in DATA_PARALLEL:
         raise ConfigError(f"{args.command!r} does not run under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}); "
                           f"only {' and '.join(DATA_PARALLEL)} do: run it as one process")
+    _fused.mode()  # a bad LRM_MUP_FUSED is one line before any work (the kernels are built on first use)
     rank = int(os.environ.get("RANK", "0"))
     # every rank computes the same summary lines; rank 0 prints them
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink if rank else sys.stdout), \

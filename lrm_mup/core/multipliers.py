@@ -19,12 +19,15 @@ Two training paths give the same updates:
   ds = fixed_mult·rᵀ(G⊙W̃)c with a = fixed_mult·s (`factor_grads` again). Muon then orthogonalizes dW̃, not G.
 
 What the multipliers cost (issue 15; measured in benchmarks/RESULTS.md): full-size memory traffic, never FLOPs
-over tokens. Building W reads W̃ and writes W twice (rows then columns scaled: 4 full-size streams); the mapping
-writes H = G⊙W̃ once, reads it for its two matrix–vector products and scales G in place into dW̃ (9 streams). The
-effective path pays these 13 once per optimizer step; the reparametrized path pays them, less the in-place saving, in
-every micro-batch; mup pays 4 per micro-batch for its fixed multiplier (W·fixed_mult and the gradient's product).
-Eager PyTorch cannot fuse them further without a division by r or c (which may be 0); torch.compile of the two
-functions on CPU measured slower than eager (81.9 vs 34.0 ms for the width-512 proxy's mapping).
+over tokens. With eager torch ops, building W reads W̃ and writes W twice (rows then columns scaled: 4 full-size
+streams) and the mapping writes H = G⊙W̃ once, reads it for its two matrix–vector products and scales G in place into
+dW̃ (9 streams). On CPU the fused kernels (`_fused`, built from `_fused.c` on first use) take one pass each: the
+mapping reads G and W̃ and writes dW̃ with both sums taken on the way (3 streams), the rebuild reads W̃ and writes W
+(2, with streaming stores). The effective path pays these once per optimizer step; the reparametrized path pays
+them in every micro-batch; mup pays 4 per micro-batch for its fixed multiplier (W·fixed_mult and the gradient's
+product). torch.compile of the two functions on CPU measured slower than eager (81.9 vs 34.0 ms for the width-512
+proxy's mapping): its column sum walks the matrix a column strip at a time. On CUDA the eager ops run (the fused
+kernels are CPU code; no GPU has measured either).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _fused
 from .parametrization import (
     GUARDED_METHODS,
     MODEL_ATTR,
@@ -118,9 +122,14 @@ class _Multiplied:
 
 def merged_matrix(w: torch.Tensor, r: torch.Tensor | None, c: torch.Tensor | None, s: torch.Tensor | None,
                   fixed_mult: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """a · r ⊙ W̃ ⊙ c with a = fixed_mult · s, in two full-size passes (rows scaled by a·r, then columns by c; the
-    products of small vectors are free), into `out` if given. W̃ is (fan_out, fan_in); r, c, s may be None."""
+    """a · r ⊙ W̃ ⊙ c with a = fixed_mult · s, into `out` if given. W̃ is (fan_out, fan_in); r, c, s may be None.
+    One pass on CPU where the fused kernel applies (`_fused`), else two eager passes (rows scaled by a·r, then
+    columns by c; the products of small vectors are free), with the same products in the same order."""
     a = fixed_mult if s is None else s * fixed_mult
+    if (lib := _fused.usable(w, r, c, s, out)) is not None:
+        done = _fused.merged(lib, w, r, c, float(a), out if out is not None else torch.empty_like(w))
+        if done is not None:
+            return done
     rows = a if r is None else r[:, None] * a
     out = torch.mul(w, rows, out=out) if out is not None else w * rows
     return out.mul_(c) if c is not None else out
@@ -132,24 +141,30 @@ def factor_grads(g: torch.Tensor, w: torch.Tensor, r: torch.Tensor | None, c: to
 
         dW̃ = a · G ⊙ (r cᵀ),  H = G ⊙ W̃,  dr = a · H c,  dc = a · Hᵀ r,  ds = fixed_mult · rᵀ H c
 
-    (None for an absent factor; an absent r or c counts as ones). Full-size work: H once (one pass), its two
-    matrix–vector products, and dW̃ in two passes; `inplace`: dW̃ is written over G (the caller owns G). One
-    implementation for both paths: the reparametrized forward's backward (`_Reparametrize`) and the effective path's
-    `map_effective_grad` (which runs it once per optimizer step, after all micro-batches)."""
+    (None for an absent factor; an absent r or c counts as ones). `inplace`: dW̃ is written over G (the caller owns
+    G). On CPU where the fused kernel applies (`_fused`), one pass reads G and W̃ and writes dW̃ with H c and Hᵀ r
+    summed on the way (3 full-size streams); else eager ops: H once, its two matrix–vector products, and dW̃ in two
+    passes (9). One implementation for both paths: the reparametrized forward's backward (`_Reparametrize`) and the
+    effective path's `map_effective_grad` (which runs it once per optimizer step, after all micro-batches)."""
     a = fixed_mult if s is None else s * fixed_mult
-    dr = dc = ds = None
-    if r is not None or c is not None or s is not None:
-        h = g * w
-        hc = h @ c if c is not None else h.sum(1)
-        if r is not None:
-            dr = hc * a
-        if c is not None:
-            dc = (h.T @ r if r is not None else h.sum(0)) * a
-        if s is not None:
-            ds = (r @ hc if r is not None else hc.sum()).reshape(1) * fixed_mult
-    rows = a if r is None else r[:, None] * a
-    dw = g.mul_(rows) if inplace else g * rows
-    return (dw.mul_(c) if c is not None else dw), dr, dc, ds
+    sums = r is not None or c is not None or s is not None
+    fused = None
+    if (lib := _fused.usable(g, w, r, c, s)) is not None:
+        fused = _fused.map_grads(lib, g, w, r, c, float(a), g if inplace else torch.empty_like(g), sums)
+    if fused is not None:
+        dw, hc, hr = fused
+    else:
+        rows = a if r is None else r[:, None] * a
+        if sums:
+            h = g * w
+            hc = (h @ c if c is not None else h.sum(1)) if r is not None or s is not None else None
+            hr = (h.T @ r if r is not None else h.sum(0)) if c is not None else None
+        dw = g.mul_(rows) if inplace else g * rows
+        dw = dw.mul_(c) if c is not None else dw
+    dr = hc * a if r is not None else None
+    dc = hr * a if c is not None else None
+    ds = (r @ hc if r is not None else hc.sum()).reshape(1) * fixed_mult if s is not None else None
+    return dw, dr, dc, ds
 
 
 class _Reparametrize(torch.autograd.Function):
