@@ -33,11 +33,31 @@ def wait_for(event, what: str, *, procs=(), deadline: float = DEADLINE):
         time.sleep(POLL)
 
 
+def _stopped(pid: int) -> bool:
+    """Every thread of `pid` is stopped (or gone): /proc/PID/task/TID/stat's state is T, t, Z or X. `kill` returns
+    once SIGSTOP is queued, before a running thread has stopped; a check made then can see a state the process
+    goes on to change (a checkpoint's temporary file, renamed a moment later)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if state not in "TtZX":
+            return False
+    return True
+
+
 def stop_if(pid: int, still_true) -> bool:
     """SIGSTOP `pid`, then check `still_true()` against the storage: True (the process stays stopped, frozen in the
     state just checked, so a SIGKILL now lands exactly there), or SIGCONT and False. Checking after the stop, not
     before, is what removes the race between looking at a trial and killing its worker."""
     os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: _stopped(pid), f"process {pid} to stop")  # the signal is delivered asynchronously
     if still_true():
         return True
     os.kill(pid, signal.SIGCONT)
