@@ -25,8 +25,8 @@ DDP); a step's time is the slowest rank's.
 Ratios (of step times unless said; median over rounds of the per-round ratio [interquartile range]; after the `;`
 the ratio of the fastest steps, the least disturbed on a shared machine): lrm-rep/mup, lrm-eff/mup, fused/eager
 (lrm-eff over lrm-eff-eager), eff-acc/rep-acc, merged/plain, and lrm tokens/s / plain tokens/s on lrm's faster
-path. Rounds are interleaved in a rotated order (`_bench.time_interleaved`), so load that comes and goes hits every stepper alike.
-The overhead budget is timed inside lrm-eff's own steps: the milliseconds its gradient mapping
+path. Rounds are interleaved in a rotated order (`_bench.time_interleaved`), so load that comes and goes hits
+every stepper alike. The overhead budget is timed inside lrm-eff's own steps: the milliseconds its gradient mapping
 (`EffectivePath.map_grads`) and its rebuild of the merged matrices (`EffectivePath.refresh`) take per optimizer
 step, and their share of its step: the whole of what learnable multipliers add to a step on that path but their
 entries in the clipping and the optimizer (vectors), measured without the noise of comparing two runs.
