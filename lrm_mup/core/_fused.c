@@ -17,7 +17,7 @@
  * when the library loads, so the built file runs on any x86-64 CPU.
  *
  * Streaming stores (x86-64 with AVX): a rebuild with `stream` set writes W with non-temporal stores, which skip
- * reading each cache line before overwriting it (3 transfers per element become 2; measured 6.5 → 4.7 ms per step
+ * reading each cache line before overwriting it (3 transfers per element become 2; measured 6.5 → 4.5–5.4 ms per step
  * for the width-512 proxy's 15 matrices). The caller sets it for matrices larger than a core's L2 cache, which
  * the next forward reads back from memory either way. */
 #ifndef REAL
