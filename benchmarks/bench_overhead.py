@@ -41,6 +41,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from _bench import time_interleaved
@@ -54,7 +55,7 @@ from lrm_mup.core import _fused
 from lrm_mup.core.optim import fused_adamw
 from lrm_mup.data import load_corpus
 from lrm_mup.models import GPTConfig
-from lrm_mup.training import Run, TrainConfig, distributed
+from lrm_mup.training import Run, TrainConfig, distributed, engine
 
 CONTEXT = 128
 ALL = ("mup", "lrm-rep", "lrm-eff", "lrm-eff-eager", "lrm-rep-acc", "lrm-eff-acc", "plain", "merged")
@@ -66,6 +67,7 @@ CORE = ("mup", "lrm-rep", "lrm-eff", "lrm-eff-eager", "plain")
 FULL = {(256, 1024): (2, 11, ALL), (512, 1024): (2, 7, ALL), (1024, 1024): (1, 4, ALL),
         (256, 8192): (1, 4, NO_MERGED), (512, 8192): (1, 3, NO_MERGED), (1024, 8192): (1, 2, CORE)}
 QUICK = {(256, 1024): (2, 5, ALL), (512, 1024): (2, 5, ALL)}
+_CLIP = engine.clip_grad_norm_  # the engine's clipping (lrm_mup.core.optim), untimed
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}  # dense bf16
 
 
@@ -109,11 +111,14 @@ def plan(args) -> dict[tuple[int, int], tuple]:
     return out
 
 
-def timed(obj, method: str, into: list[float], sync=None) -> None:
-    """Replace `obj.method` by itself timed: each call's seconds are appended to `into` (synchronized on CUDA)."""
+def timed(obj, method: str, into: list[float], sync=None, when: Callable[..., bool] | None = None) -> None:
+    """Replace `obj.method` by itself timed: each call's seconds are appended to `into` (synchronized on CUDA);
+    `when(*args)`: only the calls it accepts are timed (a module function that every run calls)."""
     inner = getattr(obj, method)
 
     def call(*args, **kwargs):
+        if when is not None and not when(*args):
+            return inner(*args, **kwargs)
         if sync is not None:
             sync()
         t0 = time.perf_counter()
@@ -148,6 +153,9 @@ def steppers(args, width: int, tokens: int, depth: int, names, world, corpus,
     lrm = runs["lrm-eff"]
     timed(lrm.path, "map_grads", budget.setdefault("map", []), sync)
     timed(lrm.path, "refresh", budget.setdefault("refresh", []), sync)
+    engine.clip_grad_norm_ = _CLIP  # the last config's timing off: only this lrm-eff run's calls are timed
+    timed(engine, "clip_grad_norm_", budget.setdefault("clip", []), sync, when=lambda model, *_: model is lrm.model)
+    timed(lrm.optimizer, "step", budget.setdefault("adamw", []), sync)
     device = lrm.device
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
@@ -160,19 +168,33 @@ def steppers(args, width: int, tokens: int, depth: int, names, world, corpus,
             else model
         forward = torch.compile(wrapped) if args.compile else wrapped
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=fused_adamw(model))
+        clip = _Clip(model)
+        if name == "plain":
+            timed(clip, "step", budget.setdefault("plain clip", []), sync)
+            timed(opt, "step", budget.setdefault("plain adamw", []), sync)
 
-        def step(model=model, forward=forward, opt=opt):
+        def step(model=model, forward=forward, opt=opt, clip=clip):
             x, y = corpus.batch("train", batch, CONTEXT, gen)
             rows = world.rows(batch)
             opt.zero_grad(set_to_none=True)
             with lrm.autocast:
                 _, loss = forward(x[rows].to(device), y[rows].to(device))
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            clip.step()
             opt.step()
             return loss.item()
         out[name] = step
     return out, lrm
+
+
+class _Clip:
+    """Plain PyTorch's clipping of a model's gradients (torch's clip_grad_norm_ at 1.0), as a method to time."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def step(self) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
 
 
 def _eager(step):
@@ -192,6 +214,16 @@ def ratio(times, a, b) -> str:
     per_round = [x / y for x, y in zip(times[a], times[b])]
     q = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
     return f"{statistics.median(per_round):.3f} [{q[0]:.3f}, {q[2]:.3f}]; {min(times[a]) / min(times[b]):.3f}"
+
+
+def _budget(spent: dict[str, float], med: dict[str, float]) -> str:
+    """Where lrm-eff's extra time per step goes, against plain PyTorch, in ms: its mapping and rebuild (plain has
+    neither), its clipping and AdamW minus plain's (the multipliers' vectors, our clipping's per-unit norms), their
+    sum; and the difference of the two steps' medians, which the sum should account for within its noise."""
+    parts = [spent["map"], spent["refresh"], spent["clip"] - spent["plain clip"],
+             spent["adamw"] - spent["plain adamw"]]
+    return " + ".join(f"{1e3 * x:.1f}" for x in parts) + (f" = {1e3 * sum(parts):.1f} of "
+                                                          f"{1e3 * (med['lrm-eff'] - med['plain']):.1f}")
 
 
 def profile(steps: dict, world) -> None:
@@ -237,6 +269,7 @@ def main(argv=None) -> None:
         share = (spent["map"] + spent["refresh"]) / med["lrm-eff"]
         cells = [ratio(times, a, b) for _, a, b in RATIOS] + [ratio(times, "plain", faster) + f" ({faster})"]
         cells.append(f"{1e3 * spent['map']:.1f} + {1e3 * spent['refresh']:.1f} ({100 * share:.2f} %)")
+        cells.append(_budget(spent, med) if "plain" in med else "n/a")
         mfu = ""
         if args.device == "cuda" and peak:
             mfu = f"{100 * lrm.flops_per_token * tokens / med['lrm-eff'] / (peak * 1e12 * world.size):.1f}%"
@@ -247,7 +280,8 @@ def main(argv=None) -> None:
     if not world.main:
         return
     head = ["width", "tokens/step", "depth", "rounds", "mup ms", "lrm-eff ms", *(r[0] for r in RATIOS),
-            "lrm tokens/s / plain (path)", "lrm-eff map + rebuild ms (% of its step)"]
+            "lrm tokens/s / plain (path)", "lrm-eff map + rebuild ms (% of its step)",
+            "lrm-eff − plain ms: map + rebuild + Δclip + ΔAdamW = Σ of Δstep"]
     head += ["MFU lrm-eff"] if args.device == "cuda" else []
     print("\n| " + " | ".join(head) + " |")
     print("|" + "---:|" * len(head))

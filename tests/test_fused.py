@@ -1,8 +1,9 @@
 """The fused CPU kernels (`lrm_mup/core/_fused.c`, issue 15) compute what the eager ops compute: dW̃ and the merged
 matrix bit for bit (the same products in the same order), the sums behind dr, dc, ds to float64 rounding, for
 every combination of learned factors, both storage layouts and more than one thread; inputs they cannot take go to
-the eager ops; they are built where a C compiler is, loaded only from a folder nobody else can write, and
-`LRM_MUP_FUSED` switches them off or makes their absence an error (one line)."""
+the eager ops; an effective path maps and rebuilds all its matrices in one call each, as the eager ops would, and
+plans anew when its parameters move; they are built where a C compiler is, loaded only from a folder nobody else can
+write, and `LRM_MUP_FUSED` switches them off or makes their absence an error (one line)."""
 import itertools
 import os
 import shutil
@@ -13,11 +14,16 @@ import torch
 
 from lrm_mup.core import _fused
 from lrm_mup.core.multipliers import factor_grads, merged_matrix
+from lrm_mup.data import load_corpus
 from lrm_mup.errors import ConfigError
+from lrm_mup.training import Run, TrainConfig
 
 FACTORS = list(itertools.product([True, False], repeat=3))  # which of r, c, s the layer learns
 HAVE_CC = any(shutil.which(n) for n in (os.environ.get("CC") or "cc", "gcc", "clang"))
 needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler on this machine: the eager ops are the only path")
+SLICE = "tests/data/shakespeare"
+TINY = dict(recipe="lrm", width=32, base_width=16, depth=1, head_dim=8, context=32, batch=8, steps=20, eval_every=10,
+            eval_batches=2, data=SLICE, device="cpu", path="effective")
 
 
 @pytest.fixture
@@ -110,6 +116,88 @@ def test_inputs_the_kernels_cannot_take_get_the_eager_ops_results(case, monkeypa
     ref = eager(monkeypatch, factor_grads, g, w, r, c, s, 0.5)
     for a, b in zip(factor_grads(g, w, r, c, s, 0.5), ref):
         assert torch.equal(a, b)
+
+
+def double_run(corpus, **kw):
+    run = Run.create(TrainConfig(**TINY, **kw), corpus, progress=False)
+    run.model.double()
+    run.path.sync()  # the parameters moved to float64 storage: the merged matrices are rebuilt, the plan made anew
+    return run
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus(SLICE)
+
+
+def counting(monkeypatch, table: str) -> list:
+    """Count the calls of the kernels' `table` ("map" or "rebuild") entry points; returns the list they append to."""
+    calls = []
+    lib = _fused.library()
+    for dtype, f in dict(getattr(lib, table)).items():
+        monkeypatch.setitem(getattr(lib, table), dtype, lambda *a, f=f: calls.append(a[1]) or f(*a))
+    return calls
+
+
+@needs_cc
+def test_an_effective_path_maps_and_rebuilds_all_its_matrices_in_one_kernel_call_each(corpus, monkeypatch):
+    run = double_run(corpus, placement="all")
+    layers = len(run.path.layers)
+    maps, rebuilds = counting(monkeypatch, "map"), counting(monkeypatch, "rebuild")
+    run.train_step()
+    assert layers >= 9 and maps == [layers] and rebuilds == [layers]  # one call, every matrix in it
+
+
+@needs_cc
+def test_the_batched_effective_path_trains_as_the_eager_ops_do_in_float64(corpus, monkeypatch):
+    fused, ref = double_run(corpus, placement="all"), double_run(corpus, placement="all")
+    assert fused.path._plan.batches and not fused.path._plan.rest
+    for _ in range(3):
+        fused.train_step()
+        eager(monkeypatch, ref.train_step)
+    for (name, p), q in zip(fused.model.named_parameters(), ref.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12, msg=name)
+    for m in fused.path.layers:  # the merged matrices are the rebuild of the current factors, bit for bit
+        assert torch.equal(m._matrix(m._effective), eager(monkeypatch, merged_matrix, *m._factors()))
+
+
+@needs_cc
+def test_a_path_is_planned_anew_when_its_parameters_move_to_another_storage(corpus):
+    run = Run.create(TrainConfig(**TINY, placement="all"), corpus, progress=False)
+    ((batch, _, _),) = run.path._plan.batches
+    assert batch.dtype == torch.float32
+    run.model.double()
+    run.train_step()  # its sync sees the new storages
+    ((batch, _, _),) = run.path._plan.batches
+    assert batch.dtype == torch.float64
+    assert all(m._effective.dtype == torch.float64 for m in run.path.layers)
+
+
+@needs_cc
+def test_a_matrix_without_a_gradient_is_skipped_and_one_laid_out_otherwise_is_mapped_alone(corpus, monkeypatch):
+    runs = {case: double_run(corpus, placement="all") for case in ("batched", "column-major", "eager")}
+    maps = counting(monkeypatch, "map")
+    for case, run in runs.items():
+        x, y = run.corpus.batch("train", 8, 32, torch.Generator().manual_seed(0))
+        run.optimizer.zero_grad(set_to_none=True)
+        run.forward(x, y)[1].backward()
+        skipped, other = run.path.layers[1], run.path.layers[2]
+        skipped._effective.grad = None  # as if this step's forward had not used the layer
+        if case == "column-major":  # the same values laid out otherwise: the batch falls back to one call a layer
+            other._effective.grad = other._effective.grad.T.contiguous().T  # (this one to the eager ops)
+        del maps[:]
+        if case == "eager":
+            eager(monkeypatch, run.path.map_grads)
+        else:
+            run.path.map_grads()
+        layers = len(run.path.layers)
+        assert maps == {"batched": [layers], "column-major": [1] * (layers - 2), "eager": []}[case]
+        assert skipped.weight.grad is None and all(p.grad is None for p in skipped.learned_multipliers().values())
+    for case in ("batched", "column-major"):
+        for (name, p), q in zip(runs[case].model.named_parameters(), runs["eager"].model.parameters()):
+            assert (p.grad is None) == (q.grad is None), name
+            if p.grad is not None:
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-13, atol=1e-13, msg=f"{case} {name}")
 
 
 @needs_cc

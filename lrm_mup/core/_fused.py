@@ -12,6 +12,9 @@ keyed by the source, the flags and the machine type; a build is loaded only from
 own that nobody else can write. No compiler, a failed build or `LRM_MUP_FUSED=off` leaves the eager ops in use
 (`status()` says which and why); `LRM_MUP_FUSED=on` makes that an error instead.
 
+One call takes many matrices (`Batch`: the records of a whole model, filled once): the effective path maps and
+rebuilds all its matrices in one call each, with no Python or dispatch work per matrix (`multipliers._FusedPlan`).
+
 Used only where it computes exactly what the eager ops compute: CPU, float32 or float64, plain tensors (not
 subclasses such as DTensor) of one dtype, matrices row- or column-major with nothing between their rows, outside
 torch.compile's tracing and never where autograd would need to record the products.
@@ -45,18 +48,25 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _state: _Library | str | None = None  # the loaded library, or why there is none; None: not tried yet
 
 
+class _Layer(ctypes.Structure):
+    """One matrix of a call (`layer_` in `_fused.c`; the same fields for both dtypes)."""
+    _fields_ = [(name, ctypes.c_void_p) for name in ("out", "g", "w", "r", "c", "s")] + [
+        ("fixed", ctypes.c_double), ("n_rows", ctypes.c_long), ("n_cols", ctypes.c_long)] + [
+        (name, ctypes.c_void_p) for name in ("dr", "dc", "ds")]
+
+
 class _Library:
     def __init__(self, path: str):
         self.path = path
         lib = ctypes.CDLL(path)
-        p, d, n, i = ctypes.c_void_p, ctypes.c_double, ctypes.c_long, ctypes.c_int
+        layers, n, i = ctypes.POINTER(_Layer), ctypes.c_long, ctypes.c_int
         self.map, self.rebuild = {}, {}
         for dtype, suffix in _SUFFIX.items():
             f = getattr(lib, f"lrm_mup_map_{suffix}")
-            f.argtypes, f.restype = [p, p, p, p, p, d, n, n, p, p, i], None
+            f.argtypes, f.restype = [layers, n, i, n], ctypes.c_int
             self.map[dtype] = f
             f = getattr(lib, f"lrm_mup_rebuild_{suffix}")
-            f.argtypes, f.restype = [p, p, p, p, d, n, n, i, i], None
+            f.argtypes, f.restype = [layers, n, i, n, n], None
             self.rebuild[dtype] = f
 
 
@@ -175,44 +185,88 @@ def usable(*tensors: torch.Tensor | None) -> _Library | None:
     return library()
 
 
-def _threads(numel: int) -> int:
-    return max(1, min(torch.get_num_threads(), numel // MIN_PER_THREAD))
+def fits(w: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether the kernels can walk W̃ (row- or column-major, nothing between its rows) and every full-size tensor
+    that goes with it (G, the output) in the same layout."""
+    return _layout(w) is not None and all(t.stride() == w.stride() and t.shape == w.shape for t in others)
 
 
 def _vector(v: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
     return torch.ones(n, dtype=like.dtype) if v is None else v.contiguous()
 
 
-def map_grads(lib: _Library, g: torch.Tensor, w: torch.Tensor, r, c, a: float, out: torch.Tensor, sums: bool):
-    """out = (G ⊙ a·r) ⊙ c and, if `sums`, (hc, hr) = ((G⊙W̃) c, (G⊙W̃)ᵀ r); None if the layouts do not fit (the
-    caller then runs the eager ops). `out` may be `g`."""
-    layout = _layout(g)
-    if layout is None or w.stride() != g.stride() or out.stride() != g.stride():
+class Batch:
+    """Matrices W = fixed · s · r ⊙ W̃ ⊙ c of one dtype whose mapping or rebuild runs in one call of the kernels.
+
+    `factors`: (W̃, r, c, s, fixed) per matrix, W̃ as (fan_out, fan_in) (a view; r, c, s may be None), each taken by
+    `usable` and `fits`; `outs`: where `rebuild` writes each W (else pass them to `rebuild`). The records hold the
+    tensors' addresses, and the Batch the tensors (their memory lives as long as it does): it computes from the
+    tensors as they were when it was made, which the caller checks still are the model's (`EffectivePath` by the
+    parameters' `data_ptr`s)."""
+
+    def __init__(self, lib: _Library, factors: list[tuple], outs: list[torch.Tensor] | None = None):
+        self.lib, self.dtype = lib, factors[0][0].dtype
+        self.layers = (_Layer * len(factors))()
+        self.sizes: list[int] = []  # the multipliers' gradients, in one buffer: their lengths, matrix by matrix
+        self.slots: list[tuple] = []  # per matrix: (its record's dr, dc, ds fields, its dr, dc, ds in `sizes`)
+        self._keep = []  # the vectors the records point to (ones for an absent r or c)
+        for layer, (w, r, c, s, fixed) in zip(self.layers, factors):
+            rows, cols = w.shape
+            rv, cv = _vector(r, rows, w), _vector(c, cols, w)
+            self._keep += [w, rv, cv, s]
+            fields = ("dr", "dc", "ds")
+            if _layout(w) == "cols":  # walk the transposed storage: its rows are the columns, r and c change places
+                rows, cols, rv, cv, fields = cols, rows, cv, rv, ("dc", "dr", "ds")
+            layer.w, layer.r, layer.c = w.data_ptr(), rv.data_ptr(), cv.data_ptr()
+            layer.s = s.data_ptr() if s is not None else None
+            layer.fixed, layer.n_rows, layer.n_cols = fixed, rows, cols
+            index = []
+            for v in (r, c, s):
+                index.append(len(self.sizes) if v is not None else None)
+                if v is not None:
+                    self.sizes.append(v.numel())
+            self.slots.append((fields, tuple(index)))
+        self.starts = [sum(self.sizes[:k]) for k in range(len(self.sizes))]
+        self.outs = [o.data_ptr() for o in outs] if outs is not None else None  # `map` writes the records' `out`
+        self._keep += outs or []
+
+    def map(self, grads: list[torch.Tensor], outs: list[torch.Tensor]) -> list[tuple]:
+        """For each matrix: its dW̃ = (G ⊙ a·r) ⊙ c written into `outs` (which may be the `grads`), and its
+        (dr, dc, ds) in one new buffer (None for an absent multiplier). A matrix whose G is None is skipped (its
+        gradients are left unwritten)."""
+        flat = torch.empty(sum(self.sizes), dtype=self.dtype)
+        parts = flat.split(self.sizes) if self.sizes else ()
+        base, step = flat.data_ptr(), flat.element_size()
+        out = []
+        for layer, g, o, (fields, index) in zip(self.layers, grads, outs, self.slots):
+            layer.g, layer.out = (None, None) if g is None else (g.data_ptr(), o.data_ptr())
+            for field, k in zip(fields, index):
+                setattr(layer, field, None if k is None else base + step * self.starts[k])
+            out.append(tuple(None if k is None else parts[k] for k in index))
+        if self.lib.map[self.dtype](self.layers, len(self.layers), torch.get_num_threads(), MIN_PER_THREAD):
+            raise MemoryError("the multipliers' fused mapping could not allocate its row sums")
+        return out
+
+    def rebuild(self, outs: list[torch.Tensor] | None = None) -> None:
+        """W = (W̃ ⊙ a·r) ⊙ c for each matrix, into `outs` (default: those given at construction)."""
+        for layer, o in zip(self.layers, self.outs if outs is None else (o.data_ptr() for o in outs)):
+            layer.out = o
+        self.lib.rebuild[self.dtype](self.layers, len(self.layers), torch.get_num_threads(), MIN_PER_THREAD,
+                                     STREAM_BYTES)
+
+
+def map_grads(lib: _Library, g: torch.Tensor, w: torch.Tensor, r, c, s, fixed: float, out: torch.Tensor):
+    """(dW̃, dr, dc, ds) of one matrix (`Batch.map`, dW̃ into `out`, which may be `g`); None if the layouts do not
+    fit (the caller then runs the eager ops)."""
+    if not fits(w, g, out):
         return None
-    rows, cols = g.shape
-    rv, cv = _vector(r, rows, g), _vector(c, cols, g)
-    if layout == "cols":  # walk the transposed storage: its rows are the columns, so r and c change places
-        rows, cols, rv, cv = cols, rows, cv, rv
-    threads = _threads(g.numel())
-    hc = torch.empty(rows, dtype=g.dtype) if sums else None
-    hr = torch.zeros(threads, cols, dtype=g.dtype) if sums else None
-    lib.map[g.dtype](out.data_ptr(), g.data_ptr(), w.data_ptr(), rv.data_ptr(), cv.data_ptr(), a, rows, cols,
-                     hc.data_ptr() if sums else None, hr.data_ptr() if sums else None, threads)
-    if not sums:
-        return out, None, None
-    hr = hr[0] if threads == 1 else hr.sum(0)
-    return (out, hc, hr) if layout == "rows" else (out, hr, hc)
+    (grads,) = Batch(lib, [(w, r, c, s, fixed)]).map([g], [out])
+    return (out, *grads)
 
 
-def merged(lib: _Library, w: torch.Tensor, r, c, a: float, out: torch.Tensor) -> torch.Tensor | None:
+def merged(lib: _Library, w: torch.Tensor, r, c, s, fixed: float, out: torch.Tensor) -> torch.Tensor | None:
     """out = (W̃ ⊙ a·r) ⊙ c, or None if the layouts do not fit."""
-    layout = _layout(w)
-    if layout is None or out.stride() != w.stride():
+    if not fits(w, out):
         return None
-    rows, cols = w.shape
-    rv, cv = _vector(r, rows, w), _vector(c, cols, w)
-    if layout == "cols":
-        rows, cols, rv, cv = cols, rows, cv, rv
-    lib.rebuild[w.dtype](out.data_ptr(), w.data_ptr(), rv.data_ptr(), cv.data_ptr(), a, rows, cols,
-                         _threads(w.numel()), w.numel() * w.element_size() >= STREAM_BYTES)
+    Batch(lib, [(w, r, c, s, fixed)]).rebuild([out])
     return out

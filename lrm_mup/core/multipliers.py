@@ -18,16 +18,17 @@ Two training paths give the same updates:
   W is mapped onto the factors once per optimizer step: dW̃ = a·G⊙(r cᵀ), dr = a·(G⊙W̃)c, dc = a·(G⊙W̃)ᵀr,
   ds = fixed_mult·rᵀ(G⊙W̃)c with a = fixed_mult·s (`factor_grads` again). Muon then orthogonalizes dW̃, not G.
 
-What the multipliers cost (issue 15; measured in benchmarks/RESULTS.md): full-size memory traffic, never FLOPs
-over tokens. With eager torch ops, building W reads W̃ and writes W twice (rows then columns scaled: 4 full-size
-streams) and the mapping writes H = G⊙W̃ once, reads it for its two matrix–vector products and scales G in place into
-dW̃ (9 streams). On CPU the fused kernels (`_fused`, built from `_fused.c` on first use) take one pass each: the
-mapping reads G and W̃ and writes dW̃ with both sums taken on the way (3 streams), the rebuild reads W̃ and writes W
-(2, with streaming stores). The effective path pays these once per optimizer step; the reparametrized path pays
-them in every micro-batch; mup pays 4 per micro-batch for its fixed multiplier (W·fixed_mult and the gradient's
+What the multipliers cost (issue 15; measured in benchmarks/RESULTS.md): full-size memory traffic, never FLOPs over
+tokens. With eager torch ops, building W reads W̃ and writes W twice (rows then columns scaled: 4 full-size streams) and
+the mapping writes H = G⊙W̃ once, reads it for its two matrix–vector products and scales G in place into dW̃ (9
+streams). On CPU the fused kernels (`_fused`, built from `_fused.c` on first use) take one pass each: the mapping reads
+G and W̃ and writes dW̃ with both sums taken on the way (3 streams), the rebuild reads W̃ and writes W (2, with
+streaming stores); on the effective path one call takes all of a model's matrices (`_FusedPlan`), so no Python work per
+layer remains but setting its gradients. The effective path pays these once per optimizer step; the reparametrized path
+pays them in every micro-batch; mup pays 4 per micro-batch for its fixed multiplier (W·fixed_mult and the gradient's
 product). torch.compile of the two functions on CPU measured slower than eager (81.9 vs 34.0 ms for the width-512
-proxy's mapping): its column sum walks the matrix a column strip at a time. On CUDA the eager ops run (the fused
-kernels are CPU code; no GPU has measured either).
+proxy's mapping): its column sum walks the matrix a column strip at a time. On CUDA the eager ops run (the fused kernels
+are CPU code; no GPU has measured either).
 """
 from __future__ import annotations
 
@@ -111,13 +112,20 @@ class _Multiplied:
         if g is None:
             return
         self._effective.grad = None
-        grads = factor_grads(self._matrix(g), self._matrix(self.weight), self.mult_row, self.mult_col,
-                             self.mult_scale, self.fixed_mult, inplace=True)
-        for name, grad in zip(("weight", "mult_row", "mult_col", "mult_scale"), grads):
+        dw, dr, dc, ds = factor_grads(self._matrix(g), self._matrix(self.weight), self.mult_row, self.mult_col,
+                                      self.mult_scale, self.fixed_mult, inplace=True)
+        self._take_grads(self._matrix(dw), dr, dc, ds)
+
+    def _take_grads(self, dw: torch.Tensor, dr, dc, ds) -> None:
+        """Add the mapped gradients (dW̃ in the weight's stored layout) to the parameters' (set where None)."""
+        for name, grad in zip(("weight", "mult_row", "mult_col", "mult_scale"), (dw, dr, dc, ds)):
             if grad is not None:
                 p = getattr(self, name)
-                grad = self._matrix(grad) if name == "weight" else grad
                 p.grad = grad if p.grad is None else p.grad.add_(grad)
+
+    def _factors(self) -> tuple:
+        """(W̃ as (fan_out, fan_in), r, c, s, fixed_mult): what the kernels take (`_fused.Batch`)."""
+        return self._matrix(self.weight), self.mult_row, self.mult_col, self.mult_scale, self.fixed_mult
 
 
 def merged_matrix(w: torch.Tensor, r: torch.Tensor | None, c: torch.Tensor | None, s: torch.Tensor | None,
@@ -125,11 +133,11 @@ def merged_matrix(w: torch.Tensor, r: torch.Tensor | None, c: torch.Tensor | Non
     """a · r ⊙ W̃ ⊙ c with a = fixed_mult · s, into `out` if given. W̃ is (fan_out, fan_in); r, c, s may be None.
     One pass on CPU where the fused kernel applies (`_fused`), else two eager passes (rows scaled by a·r, then
     columns by c; the products of small vectors are free), with the same products in the same order."""
-    a = fixed_mult if s is None else s * fixed_mult
     if (lib := _fused.usable(w, r, c, s, out)) is not None:
-        done = _fused.merged(lib, w, r, c, float(a), out if out is not None else torch.empty_like(w))
+        done = _fused.merged(lib, w, r, c, s, fixed_mult, out if out is not None else torch.empty_like(w))
         if done is not None:
             return done
+    a = fixed_mult if s is None else s * fixed_mult
     rows = a if r is None else r[:, None] * a
     out = torch.mul(w, rows, out=out) if out is not None else w * rows
     return out.mul_(c) if c is not None else out
@@ -146,21 +154,18 @@ def factor_grads(g: torch.Tensor, w: torch.Tensor, r: torch.Tensor | None, c: to
     summed on the way (3 full-size streams); else eager ops: H once, its two matrix–vector products, and dW̃ in two
     passes (9). One implementation for both paths: the reparametrized forward's backward (`_Reparametrize`) and the
     effective path's `map_effective_grad` (which runs it once per optimizer step, after all micro-batches)."""
-    a = fixed_mult if s is None else s * fixed_mult
-    sums = r is not None or c is not None or s is not None
-    fused = None
     if (lib := _fused.usable(g, w, r, c, s)) is not None:
-        fused = _fused.map_grads(lib, g, w, r, c, float(a), g if inplace else torch.empty_like(g), sums)
-    if fused is not None:
-        dw, hc, hr = fused
-    else:
-        rows = a if r is None else r[:, None] * a
-        if sums:
-            h = g * w
-            hc = (h @ c if c is not None else h.sum(1)) if r is not None or s is not None else None
-            hr = (h.T @ r if r is not None else h.sum(0)) if c is not None else None
-        dw = g.mul_(rows) if inplace else g * rows
-        dw = dw.mul_(c) if c is not None else dw
+        fused = _fused.map_grads(lib, g, w, r, c, s, fixed_mult, g if inplace else torch.empty_like(g))
+        if fused is not None:
+            return fused
+    a = fixed_mult if s is None else s * fixed_mult
+    rows = a if r is None else r[:, None] * a
+    if r is not None or c is not None or s is not None:
+        h = g * w
+        hc = (h @ c if c is not None else h.sum(1)) if r is not None or s is not None else None
+        hr = (h.T @ r if r is not None else h.sum(0)) if c is not None else None
+    dw = g.mul_(rows) if inplace else g * rows
+    dw = dw.mul_(c) if c is not None else dw
     dr = hc * a if r is not None else None
     dc = hr * a if c is not None else None
     ds = (r @ hc if r is not None else hc.sum()).reshape(1) * fixed_mult if s is not None else None
@@ -312,30 +317,90 @@ class EffectivePath:
     def __init__(self, model: nn.Module):
         parametrization_of(model)  # the one "not parametrized" error
         self.layers = [m for _, m in multiplied_modules(model)]
+        self._plan: _FusedPlan | None = None
         self.refresh()
 
+    @torch.no_grad()
     def refresh(self) -> None:
-        """Rebuild the merged matrices from the current parameters (after every optimizer step)."""
-        for m in self.layers:
-            m.refresh_effective()
-        self._seen = self._versions()
+        """Rebuild the merged matrices from the current parameters (after every optimizer step): in one call of the
+        fused kernels for the layers they take, planned at the first refresh and again whenever a parameter has
+        moved to another storage (`_FusedPlan`); else layer by layer."""
+        versions = self._versions()
+        plan = self._plan if _fused.library() is not None else None
+        if plan is None or plan.storages != [ptr for ptr, _ in versions]:
+            for m in self.layers:
+                m.refresh_effective()
+            self._plan = _FusedPlan.of(self.layers, [ptr for ptr, _ in versions])
+        else:
+            for batch, layers, _ in plan.batches:
+                batch.rebuild()
+                for m in layers:  # the merged matrix stays the same leaf: a gradient not mapped is dropped
+                    m._effective.grad = None
+            for m in plan.rest:
+                m.refresh_effective()
+        self._seen = versions  # the rebuild changes no parameter
 
     def sync(self) -> None:
         """Rebuild the merged matrices if any factor changed since the last `refresh` other than by it: the merged
         matrices are a cache of W̃ and the multipliers, and an in-place edit (`weight.zero_()`, `load_state_dict`,
-        `copy_`) or a replaced tensor would otherwise go unseen by the forward. Detected by each factor's storage and
-        in-place version counter (no pass over the matrices). `Run` calls it before every step and evaluation."""
+        `copy_`) or a replaced tensor would otherwise go unseen by the forward. Detected by each parameter's storage
+        and in-place version counter (no pass over the matrices). `Run` calls it before every step and evaluation."""
         if self._versions() != self._seen:
             self.refresh()
 
     def _versions(self) -> list[tuple[int, int]]:
-        return [(p.data_ptr(), p._version) for m in self.layers
-                for p in (m.weight, *m.learned_multipliers().values())]
+        return [(p.data_ptr(), p._version) for m in self.layers for p in m._parameters.values() if p is not None]
 
+    @torch.no_grad()
     def map_grads(self) -> None:
-        for m in self.layers:
+        """Map every merged matrix's gradient onto its factors (`factor_grads`; the parameters' gradients are set,
+        or added to): in one call of the fused kernels for the layers the last `refresh` planned, else layer by
+        layer."""
+        plan = self._plan if _fused.library() is not None else None
+        for batch, layers, strides in plan.batches if plan is not None else ():
+            grads = [m._effective.grad for m in layers]  # None: a layer this step's forward did not use
+            if any(g is not None and g.stride() != stride for g, stride in zip(grads, strides)):
+                for m in layers:  # a gradient laid out unlike its matrix: this batch one layer at a time
+                    m.map_effective_grad()
+                continue
+            for m in layers:
+                m._effective.grad = None
+            for m, g, mapped in zip(layers, grads, batch.map(grads, grads)):
+                if g is not None:
+                    m._take_grads(g, *mapped)
+        for m in plan.rest if plan is not None else self.layers:
             m.map_effective_grad()
 
     def close(self) -> None:
+        self._plan = None
         for m in self.layers:
             m._effective = None
+
+
+class _FusedPlan:
+    """Which of an EffectivePath's layers the fused kernels take, as one `_fused.Batch` per dtype (mapped and rebuilt
+    in one call each: no Python work per layer but setting its gradients), and the rest (one by one: the eager ops,
+    or a kernel call per matrix). Valid while every parameter of the layers is in the storage it was planned with
+    (`storages`); `EffectivePath.refresh` checks, and plans anew when one has moved (`.to()`, `.data =`, a
+    replaced parameter). The batches hold the tensors they point to, so their memory outlives any such move."""
+
+    def __init__(self, storages: list[int], batches: list[tuple[_fused.Batch, list, list]], rest: list):
+        self.storages, self.batches, self.rest = storages, batches, rest
+
+    @classmethod
+    def of(cls, layers: list, storages: list[int]) -> _FusedPlan | None:
+        """The plan for layers whose merged matrices exist (after `refresh_effective`); None without the kernels."""
+        if (lib := _fused.library()) is None:
+            return None
+        groups: dict[torch.dtype, list] = {}
+        rest = []
+        for m in layers:
+            w, r, c, s, _ = factors = m._factors()
+            out = m._matrix(m._effective)
+            if _fused.usable(w, r, c, s, out) is not None and _fused.fits(w, out):
+                groups.setdefault(w.dtype, []).append((m, factors, out))
+            else:
+                rest.append(m)
+        batches = [(_fused.Batch(lib, [f for _, f, _ in group], [o for _, _, o in group]),
+                    [m for m, _, _ in group], [m.weight.stride() for m, _, _ in group]) for group in groups.values()]
+        return cls(storages, batches, rest)
