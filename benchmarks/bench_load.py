@@ -45,9 +45,10 @@ def child(args) -> None:
         start = time.perf_counter()
         # this process's threads; with workers each worker's count is in the line they say on stderr
         threads = torch.get_num_threads() if args.child != "workers" else "per worker, see the line"
+        steps = args.steps or COORD["steps"]
         coord_check(lambda w: proxy(w, depth=int(spec.model.get("depth", 2)), context=COORD["context"]), widths,
-                    base_width=64, delta_width=128, recipes=list(spec.recipes), steps=args.steps or COORD["steps"],
-                    seeds=args.seeds or COORD["seeds"], last_steps=COORD["last_steps"],
+                    base_width=64, delta_width=128, recipes=list(spec.recipes), steps=steps,
+                    seeds=args.seeds or COORD["seeds"], last_steps=min(COORD["last_steps"], steps),  # --steps < 5
                     batch_size=COORD["batch_size"], context=COORD["context"], corpus=corpus,
                     progress=args.child == "workers",  # which says its workers on stderr
                     workers="auto" if args.child == "workers" else 1)

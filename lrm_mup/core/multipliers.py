@@ -382,7 +382,8 @@ class _FusedPlan:
     in one call each: no Python work per layer but setting its gradients), and the rest (one by one: the eager ops,
     or a kernel call per matrix). Valid while every parameter of the layers is in the storage it was planned with
     (`storages`); `EffectivePath.refresh` checks, and plans anew when one has moved (`.to()`, `.data =`, a
-    replaced parameter). The batches hold the tensors they point to, so their memory outlives any such move."""
+    replaced parameter). The batches hold the tensors they point to, so their memory outlives any such move and
+    no other tensor can take a planned address while the plan lives (equal addresses are the same tensors)."""
 
     def __init__(self, storages: list[int], batches: list[tuple[_fused.Batch, list, list]], rest: list):
         self.storages, self.batches, self.rest = storages, batches, rest

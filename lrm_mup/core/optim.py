@@ -202,8 +202,9 @@ def clip_grad_norm_(model: nn.Module, max_norm: float, *, include_multipliers: b
     and lrm, whose stored hidden weights are m × lr-only's, so their gradients are 1/m × lr-only's). mup and lrm then
     clip exactly when and as much as lr-only does, whose norm hardly moves with width; measured on stored gradients
     their norm would fall as 1/width and the same `clip` would act at the proxy but not at the target."""
-    units = {id(m.weight): m.parametrization.grad_unit for _, m in multiplied_modules(model)}
-    mult_ids = {id(p) for _, p in multiplier_parameters(model)}
+    layers = [m for _, m in multiplied_modules(model)]  # one walk of the modules per step, no names built
+    units = {id(m.weight): m.parametrization.grad_unit for m in layers}
+    mult_ids = {id(p) for m in layers for p in m.learned_multipliers().values()}
     params = [p for p in model.parameters() if p.grad is not None]
     by_unit: dict[float, list[torch.Tensor]] = {}
     for p in params:
