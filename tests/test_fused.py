@@ -119,7 +119,7 @@ def test_inputs_the_kernels_cannot_take_get_the_eager_ops_results(case, monkeypa
 
 
 def double_run(corpus, **kw):
-    run = Run.create(TrainConfig(**TINY, **kw), corpus, progress=False)
+    run = Run.create(TrainConfig(**{**TINY, **kw}), corpus, progress=False)
     run.model.double()
     run.path.sync()  # the parameters moved to float64 storage: the merged matrices are rebuilt, the plan made anew
     return run
@@ -159,6 +159,20 @@ def test_the_batched_effective_path_trains_as_the_eager_ops_do_in_float64(corpus
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12, msg=name)
     for m in fused.path.layers:  # the merged matrices are the rebuild of the current factors, bit for bit
         assert torch.equal(m._matrix(m._effective), eager(monkeypatch, merged_matrix, *m._factors()))
+
+
+@needs_cc
+def test_an_hf_gpt2_with_transposed_and_tied_matrices_trains_batched_as_with_the_eager_ops(corpus, monkeypatch):
+    pytest.importorskip("transformers")
+    kw = dict(model="hf:gpt2", width=64, base_width=32, head_dim=32, context=16, placement="all")
+    fused, ref = (double_run(corpus, **kw) for _ in range(2))
+    layers = [m for _, layers, _ in fused.path._plan.batches for m in layers]
+    assert any(m.TRANSPOSED for m in layers) and len({id(m.weight) for m in layers}) < len(layers)  # Conv1D, tied
+    for _ in range(2):
+        fused.train_step()
+        eager(monkeypatch, ref.train_step)
+    for (name, p), q in zip(fused.model.named_parameters(), ref.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12, msg=name)
 
 
 @needs_cc
