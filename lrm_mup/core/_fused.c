@@ -178,7 +178,8 @@ static int CAT(threads_for_, SUF)(const CAT(layer_, SUF) *m, int max_threads, lo
 
 /* For each of the n matrices: out = (G ⊙ a·r) ⊙ c = dW̃, and where present dr = a · H c, dc = a · Hᵀ r,
  * ds = fixed · rᵀ H c (H = G ⊙ W̃), from the sums taken on the same pass. Returns 0, or -1 if scratch memory
- * could not be had (nothing of the failing matrix written; the caller redoes the call with the eager ops). */
+ * could not be had (the matrices before the failing one are written, it and those after are not; the caller raises
+ * MemoryError). */
 int CAT(lrm_mup_map_, SUF)(const CAT(layer_, SUF) *layers, long n, int max_threads, long min_per_thread)
 {
     for (long k = 0; k < n; k++) {
@@ -216,7 +217,7 @@ int CAT(lrm_mup_map_, SUF)(const CAT(layer_, SUF) *layers, long n, int max_threa
 }
 
 /* For each of the n matrices: out = (W̃ ⊙ a·r) ⊙ c, with streaming stores for matrices of stream_bytes or more
- * (0: never). */
+ * (0: every matrix). */
 void CAT(lrm_mup_rebuild_, SUF)(const CAT(layer_, SUF) *layers, long n, int max_threads, long min_per_thread,
                                 long stream_bytes)
 {
@@ -224,7 +225,7 @@ void CAT(lrm_mup_rebuild_, SUF)(const CAT(layer_, SUF) *layers, long n, int max_
     for (long k = 0; k < n; k++) {
         const CAT(layer_, SUF) *m = &layers[k];
         const long bytes = m->n_rows * m->n_cols * (long)sizeof(REAL);
-        const int stream = avx && stream_bytes > 0 && bytes >= stream_bytes;
+        const int stream = avx && bytes >= stream_bytes;
         const CAT(job_, SUF) job = {m, CAT(scale_of_, SUF)(m), 0, 0, 0, 0, stream};
         CAT(run_, SUF)(CAT(rebuild_thread_, SUF), job, CAT(threads_for_, SUF)(m, max_threads, min_per_thread));
     }
