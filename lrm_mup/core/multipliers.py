@@ -152,8 +152,9 @@ def factor_grads(g: torch.Tensor, w: torch.Tensor, r: torch.Tensor | None, c: to
     (None for an absent factor; an absent r or c counts as ones). `inplace`: dW̃ is written over G (the caller owns
     G). On CPU where the fused kernel applies (`_fused`), one pass reads G and W̃ and writes dW̃ with H c and Hᵀ r
     summed on the way (3 full-size streams); else eager ops: H once, its two matrix–vector products, and dW̃ in two
-    passes (9). One implementation for both paths: the reparametrized forward's backward (`_Reparametrize`) and the
-    effective path's `map_effective_grad` (which runs it once per optimizer step, after all micro-batches)."""
+    passes (9). Used by the reparametrized forward's backward (`_Reparametrize`) and by the effective path's
+    `map_effective_grad` for a layer the batched call does not take; `EffectivePath.map_grads` runs the same kernel
+    over all its other layers in one call, once per optimizer step, after all micro-batches."""
     if (lib := _fused.usable(g, w, r, c, s)) is not None:
         fused = _fused.map_grads(lib, g, w, r, c, s, fixed_mult, g if inplace else torch.empty_like(g))
         if fused is not None:
